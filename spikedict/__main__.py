@@ -1,0 +1,4 @@
+from spikedict.cli import main
+import sys
+
+sys.exit(main())

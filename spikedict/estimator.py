@@ -1,0 +1,652 @@
+"""``SpikeDictionary``: learn convolutional rate templates from spike counts, scikit-learn style.
+
+Examples
+--------
+>>> from spikedict import SpikeDictionary
+>>> from spikedict.simulate import paper_templates, simulate_counts
+>>> simulation = simulate_counts(paper_templates(), n_examples=20, n_bins=400, n_trials=30, seed=0)
+>>> model = SpikeDictionary(n_templates=3, template_size=50, n_trials=30, n_epochs=2, seed=0)
+>>> model.fit(simulation.counts).templates_.shape
+(3, 1, 50)
+>>> model.predict_rate(simulation.counts).shape
+(20, 1, 400)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from spikedict.families import Binomial, Family, Gaussian, get_family
+from spikedict.model import DCEA, ConvolutionOperator
+from spikedict.training import TrainingConfig, resolve_device, train
+
+__all__ = ["NotFittedError", "SpikeDictionary"]
+
+FORMAT = "spikedict-model"
+FORMAT_VERSION = 1
+
+# "auto" sparsity: this many robust standard deviations of the correlated residual at the start of the
+# fit (the noise level of H^T (y - mean) when no template is active). Chosen on the reference problems.
+AUTO_SPARSITY_NOISE_MULTIPLE = 2.0
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a method that needs a fitted model is called before ``fit``."""
+
+
+def _to_tensor(values: Any, name: str) -> Tensor:
+    if isinstance(values, Tensor):
+        tensor = values.detach().cpu()
+    else:
+        try:
+            array = np.asarray(values)
+        except Exception as error:  # pragma: no cover - numpy raises many types
+            raise TypeError(
+                f"{name} must be an array of shape (n_examples, n_channels, n_bins), got {type(values).__name__}."
+            ) from error
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise TypeError(
+                f"{name} must be a numeric array of shape (n_examples, n_channels, n_bins), got dtype {array.dtype}."
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be real-valued, got dtype {tensor.dtype}.")
+    return tensor.to(torch.get_default_dtype())
+
+
+def _unpack(X: Any) -> tuple[Any, Any]:
+    """Split the data layer's counts object into (counts, n_trials); arrays pass through."""
+    if hasattr(X, "counts") and not isinstance(X, (np.ndarray, Tensor)):
+        return X.counts, getattr(X, "n_trials", None)
+    return X, None
+
+
+class SpikeDictionary:
+    """Convolutional dictionary learning for spike counts with the DCEA network.
+
+    The data are modelled as ``y ~ family(mean = f^-1(sum_c templates_c * codes_c + baseline))`` with
+    sparse codes. ``fit`` learns unit-norm ``templates_`` (and a per-channel ``baseline_``); ``transform``
+    returns the codes of new data; ``predict_rate`` the expected counts per bin.
+
+    Parameters
+    ----------
+    n_templates : int
+        Number of templates.
+    template_size : int or (int, int)
+        Template length in bins (or height and width for images).
+    family : {"binomial", "poisson", "gaussian"} or Family
+        Observation family. Binomial counts pool ``n_trials`` repeated trials per example.
+    n_trials : int or array of shape (n_examples,), optional
+        Trials per example for the binomial family; taken from the data object when it carries them.
+    sparsity : float or "auto"
+        l1 weight of the codes (for the NLL per trial for the binomial family). ``"auto"`` sets it to
+        twice the noise level of the correlated residual at the start of the fit (see ``sparsity_``).
+    n_iterations : int
+        Encoder iterations per batch during training (the depth of the unrolled network).
+    n_inference_iterations : int
+        Encoder iterations from zero codes in ``transform``, ``predict_rate`` and ``score``.
+    algorithm : {"fista", "ista"}
+    nonnegative_codes : bool
+        Codes >= 0 (one-sided shrinkage); False allows negative codes.
+    tied : bool
+        True: DCEA-C, one dictionary (interpretable templates). False: DCEA-UC, untied encoder and
+        decoder with learned thresholds.
+    stride : int
+        Stride of the convolution.
+    baseline : "learn", "estimate", float or array of shape (n_channels,)
+        Per-channel baseline of the linear predictor: estimated from the data then learned, estimated
+        and held fixed, or given (fixed).
+    init : "data", "random" or array of shape (n_templates, n_channels, template_size)
+        Initial templates: windows of the data's residual at random positions, random Gaussian, or given.
+    nonnegative_templates : bool
+        Constrain templates to be >= 0.
+    zero_edges : int
+        Samples at each end of a template held at zero.
+    smoothness : float
+        Weight of the squared-difference smoothness penalty on the templates.
+    n_epochs, batch_size, learning_rate, backprop, warm_start, validation_fraction, patience :
+        Training settings, see :class:`spikedict.training.TrainingConfig`.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    seed : int
+        Seeds initialisation, shuffling and the validation split.
+    progress : bool or None
+        Show a progress bar (None: only on a terminal).
+    checkpoint_path : str, optional
+        Checkpoint after every epoch; ``fit(X, resume=True)`` continues from it.
+
+    Attributes
+    ----------
+    templates_ : ndarray, shape (n_templates, n_channels, template_size)
+        Learned templates, unit l2 norm each.
+    baseline_ : ndarray, shape (n_channels,)
+    sparsity_ : float
+        The l1 weight used.
+    family_ : Family
+        The family used (with ``n_trials`` resolved; for the Gaussian family ``std`` estimated from the
+        training residuals so that ``score`` is a proper log-likelihood).
+    history_ : pandas.DataFrame
+        One row per epoch (see :class:`spikedict.training.TrainingResult`).
+    initial_templates_ : ndarray
+        Templates at the start of the fit.
+    n_channels_ : int
+    model_ : DCEA
+        The trained network.
+    """
+
+    def __init__(
+        self,
+        n_templates: int = 3,
+        template_size: int | Sequence[int] = 50,
+        family: str | Family = "binomial",
+        *,
+        n_trials: int | np.ndarray | None = None,
+        sparsity: float | Literal["auto"] = "auto",
+        n_iterations: int = 30,
+        n_inference_iterations: int = 300,
+        algorithm: Literal["fista", "ista"] = "fista",
+        nonnegative_codes: bool = True,
+        tied: bool = True,
+        stride: int = 1,
+        baseline: Literal["learn", "estimate"] | float | np.ndarray = "learn",
+        init: Literal["data", "random"] | np.ndarray = "data",
+        nonnegative_templates: bool = False,
+        zero_edges: int = 0,
+        smoothness: float = 0.0,
+        n_epochs: int = 30,
+        batch_size: int = 10,
+        learning_rate: float = 0.01,
+        backprop: Literal["none", "truncated", "full"] = "none",
+        warm_start: bool = True,
+        validation_fraction: float = 0.0,
+        patience: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        progress: bool | None = None,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        self.n_templates = n_templates
+        self.template_size = template_size
+        self.family = family
+        self.n_trials = n_trials
+        self.sparsity = sparsity
+        self.n_iterations = n_iterations
+        self.n_inference_iterations = n_inference_iterations
+        self.algorithm = algorithm
+        self.nonnegative_codes = nonnegative_codes
+        self.tied = tied
+        self.stride = stride
+        self.baseline = baseline
+        self.init = init
+        self.nonnegative_templates = nonnegative_templates
+        self.zero_edges = zero_edges
+        self.smoothness = smoothness
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.backprop = backprop
+        self.warm_start = warm_start
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+
+    # ------------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-friendly where possible)."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        defaults = type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if not _same(v, defaults[k])}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    # ---------------------------------------------------------------------------- checks
+    def _template_shape(self) -> tuple[int, ...]:
+        size = self.template_size
+        shape = (size,) if isinstance(size, (int, np.integer)) else tuple(size)
+        if not all(isinstance(k, (int, np.integer)) and k >= 1 for k in shape):
+            raise ValueError(f"template_size must be a positive integer (bins) or (height, width), got {size!r}.")
+        return tuple(int(k) for k in shape)
+
+    def _check_settings(self) -> None:
+        if not isinstance(self.n_templates, (int, np.integer)) or self.n_templates < 1:
+            raise ValueError(f"n_templates must be an integer >= 1, got {self.n_templates!r}.")
+        if self.sparsity != "auto" and not (isinstance(self.sparsity, (int, float)) and self.sparsity >= 0):
+            raise ValueError(f"sparsity must be a non-negative number or 'auto', got {self.sparsity!r}.")
+        for name in ("n_iterations", "n_inference_iterations"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+    def _resolve_family(self, n_trials_from_data: Any) -> Family:
+        family = self.family
+        if isinstance(family, Family):
+            return family
+        name = str(family).strip().lower()
+        if name == "binomial":
+            n_trials = self.n_trials if self.n_trials is not None else n_trials_from_data
+            if n_trials is None:
+                raise ValueError(
+                    "the binomial family needs n_trials, the number of repeated trials pooled per example "
+                    "(30 in the DCEA paper): pass SpikeDictionary(..., n_trials=M), or use family='poisson' "
+                    "for counts without an upper bound."
+                )
+            return get_family(name, n_trials=n_trials)
+        return get_family(name)
+
+    def _prepare(self, X: Any, family: Family | None = None, *, fitting: bool = False) -> tuple[Tensor, Family]:
+        """Validate data and return it as a float tensor with the family for these examples."""
+        counts, n_trials = _unpack(X)
+        y = _to_tensor(counts, "X")
+        template_shape = self._template_shape()
+        expected_ndim = 2 + len(template_shape)
+        if y.ndim != expected_ndim:
+            layout = (
+                "(n_examples, n_channels, n_bins)"
+                if len(template_shape) == 1
+                else "(n_examples, n_channels, height, width)"
+            )
+            hint = " For a single channel add an axis: X[:, None, :]." if y.ndim == expected_ndim - 1 else ""
+            raise ValueError(f"X must have {expected_ndim} dimensions {layout}, got shape {tuple(y.shape)}.{hint}")
+        if y.shape[0] == 0:
+            raise ValueError("X holds no examples (its first axis has length 0).")
+        if not fitting and y.shape[1] != self.n_channels_:
+            raise ValueError(
+                f"X has {y.shape[1]} channel(s) but the model was fitted on {self.n_channels_}; pass data with "
+                "the same units (channels) in the same order."
+            )
+        for size, kernel in zip(y.shape[2:], template_shape):
+            if size < kernel:
+                raise ValueError(
+                    f"template_size {self.template_size} is longer than the examples ({tuple(y.shape[2:])} bins); "
+                    "use shorter templates or longer examples (a larger time window per example)."
+                )
+        if family is None:
+            family = self._resolve_family(n_trials)
+        elif n_trials is not None and isinstance(family, Binomial):
+            family = Binomial(n_trials)
+        elif isinstance(family, Binomial) and not isinstance(family.n_trials, int):
+            if len(family.n_trials) != y.shape[0]:
+                raise ValueError(
+                    f"the model was fitted with one n_trials per example; for these {y.shape[0]} examples pass "
+                    "a counts object that carries n_trials, or refit with a single n_trials."
+                )
+        family.validate(y, "X")
+        return y, family
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(X) first (or SpikeDictionary.load(path))."
+            )
+
+    # ------------------------------------------------------------------------------- fit
+    def _training_config(self) -> TrainingConfig:
+        return TrainingConfig(
+            n_epochs=self.n_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            backprop=self.backprop,
+            warm_start=self.warm_start,
+            loss="nll",
+            validation_fraction=self.validation_fraction,
+            patience=self.patience,
+            device=self.device,
+            seed=self.seed,
+            progress=self.progress,
+            checkpoint_path=self.checkpoint_path,
+        )
+
+    def _initial_templates(self, y: Tensor, family: Family, baseline: Tensor, generator: torch.Generator) -> Tensor:
+        shape = (self.n_templates, y.shape[1]) + self._template_shape()
+        init = self.init
+        if isinstance(init, str) and init == "random":
+            return torch.randn(shape, generator=generator)
+        if isinstance(init, str) and init == "data":
+            # Windows of the residual at the baseline, at random examples and positions.
+            examples = torch.randint(0, y.shape[0], (self.n_templates,), generator=generator)
+            windows = []
+            for example in examples.tolist():
+                starts = [
+                    int(torch.randint(0, s - k + 1, (1,), generator=generator)) for s, k in zip(y.shape[2:], shape[2:])
+                ]
+                index = (example, slice(None)) + tuple(slice(a, a + k) for a, k in zip(starts, shape[2:]))
+                windows.append(family.select(torch.tensor([example])).residual(y[index][None], baseline)[0])
+            templates = torch.stack(windows)
+            # A window without a spike carries no shape; fill it with noise rather than zeros.
+            empty = templates.flatten(1).norm(dim=1) == 0
+            if bool(empty.any()):
+                templates[empty] = torch.randn((int(empty.sum()),) + shape[1:], generator=generator)
+            return templates
+        array = np.asarray(init, dtype=np.float64)
+        if array.shape != shape:
+            raise ValueError(
+                f"init templates must have shape {shape} (n_templates, n_channels, template_size), got {array.shape}."
+            )
+        if not np.all(np.isfinite(array)) or np.any(np.abs(array).reshape(shape[0], -1).sum(1) == 0):
+            raise ValueError("init templates must be finite and none may be all zeros.")
+        return torch.as_tensor(array, dtype=torch.get_default_dtype())
+
+    def _initial_baseline(self, y: Tensor, family: Family) -> Tensor:
+        baseline = self.baseline
+        n_channels = y.shape[1]
+        if isinstance(baseline, str):
+            if baseline not in ("learn", "estimate"):
+                raise ValueError(
+                    f"baseline must be 'learn', 'estimate', a number or one number per channel, got {baseline!r}."
+                )
+            axes = [0] + list(range(2, y.ndim))
+            mean = y.mean(dim=axes).reshape((1, -1) + (1,) * (y.ndim - 2))
+            if isinstance(family, Binomial):
+                mean = mean.expand((y.shape[0],) + tuple(mean.shape[1:]))
+                return family.link(mean).mean(0).flatten()
+            return family.link(mean).flatten()
+        values = (
+            np.broadcast_to(np.asarray(baseline, dtype=np.float64), (n_channels,)) if np.ndim(baseline) <= 1 else None
+        )
+        if values is None or not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"baseline must be finite, one number or one per channel ({n_channels}), got {baseline!r}."
+            )
+        return torch.as_tensor(values.copy(), dtype=torch.get_default_dtype())
+
+    def fit(self, X: Any, resume: bool = False) -> SpikeDictionary:
+        """Learn templates and baseline from counts ``X``.
+
+        Parameters
+        ----------
+        X : array or Tensor of shape (n_examples, n_channels, n_bins), or a counts object
+            Spike counts (for images: ``(n_examples, n_channels, height, width)``). A counts object of
+            ``spikedict.io`` (anything with ``counts`` and ``n_trials`` attributes) supplies ``n_trials``.
+        resume : bool
+            Continue an interrupted fit from ``checkpoint_path``.
+
+        Returns
+        -------
+        self
+        """
+        self._check_settings()
+        y, family = self._prepare(X, fitting=True)
+        generator = torch.Generator().manual_seed(int(self.seed))
+        baseline = self._initial_baseline(y, family)
+        initial = self._initial_templates(y, family, baseline.reshape((1, -1) + (1,) * (y.ndim - 2)), generator)
+
+        model = DCEA(
+            self.n_templates,
+            y.shape[1],
+            self._template_shape(),
+            family,
+            sparsity=0.0,
+            n_iterations=self.n_iterations,
+            algorithm=self.algorithm,
+            nonnegative_codes=self.nonnegative_codes,
+            stride=self.stride,
+            tied=self.tied,
+            learn_baseline=isinstance(self.baseline, str) and self.baseline == "learn",
+            nonnegative_templates=self.nonnegative_templates,
+            zero_edges=self.zero_edges,
+            smoothness=self.smoothness,
+            generator=generator,
+        )
+        with torch.no_grad():
+            model.templates.copy_(initial)
+            model.project_templates_()
+            model.baseline.copy_(baseline)
+            if not model.tied:
+                model.encoder_templates.copy_(model.templates)
+                model.decoder_templates.copy_(model.templates)
+        self.initial_templates_ = model.templates.detach().cpu().numpy().copy()
+        sparsity = self._resolve_sparsity(y, family, model)
+        model.sparsity = sparsity
+        if not model.tied:
+            with torch.no_grad():
+                model.thresholds.fill_(sparsity)
+
+        config = self._training_config()
+        result = train(model, y, config, resume=resume)
+        if result.stop_reason == "interrupted":
+            warnings.warn(
+                f"fit interrupted: the model holds the parameters after epoch {len(result.history)} of {self.n_epochs}"
+                + (f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.model_ = model
+        self.sparsity_ = float(sparsity)
+        self.n_channels_ = int(y.shape[1])
+        self.history_ = result.history
+        self.stop_reason_ = result.stop_reason
+        self.family_ = family
+        if isinstance(family, Gaussian) and not isinstance(self.family, Family):
+            # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
+            residual = y - self._predict_eta(y, family)
+            self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
+            model.family = self.family_
+        self._set_fitted_arrays()
+        return self
+
+    def _resolve_sparsity(self, y: Tensor, family: Family, model: DCEA) -> float:
+        if self.sparsity != "auto":
+            return float(self.sparsity)
+        # Robust noise level of H^T residual at the baseline (no template active), from a subset.
+        subset = y[: min(y.shape[0], 64)]
+        with torch.no_grad():
+            eta = model._baseline(y.ndim - 2).expand_as(subset)
+            residual = family.select(torch.arange(subset.shape[0])).residual(subset, eta)
+            correlated = ConvolutionOperator(model.templates, subset.shape[2:], model.stride).correlate(residual)
+            median = correlated.median()
+            noise = 1.4826 * float((correlated - median).abs().median())
+        if not noise > 0:
+            noise = float(correlated.std()) if correlated.numel() > 1 else 1.0
+        return AUTO_SPARSITY_NOISE_MULTIPLE * max(noise, 1e-8)
+
+    def _set_fitted_arrays(self) -> None:
+        self.templates_ = self.model_.templates.detach().cpu().numpy().copy()
+        self.baseline_ = self.model_.baseline.detach().cpu().numpy().copy()
+
+    # ------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def _encode(self, y: Tensor, family: Family) -> Tensor:
+        model = self.model_
+        device = model.templates.device
+        model.update_step_size(y.shape[2:], y)
+        outputs = []
+        batch = max(int(self.batch_size), 1) * 10
+        for first in range(0, y.shape[0], batch):
+            rows = torch.arange(first, min(first + batch, y.shape[0]))
+            outputs.append(
+                model.encode(
+                    y[rows].to(device), n_iterations=self.n_inference_iterations, family=family.select(rows).to(device)
+                ).cpu()
+            )
+        return torch.cat(outputs)
+
+    def _predict_eta(self, y: Tensor, family: Family) -> Tensor:
+        codes = self._encode(y, family)
+        with torch.no_grad():
+            return self.model_.decode(codes.to(self.model_.templates.device), y.shape[2:]).cpu()
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Sparse codes of ``X``.
+
+        Returns
+        -------
+        ndarray, shape (n_examples, n_templates, n_code_bins)
+            ``n_code_bins = n_bins - template_size + 1`` for stride 1.
+        """
+        self._check_fitted()
+        y, family = self._prepare(X, self.family_)
+        return self._encode(y, family).numpy()
+
+    def predict_rate(self, X: Any) -> np.ndarray:
+        """Expected counts per bin, ``mean(decode(transform(X)) + baseline)``.
+
+        Returns
+        -------
+        ndarray, shape (n_examples, n_channels, n_bins)
+            For the binomial family, the expected number of trials with a spike (``n_trials * p``).
+        """
+        self._check_fitted()
+        y, family = self._prepare(X, self.family_)
+        eta = self._predict_eta(y, family)
+        return family.to("cpu").mean(eta).numpy()
+
+    def score(self, X: Any) -> float:
+        """Mean log-likelihood per bin of ``X`` under the fitted model (higher is better)."""
+        self._check_fitted()
+        y, family = self._prepare(X, self.family_)
+        eta = self._predict_eta(y, family)
+        return float(family.to("cpu").log_likelihood(y, eta).mean())
+
+    def fit_transform(self, X: Any) -> np.ndarray:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X).transform(X)
+
+    # ------------------------------------------------------------------------- save/load
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model to one ``.safetensors`` file (tensors + JSON metadata; no pickle).
+
+        Returns
+        -------
+        Path
+            The file written (``.safetensors`` is appended if missing).
+        """
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        params = {k: _jsonable(v) for k, v in self.get_params().items()}
+        metadata = {
+            "format": FORMAT,
+            "version": str(FORMAT_VERSION),
+            "params": json.dumps(params),
+            "family": json.dumps(self.family_.config()),
+            "fitted": json.dumps(
+                {"sparsity_": self.sparsity_, "n_channels_": self.n_channels_, "stop_reason_": self.stop_reason_}
+            ),
+            "history": self.history_.to_json(orient="split"),
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        tensors["initial_templates"] = torch.as_tensor(self.initial_templates_)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(temporary), metadata=metadata)
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> SpikeDictionary:
+        """Read a model written by :meth:`save`. Never executes code from the file.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            Missing file; corrupt file or not a spikedict model.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved model at {str(path)!r}.")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as error:
+            raise ValueError(
+                f"could not read {str(path)!r} as a spikedict model: the file is corrupt, truncated or not a "
+                f"safetensors file ({type(error).__name__}). Save the model again with SpikeDictionary.save."
+            ) from error
+        if metadata.get("format") != FORMAT:
+            raise ValueError(
+                f"{str(path)!r} is a safetensors file but not a spikedict model (format {metadata.get('format')!r})."
+            )
+        if int(metadata.get("version", "0")) > FORMAT_VERSION:
+            raise ValueError(
+                f"{str(path)!r} was written by a newer spikedict (format version {metadata['version']}); upgrade spikedict."
+            )
+        try:
+            params = json.loads(metadata["params"])
+            family = _family_from_config(json.loads(metadata["family"]))
+            fitted = json.loads(metadata["fitted"])
+            history = pd.read_json(io.StringIO(metadata["history"]), orient="split")
+            estimator = cls(**params)
+            estimator.device = device
+            template_shape = estimator._template_shape()
+            model = DCEA(
+                estimator.n_templates,
+                int(fitted["n_channels_"]),
+                template_shape,
+                family,
+                sparsity=float(fitted["sparsity_"]),
+                n_iterations=estimator.n_iterations,
+                algorithm=estimator.algorithm,
+                nonnegative_codes=estimator.nonnegative_codes,
+                stride=estimator.stride,
+                tied=estimator.tied,
+                learn_baseline=isinstance(estimator.baseline, str) and estimator.baseline == "learn",
+                nonnegative_templates=estimator.nonnegative_templates,
+                zero_edges=estimator.zero_edges,
+                smoothness=estimator.smoothness,
+            )
+            initial = tensors.pop("initial_templates")
+            model.load_state_dict(tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{str(path)!r} is a spikedict model whose contents do not fit together ({type(error).__name__}: "
+                f"{error}); it may have been edited or written by an incompatible version."
+            ) from error
+        model.to(resolve_device(device))
+        model.eval()
+        estimator.model_ = model
+        estimator.family_ = family
+        estimator.sparsity_ = float(fitted["sparsity_"])
+        estimator.n_channels_ = int(fitted["n_channels_"])
+        estimator.stop_reason_ = fitted.get("stop_reason_", "")
+        estimator.history_ = history
+        estimator.initial_templates_ = initial.numpy()
+        estimator._set_fitted_arrays()
+        return estimator
+
+
+def _family_from_config(config: dict[str, Any]) -> Family:
+    config = dict(config)
+    return get_family(config.pop("name"), **config)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Family):
+        return value.config()["name"]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        result = a == b
+        return bool(np.all(result)) if not isinstance(result, bool) else result
+    except Exception:
+        return a is b

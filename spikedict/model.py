@@ -1,0 +1,539 @@
+"""The Deep Convolutional Exponential Auto-encoder as ``torch.nn.Module``.
+
+The encoder unrolls proximal-gradient iterations for the sparse-coding problem
+
+    min_codes  NLL(y | decode(codes) + baseline) / residual_scale + sparsity * ||codes||_1
+
+and the decoder is the convolutional generative model ``eta = sum_c templates_c * codes_c + baseline``.
+One iteration (:func:`proximal_gradient_step`) is separate from the loop that runs it
+(:meth:`DCEA.encode`), so it can be tested on its own and unrolled or run to convergence.
+
+Shapes, for a 1-D recording (2-D images add one spatial axis everywhere):
+
+- data ``y`` and linear predictor ``eta``: ``(n_examples, n_channels, n_bins)``
+- templates: ``(n_templates, n_channels, template_size)``
+- codes: ``(n_examples, n_templates, n_code_bins)``, with
+  ``n_code_bins = ceil((n_bins - template_size) / stride) + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikedict.families import Family
+
+__all__ = [
+    "DCEA",
+    "ConvolutionOperator",
+    "code_shape",
+    "correlate",
+    "decode",
+    "operator_norm_squared",
+    "proximal_gradient_step",
+    "shrink",
+]
+
+Algorithm = Literal["ista", "fista"]
+
+_CONVOLUTIONS = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d)}
+
+
+def _spatial(templates: Tensor) -> int:
+    n_spatial = templates.ndim - 2
+    if n_spatial not in _CONVOLUTIONS:
+        raise ValueError(
+            "templates must have shape (n_templates, n_channels, template_size) or "
+            f"(n_templates, n_channels, height, width), got shape {tuple(templates.shape)}."
+        )
+    return n_spatial
+
+
+def _as_tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise ValueError(f"expected {n} value(s), got {value}.")
+    return value
+
+
+def code_shape(
+    signal_shape: Sequence[int], template_shape: Sequence[int], stride: int | Sequence[int] = 1
+) -> tuple[int, ...]:
+    """Spatial shape of the codes for a signal of ``signal_shape`` (spatial axes only).
+
+    Examples
+    --------
+    >>> code_shape((2000,), (50,))
+    (1951,)
+    >>> code_shape((64, 65), (11, 11), stride=7)
+    (9, 10)
+    """
+    strides = _as_tuple(stride, len(signal_shape))
+    shape = []
+    for size, kernel, step in zip(signal_shape, template_shape, strides):
+        if size < kernel:
+            raise ValueError(
+                f"template_size {tuple(template_shape)} is longer than the signal {tuple(signal_shape)}; "
+                "use shorter templates or longer examples (a larger n_bins or a longer time window)."
+            )
+        shape.append(-(-(size - kernel) // step) + 1)
+    return tuple(shape)
+
+
+def _fast_length(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (FFT sizes that torch transforms fastest)."""
+    best = 1 << (n - 1).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+class ConvolutionOperator:
+    """The convolution ``codes -> sum_c templates_c * codes_c`` and its adjoint, for fixed templates.
+
+    1-D templates with stride 1 use FFTs of a fixed length (the template spectra are computed once),
+    which on CPUs is several times faster than ``conv_transpose1d``; other cases use torch's
+    convolutions. Both paths compute the same linear map and are differentiable.
+
+    Parameters
+    ----------
+    templates : Tensor, shape (n_templates, n_channels, *template_shape)
+    signal_shape : tuple of int
+        Spatial shape of the signals (``(n_bins,)`` or ``(height, width)``).
+    stride : int or tuple of int
+    method : {"auto", "fft", "direct"}
+        ``"auto"`` picks FFTs for 1-D, stride-1 templates of at least 8 bins.
+    """
+
+    def __init__(
+        self,
+        templates: Tensor,
+        signal_shape: Sequence[int],
+        stride: int | Sequence[int] = 1,
+        method: Literal["auto", "fft", "direct"] = "auto",
+    ) -> None:
+        self.n_spatial = _spatial(templates)
+        self.templates = templates
+        self.signal_shape = tuple(int(s) for s in signal_shape)
+        self.stride = _as_tuple(stride, self.n_spatial)
+        self.code_shape = code_shape(self.signal_shape, templates.shape[2:], self.stride)
+        if method == "auto":
+            use_fft = self.n_spatial == 1 and self.stride == (1,) and templates.shape[-1] >= 8
+        elif method in ("fft", "direct"):
+            use_fft = method == "fft"
+            if use_fft and (self.n_spatial != 1 or self.stride != (1,)):
+                raise ValueError("method='fft' supports 1-D templates with stride 1 only.")
+        else:
+            raise ValueError(f"method must be 'auto', 'fft' or 'direct', got {method!r}.")
+        self.use_fft = use_fft
+        if use_fft:
+            self.n_fft = _fast_length(self.signal_shape[0])
+            self.spectra = torch.fft.rfft(templates, n=self.n_fft)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``."""
+        if self.use_fft:
+            product = torch.einsum("bcf,cpf->bpf", torch.fft.rfft(codes, n=self.n_fft), self.spectra)
+            return torch.fft.irfft(product, n=self.n_fft)[..., : self.signal_shape[0]]
+        output = _CONVOLUTIONS[self.n_spatial][1](codes, self.templates, stride=self.stride)
+        return output[(Ellipsis,) + tuple(slice(0, s) for s in self.signal_shape)]
+
+    def correlate(self, signal: Tensor) -> Tensor:
+        """Adjoint of :meth:`decode`: ``(n_examples, n_channels, *signal_shape) -> codes shape``."""
+        if self.use_fft:
+            product = torch.einsum("bpf,cpf->bcf", torch.fft.rfft(signal, n=self.n_fft), self.spectra.conj())
+            return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
+        padding: list[int] = []
+        for size, n_code, kernel, step in zip(
+            reversed(self.signal_shape),
+            reversed(self.code_shape),
+            reversed(self.templates.shape[2:]),
+            reversed(self.stride),
+        ):
+            padding += [0, (n_code - 1) * step + kernel - size]
+        if any(padding):
+            signal = F.pad(signal, padding)
+        return _CONVOLUTIONS[self.n_spatial][0](signal, self.templates, stride=self.stride)
+
+
+def decode(
+    codes: Tensor, templates: Tensor, stride: int | Sequence[int] = 1, signal_shape: Sequence[int] | None = None
+) -> Tensor:
+    """Convolutional decoder: ``sum_c templates_c * codes_c``.
+
+    Parameters
+    ----------
+    codes : Tensor, shape (n_examples, n_templates, *code_shape)
+    templates : Tensor, shape (n_templates, n_channels, *template_shape)
+    stride : int or tuple of int
+        Distance in bins (pixels) between neighbouring code positions.
+    signal_shape : tuple of int, optional
+        Spatial shape of the output; the full convolution is cropped to it. Default: the full size.
+
+    Returns
+    -------
+    Tensor, shape (n_examples, n_channels, *signal_shape)
+    """
+    n_spatial = _spatial(templates)
+    if signal_shape is None:
+        strides = _as_tuple(stride, n_spatial)
+        signal_shape = tuple((n - 1) * s + k for n, s, k in zip(codes.shape[2:], strides, templates.shape[2:]))
+    return ConvolutionOperator(templates, signal_shape, stride).decode(codes)
+
+
+def correlate(signal: Tensor, templates: Tensor, stride: int | Sequence[int] = 1) -> Tensor:
+    """Adjoint of :func:`decode`: cross-correlation of the signal with every template.
+
+    Parameters
+    ----------
+    signal : Tensor, shape (n_examples, n_channels, *signal_shape)
+    templates : Tensor, shape (n_templates, n_channels, *template_shape)
+    stride : int or tuple of int
+
+    Returns
+    -------
+    Tensor, shape (n_examples, n_templates, *code_shape)
+    """
+    return ConvolutionOperator(templates, signal.shape[2:], stride).correlate(signal)
+
+
+@torch.no_grad()
+def operator_norm_squared(
+    templates: Tensor,
+    signal_shape: Sequence[int],
+    stride: int | Sequence[int] = 1,
+    n_iterations: int = 50,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Largest eigenvalue of ``H^T H`` for the convolution with ``templates``, by power iteration.
+
+    Parameters
+    ----------
+    templates : Tensor, shape (n_templates, n_channels, *template_shape)
+    signal_shape : tuple of int
+        Spatial shape of the signals the operator acts on (capped at 4096 per axis; the norm of a
+        convolution grows with the length towards its limit, which a few thousand bins reach).
+    stride : int or tuple of int
+    n_iterations : int
+    generator : torch.Generator, optional
+        Source of the random start (a fixed default seed if omitted, so results are reproducible).
+
+    Returns
+    -------
+    float
+        ``||H||^2``, the Lipschitz constant of the gradient of ``||y - H x||^2 / 2``.
+    """
+    shape = tuple(min(int(s), 4096) for s in signal_shape)
+    shape = tuple(max(s, k) for s, k in zip(shape, templates.shape[2:]))
+    codes = code_shape(shape, templates.shape[2:], stride)
+    if generator is None:
+        generator = torch.Generator(device=templates.device).manual_seed(0)
+    x = torch.randn(
+        (1, templates.shape[0]) + codes, generator=generator, device=templates.device, dtype=templates.dtype
+    )
+    x /= x.norm()
+    operator = ConvolutionOperator(templates, shape, stride)
+    value = 0.0
+    for _ in range(n_iterations):
+        y = operator.correlate(operator.decode(x))
+        value = float(y.norm())
+        if value == 0.0:
+            return 0.0
+        x = y / value
+    return value
+
+
+def shrink(values: Tensor, threshold: Tensor | float, nonnegative: bool) -> Tensor:
+    """Proximal operator of ``threshold * ||x||_1`` (plus the constraint ``x >= 0`` if nonnegative).
+
+    One-sided: ``relu(v - threshold)``; two-sided (soft threshold): ``sign(v) * relu(|v| - threshold)``.
+    """
+    if nonnegative:
+        return F.relu(values - threshold)
+    return torch.sign(values) * F.relu(values.abs() - threshold)
+
+
+def proximal_gradient_step(
+    codes: Tensor,
+    y: Tensor,
+    family: Family,
+    baseline: Tensor,
+    dictionary: ConvolutionOperator,
+    encoder: ConvolutionOperator,
+    step_size: float,
+    threshold: Tensor | float,
+    nonnegative: bool = True,
+) -> Tensor:
+    """One proximal-gradient (ISTA) iteration of the DCEA encoder.
+
+    ``codes + step_size * encoder.correlate(residual)``, shrunk by ``step_size * threshold``, where
+    ``residual = family.residual(y, dictionary.decode(codes) + baseline)``.
+
+    Parameters
+    ----------
+    codes : Tensor, shape (n_examples, n_templates, *code_shape)
+    y : Tensor, shape (n_examples, n_channels, *signal_shape)
+    family : Family
+    baseline : Tensor, broadcastable to ``y``
+    dictionary : ConvolutionOperator
+        The templates ``H`` that model the data.
+    encoder : ConvolutionOperator
+        The operator whose adjoint maps residuals to codes: ``dictionary`` itself for tied weights
+        (then the step is a proximal-gradient step on the l1-regularised NLL).
+    step_size : float
+    threshold : float or Tensor of shape (n_templates,)
+        The sparsity (tied) or one learned threshold per template (untied).
+    nonnegative : bool
+
+    Returns
+    -------
+    Tensor, same shape as ``codes``.
+    """
+    eta = dictionary.decode(codes) + baseline
+    residual = family.residual(y, eta)
+    update = codes + step_size * encoder.correlate(residual)
+    if isinstance(threshold, Tensor) and threshold.ndim == 1:
+        threshold = threshold.reshape((1, -1) + (1,) * (codes.ndim - 2))
+    return shrink(update, step_size * threshold, nonnegative)
+
+
+class DCEA(nn.Module):
+    """Deep Convolutional Exponential Auto-encoder.
+
+    Parameters
+    ----------
+    n_templates : int
+        Number of templates (dictionary elements).
+    n_channels : int
+        Number of channels (neurons, units, or colour channels) of the data.
+    template_shape : int or tuple of int
+        Template length in bins (1-D) or ``(height, width)`` (2-D).
+    family : Family
+        Observation family used inside the encoder.
+    sparsity : float
+        l1 weight ``lambda`` of the sparse-coding problem (for the NLL divided by the family's
+        ``residual_scale``, i.e. per trial for the binomial family).
+    n_iterations : int
+        Number of unrolled encoder iterations.
+    algorithm : {"fista", "ista"}
+        FISTA (with momentum) or plain ISTA.
+    nonnegative_codes : bool
+        One-sided shrinkage (codes >= 0) if True, soft thresholding if False.
+    stride : int or tuple of int
+        Stride of the convolution (1 for spike trains; e.g. 7 for image patches).
+    tied : bool
+        True for DCEA-C (one dictionary, interpretable). False for DCEA-UC: encoder and decoder
+        weights are separate parameters, initialised from the templates, and the threshold of each
+        template is learned.
+    learn_baseline : bool
+        Whether the per-channel baseline is a trained parameter.
+    nonnegative_templates : bool
+        Project templates onto ``templates >= 0`` after each step.
+    zero_edges : int
+        Number of samples at each end of every template held at zero (templates that start and end
+        at zero). 1-D only.
+    smoothness : float
+        Weight of the penalty ``sum ||diff(template)||^2`` returned by :meth:`penalty`.
+    generator : torch.Generator, optional
+        Source of the random initial templates.
+    """
+
+    def __init__(
+        self,
+        n_templates: int,
+        n_channels: int,
+        template_shape: int | Sequence[int],
+        family: Family,
+        *,
+        sparsity: float = 0.1,
+        n_iterations: int = 50,
+        algorithm: Algorithm = "fista",
+        nonnegative_codes: bool = True,
+        stride: int | Sequence[int] = 1,
+        tied: bool = True,
+        learn_baseline: bool = True,
+        nonnegative_templates: bool = False,
+        zero_edges: int = 0,
+        smoothness: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        template_shape = (template_shape,) if isinstance(template_shape, int) else tuple(template_shape)
+        if n_templates < 1 or n_channels < 1 or any(k < 1 for k in template_shape):
+            raise ValueError(
+                f"n_templates, n_channels and template sizes must be >= 1, got n_templates={n_templates}, "
+                f"n_channels={n_channels}, template_shape={template_shape}."
+            )
+        if algorithm not in ("ista", "fista"):
+            raise ValueError(f"algorithm must be 'ista' or 'fista', got {algorithm!r}.")
+        if zero_edges and len(template_shape) != 1:
+            raise ValueError("zero_edges applies to 1-D templates only.")
+        if 2 * zero_edges >= template_shape[0]:
+            raise ValueError(
+                f"zero_edges={zero_edges} leaves no free sample in templates of size {template_shape[0]}; "
+                f"use zero_edges < {math.ceil(template_shape[0] / 2)}."
+            )
+        self.family = family
+        self.sparsity = float(sparsity)
+        self.n_iterations = int(n_iterations)
+        self.algorithm: Algorithm = algorithm
+        self.nonnegative_codes = bool(nonnegative_codes)
+        self.stride = _as_tuple(stride, len(template_shape))
+        self.tied = bool(tied)
+        self.nonnegative_templates = bool(nonnegative_templates)
+        self.zero_edges = int(zero_edges)
+        self.smoothness = float(smoothness)
+
+        shape = (n_templates, n_channels) + template_shape
+        initial = torch.randn(shape, generator=generator)
+        self.templates = nn.Parameter(initial)
+        self.project_templates_()
+        if self.tied:
+            self.encoder_templates = None
+            self.decoder_templates = None
+            self.thresholds = None
+        else:
+            self.encoder_templates = nn.Parameter(self.templates.detach().clone())
+            self.decoder_templates = nn.Parameter(self.templates.detach().clone())
+            self.thresholds = nn.Parameter(torch.full((n_templates,), self.sparsity))
+        self.baseline = nn.Parameter(torch.zeros(n_channels), requires_grad=learn_baseline)
+        self.register_buffer("step_size", torch.tensor(1.0))
+
+    # ------------------------------------------------------------------------- properties
+    @property
+    def n_templates(self) -> int:
+        return self.templates.shape[0]
+
+    @property
+    def n_channels(self) -> int:
+        return self.templates.shape[1]
+
+    @property
+    def template_shape(self) -> tuple[int, ...]:
+        return tuple(self.templates.shape[2:])
+
+    def _baseline(self, n_spatial: int) -> Tensor:
+        return self.baseline.reshape((1, -1) + (1,) * n_spatial)
+
+    # ----------------------------------------------------------------------- projection
+    @torch.no_grad()
+    def project_templates_(self) -> None:
+        """Project the templates onto the constraint set: constraints, then unit l2 norm each."""
+        templates = self.templates
+        if self.nonnegative_templates:
+            templates.clamp_(min=0)
+        if self.zero_edges:
+            templates[..., : self.zero_edges] = 0
+            templates[..., -self.zero_edges :] = 0
+        norms = templates.flatten(1).norm(dim=1).clamp(min=torch.finfo(templates.dtype).tiny)
+        templates /= norms.reshape((-1,) + (1,) * (templates.ndim - 1))
+
+    def penalty(self) -> Tensor:
+        """Smoothness penalty ``smoothness * sum ||diff(templates)||^2`` over the template axes."""
+        if self.smoothness == 0:
+            return self.templates.new_zeros(())
+        total = self.templates.new_zeros(())
+        weights = self.templates if self.tied else self.decoder_templates
+        for axis in range(2, weights.ndim):
+            total = total + (torch.diff(weights, dim=axis) ** 2).sum()
+        return self.smoothness * total
+
+    @torch.no_grad()
+    def update_step_size(self, signal_shape: Sequence[int], y: Tensor | None = None, safety: float = 1.05) -> float:
+        """Set the encoder's step to ``1 / (safety * curvature * ||H||^2)`` and return it.
+
+        ``||H||^2`` comes from power iteration on the current templates; the curvature bound comes
+        from the family (and the data ``y`` for the Poisson family).
+        """
+        norm_squared = operator_norm_squared(self.templates, signal_shape, self.stride)
+        curvature = self.family.curvature_bound(y if y is not None else self.templates.new_zeros(0))
+        step = 1.0 / (safety * curvature * max(norm_squared, 1e-12))
+        self.step_size.fill_(step)
+        return step
+
+    # ---------------------------------------------------------------------------- encoder
+    def code_shape(self, signal_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial shape of the codes for signals of spatial shape ``signal_shape``."""
+        return code_shape(signal_shape, self.template_shape, self.stride)
+
+    def encode(
+        self,
+        y: Tensor,
+        codes: Tensor | None = None,
+        n_iterations: int | None = None,
+        n_backprop_iterations: int | None = None,
+        family: Family | None = None,
+    ) -> Tensor:
+        """Run the unrolled encoder.
+
+        Parameters
+        ----------
+        y : Tensor, shape (n_examples, n_channels, *signal_shape)
+        codes : Tensor, shape (n_examples, n_templates, *code_shape), optional
+            Warm start; zeros by default.
+        n_iterations : int, optional
+            Iterations to run (default: the module's ``n_iterations``).
+        n_backprop_iterations : int, optional
+            Record gradients through only the last this many iterations (truncated back-propagation);
+            the earlier ones run without autograd. Default: all of them.
+        family : Family, optional
+            Family for these examples (e.g. a per-example binomial ``n_trials`` subset).
+
+        Returns
+        -------
+        Tensor, shape (n_examples, n_templates, *code_shape)
+        """
+        family = self.family if family is None else family
+        n_iterations = self.n_iterations if n_iterations is None else int(n_iterations)
+        signal_shape = tuple(y.shape[2:])
+        if codes is None:
+            codes = y.new_zeros((y.shape[0], self.n_templates) + self.code_shape(signal_shape))
+        baseline = self._baseline(len(signal_shape))
+        dictionary = ConvolutionOperator(self.templates, signal_shape, self.stride)
+        encoder = dictionary if self.tied else ConvolutionOperator(self.encoder_templates, signal_shape, self.stride)
+        threshold = self.sparsity if self.tied else self.thresholds
+        step = float(self.step_size)
+        n_free = n_iterations if n_backprop_iterations is None else max(n_iterations - n_backprop_iterations, 0)
+
+        grad_enabled = torch.is_grad_enabled()
+        momentum_codes = codes
+        t = 1.0
+        for iteration in range(n_iterations):
+            with torch.set_grad_enabled(grad_enabled and iteration >= n_free):
+                new_codes = proximal_gradient_step(
+                    momentum_codes, y, family, baseline, dictionary, encoder, step, threshold, self.nonnegative_codes
+                )
+                if self.algorithm == "fista":
+                    t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+                    momentum_codes = new_codes + ((t - 1.0) / t_next) * (new_codes - codes)
+                    t = t_next
+                else:
+                    momentum_codes = new_codes
+                codes = new_codes
+        return codes
+
+    def decode(self, codes: Tensor, signal_shape: Sequence[int] | None = None) -> Tensor:
+        """Linear predictor ``eta = decode(codes) + baseline``, shape (n_examples, n_channels, *signal_shape)."""
+        weights = self.templates if self.tied else self.decoder_templates
+        eta = decode(codes, weights, self.stride, signal_shape)
+        return eta + self._baseline(eta.ndim - 2)
+
+    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode then decode: returns ``(eta, codes)`` for data ``y``."""
+        codes = self.encode(y)
+        return self.decode(codes, y.shape[2:]), codes

@@ -1,4 +1,5 @@
-from spikedict.cli import main
 import sys
+
+from spikedict.cli import main
 
 sys.exit(main())

@@ -57,13 +57,16 @@ def _demo(arguments: argparse.Namespace) -> int:
     table["initial_error"] = initial.errors
     print(f"fit: {seconds:.1f} s on {model.model_.templates.device} ({torch.get_num_threads()} threads)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"mean recovered-template error sqrt(1 - <h, h_hat>^2): {alignment.mean_error:.3f} (initial {initial.mean_error:.3f})")
+    summary = f"mean recovered-template error sqrt(1 - <h, h_hat>^2): {alignment.mean_error:.3f}"
+    print(f"{summary} (initial {initial.mean_error:.3f})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``spikedict`` command."""
-    parser = argparse.ArgumentParser(prog="spikedict", description="Learn firing-rate templates from spike trains (DCEA).")
+    parser = argparse.ArgumentParser(
+        prog="spikedict", description="Learn firing-rate templates from spike trains (DCEA)."
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(

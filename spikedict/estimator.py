@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from spikedict.families import Binomial, Family, Gaussian, get_family
-from spikedict.model import DCEA, ConvolutionOperator
+from spikedict.model import DCEA
 from spikedict.training import TrainingConfig, resolve_device, train
 
 __all__ = ["NotFittedError", "SpikeDictionary"]
@@ -58,7 +59,8 @@ def _to_tensor(values: Any, name: str) -> Tensor:
             raise TypeError(
                 f"{name} must be a numeric array of shape (n_examples, n_channels, n_bins), got dtype {array.dtype}."
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if tensor.is_complex():
         raise TypeError(f"{name} must be real-valued, got dtype {tensor.dtype}.")
     return tensor.to(torch.get_default_dtype())
@@ -114,7 +116,7 @@ class SpikeDictionary:
         Samples at each end of a template held at zero.
     smoothness : float
         Weight of the squared-difference smoothness penalty on the templates.
-    n_epochs, batch_size, learning_rate, backprop, warm_start, validation_fraction, patience :
+    n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -167,6 +169,7 @@ class SpikeDictionary:
         batch_size: int = 10,
         learning_rate: float = 0.01,
         backprop: Literal["none", "truncated", "full"] = "none",
+        n_dictionary_steps: int = 1,
         warm_start: bool = True,
         validation_fraction: float = 0.0,
         patience: int | None = None,
@@ -195,6 +198,7 @@ class SpikeDictionary:
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.backprop = backprop
+        self.n_dictionary_steps = n_dictionary_steps
         self.warm_start = warm_start
         self.validation_fraction = validation_fraction
         self.patience = patience
@@ -227,6 +231,11 @@ class SpikeDictionary:
     def _check_settings(self) -> None:
         if not isinstance(self.n_templates, (int, np.integer)) or self.n_templates < 1:
             raise ValueError(f"n_templates must be an integer >= 1, got {self.n_templates!r}.")
+        if not self.tied and self.backprop == "none":
+            raise ValueError(
+                "tied=False (DCEA-UC) learns its encoder weights and thresholds by back-propagation through the "
+                "encoder; use backprop='truncated' or backprop='full' with it."
+            )
         if self.sparsity != "auto" and not (isinstance(self.sparsity, (int, float)) and self.sparsity >= 0):
             raise ValueError(f"sparsity must be a non-negative number or 'auto', got {self.sparsity!r}.")
         for name in ("n_iterations", "n_inference_iterations"):
@@ -303,6 +312,7 @@ class SpikeDictionary:
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             backprop=self.backprop,
+            n_dictionary_steps=self.n_dictionary_steps,
             warm_start=self.warm_start,
             loss="nll",
             validation_fraction=self.validation_fraction,
@@ -444,20 +454,12 @@ class SpikeDictionary:
     def _resolve_sparsity(self, y: Tensor, family: Family, model: DCEA) -> float:
         if self.sparsity != "auto":
             return float(self.sparsity)
-        # Robust noise level of H^T residual at the baseline (no template active), from a subset.
-        subset = y[: min(y.shape[0], 64)]
-        with torch.no_grad():
-            eta = model._baseline(y.ndim - 2).expand_as(subset)
-            residual = family.select(torch.arange(subset.shape[0])).residual(subset, eta)
-            correlated = ConvolutionOperator(model.templates, subset.shape[2:], model.stride).correlate(residual)
-            median = correlated.median()
-            noise = 1.4826 * float((correlated - median).abs().median())
-        if not noise > 0:
-            noise = float(correlated.std()) if correlated.numel() > 1 else 1.0
-        return AUTO_SPARSITY_NOISE_MULTIPLE * max(noise, 1e-8)
+        return AUTO_SPARSITY_NOISE_MULTIPLE * noise_level(y, family, model.baseline.detach())
 
     def _set_fitted_arrays(self) -> None:
-        self.templates_ = self.model_.templates.detach().cpu().numpy().copy()
+        # DCEA-UC: the decoder's weights are the templates that generate the rates.
+        weights = self.model_.templates if self.model_.tied else self.model_.decoder_templates
+        self.templates_ = weights.detach().cpu().numpy().copy()
         self.baseline_ = self.model_.baseline.detach().cpu().numpy().copy()
 
     # ------------------------------------------------------------------------- inference
@@ -542,7 +544,7 @@ class SpikeDictionary:
             "fitted": json.dumps(
                 {"sparsity_": self.sparsity_, "n_channels_": self.n_channels_, "stop_reason_": self.stop_reason_}
             ),
-            "history": self.history_.to_json(orient="split"),
+            "history": self.history_.to_json(orient="split", double_precision=15),
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         tensors["initial_templates"] = torch.as_tensor(self.initial_templates_)
@@ -581,7 +583,8 @@ class SpikeDictionary:
             )
         if int(metadata.get("version", "0")) > FORMAT_VERSION:
             raise ValueError(
-                f"{str(path)!r} was written by a newer spikedict (format version {metadata['version']}); upgrade spikedict."
+                f"{str(path)!r} was written by a newer spikedict (format version {metadata['version']}); "
+                "upgrade spikedict."
             )
         try:
             params = json.loads(metadata["params"])
@@ -625,6 +628,25 @@ class SpikeDictionary:
         estimator.initial_templates_ = initial.numpy()
         estimator._set_fitted_arrays()
         return estimator
+
+
+def noise_level(y: Tensor, family: Family, baseline: Tensor) -> float:
+    """Standard deviation of the encoder's residual ``(y - mean) / residual_scale`` when no template is active.
+
+    For count families it follows from the family's variance at the baseline; for the Gaussian family the
+    noise is estimated robustly from the first differences of the data (median absolute deviation), which
+    events of smooth templates barely affect. Correlating white noise with a unit-norm template keeps this
+    standard deviation, so it is the natural unit of the sparsity.
+    """
+    if isinstance(family, Gaussian):
+        differences = torch.diff(y, dim=-1).flatten()
+        if differences.numel() == 0:
+            return family.std
+        deviation = (differences - differences.median()).abs().median()
+        return max(float(1.4826 * deviation / math.sqrt(2.0)), 1e-8)
+    eta = baseline.reshape((1, -1) + (1,) * (y.ndim - 2)).expand_as(y)
+    variance = family.select(torch.arange(y.shape[0])).variance(eta)
+    return max(float(variance.mean().sqrt()) / family.residual_scale, 1e-8)
 
 
 def _family_from_config(config: dict[str, Any]) -> Family:

@@ -87,6 +87,10 @@ class Family(ABC):
         """Log-partition ``A(eta)`` elementwise; same shape as ``eta``."""
 
     @abstractmethod
+    def variance(self, eta: Tensor) -> Tensor:
+        """Variance of the data at ``eta`` (``A''(eta)`` times the dispersion); same shape as ``eta``."""
+
+    @abstractmethod
     def log_likelihood(self, y: Tensor, eta: Tensor) -> Tensor:
         """Full log-likelihood ``log p(y | eta)`` elementwise, constants included."""
 
@@ -175,8 +179,10 @@ class Gaussian(Family):
     Parameters
     ----------
     std : float, default 1.0
-        Standard deviation of the noise. It rescales the negative log-likelihood and enters
-        :meth:`log_likelihood`; the encoder's sparsity is expressed for unit variance.
+        Standard deviation of the noise. It enters :meth:`log_likelihood`, :meth:`variance` and
+        :meth:`deviance`; :meth:`negative_log_likelihood` is kept in natural-parameter form
+        ``eta**2 / 2 - y * eta`` (the dispersion ``std**2`` is a constant factor that the encoder's
+        sparsity absorbs), i.e. it equals ``-std**2 * log_prob`` up to a constant in ``y``.
 
     Examples
     --------
@@ -199,6 +205,9 @@ class Gaussian(Family):
     def log_partition(self, eta: Tensor) -> Tensor:
         return 0.5 * eta**2
 
+    def variance(self, eta: Tensor) -> Tensor:
+        return torch.full_like(eta, self.std**2)
+
     def log_likelihood(self, y: Tensor, eta: Tensor) -> Tensor:
         variance = self.std**2
         return -0.5 * (y - eta) ** 2 / variance - 0.5 * math.log(2 * math.pi * variance)
@@ -211,7 +220,7 @@ class Gaussian(Family):
         return mean
 
     def deviance(self, y: Tensor, eta: Tensor) -> Tensor:
-        return (y - eta) ** 2
+        return (y - eta) ** 2 / self.std**2
 
     def validate(self, y: Tensor, name: str = "counts") -> None:
         _check_finite(y, name)
@@ -290,6 +299,10 @@ class Binomial(Family):
 
     def log_partition(self, eta: Tensor) -> Tensor:
         return self._trials_like(eta) * F.softplus(eta)
+
+    def variance(self, eta: Tensor) -> Tensor:
+        probability = torch.sigmoid(eta)
+        return self._trials_like(eta) * probability * (1 - probability)
 
     def log_likelihood(self, y: Tensor, eta: Tensor) -> Tensor:
         trials = self._trials_like(y)
@@ -400,6 +413,9 @@ class Poisson(Family):
         capped = eta.clamp(max=self.max_log_rate)
         return torch.exp(capped) * (1 + eta - capped)
 
+    def variance(self, eta: Tensor) -> Tensor:
+        return self.mean(eta)
+
     def log_likelihood(self, y: Tensor, eta: Tensor) -> Tensor:
         return -self.negative_log_likelihood(y, eta) - torch.lgamma(y + 1)
 
@@ -447,13 +463,14 @@ class Poisson(Family):
 FAMILIES: dict[str, type[Family]] = {"gaussian": Gaussian, "binomial": Binomial, "poisson": Poisson}
 
 
-def get_family(family: str | Family, **parameters: Any) -> Family:
+def get_family(name: str | Family, **parameters: Any) -> Family:
     """Resolve a family given by name (or return it unchanged if it is already a :class:`Family`).
 
     Parameters
     ----------
-    family : str or Family
-        ``"gaussian"``, ``"binomial"`` or ``"poisson"`` (case-insensitive), or a family object.
+    name : str or Family
+        ``"gaussian"``, ``"binomial"`` or ``"poisson"`` (case-insensitive), or a family object
+        (returned unchanged). ``get_family(**family.config())`` rebuilds a family.
     **parameters
         Passed to the family's constructor, e.g. ``n_trials=30`` for the binomial family.
         Parameters the family does not take (and that are None) are ignored.
@@ -467,18 +484,17 @@ def get_family(family: str | Family, **parameters: Any) -> Family:
     >>> get_family("binomial", n_trials=30)
     Binomial(n_trials=30)
     """
-    if isinstance(family, Family):
-        return family
-    if not isinstance(family, str):
+    if isinstance(name, Family):
+        return name
+    if not isinstance(name, str):
         raise TypeError(
             f"family must be a name ({', '.join(repr(n) for n in FAMILIES)}) or a Family object, "
-            f"got {type(family).__name__}."
+            f"got {type(name).__name__}."
         )
-    key = family.strip().lower()
+    key = name.strip().lower()
     if key not in FAMILIES:
         raise ValueError(
-            f"unknown family {family!r}; valid names are {', '.join(repr(n) for n in FAMILIES)}, "
-            "or pass a Family object."
+            f"unknown family {name!r}; valid names are {', '.join(repr(n) for n in FAMILIES)}, or pass a Family object."
         )
     cls = FAMILIES[key]
     import inspect

@@ -73,7 +73,7 @@ def code_shape(
     >>> code_shape((2000,), (50,))
     (1951,)
     >>> code_shape((64, 65), (11, 11), stride=7)
-    (9, 10)
+    (9, 9)
     """
     strides = _as_tuple(stride, len(signal_shape))
     shape = []
@@ -381,6 +381,8 @@ class DCEA(nn.Module):
             )
         if algorithm not in ("ista", "fista"):
             raise ValueError(f"algorithm must be 'ista' or 'fista', got {algorithm!r}.")
+        if zero_edges < 0:
+            raise ValueError(f"zero_edges must be >= 0 (samples held at zero at each end), got {zero_edges}.")
         if zero_edges and len(template_shape) != 1:
             raise ValueError("zero_edges applies to 1-D templates only.")
         if 2 * zero_edges >= template_shape[0]:
@@ -433,8 +435,12 @@ class DCEA(nn.Module):
     # ----------------------------------------------------------------------- projection
     @torch.no_grad()
     def project_templates_(self) -> None:
-        """Project the templates onto the constraint set: constraints, then unit l2 norm each."""
-        templates = self.templates
+        """Project the templates (and untied decoder weights) onto the constraint set, then unit l2 norm."""
+        self._project(self.templates)
+        if not self.tied and getattr(self, "decoder_templates", None) is not None:
+            self._project(self.decoder_templates)
+
+    def _project(self, templates: Tensor) -> None:
         if self.nonnegative_templates:
             templates.clamp_(min=0)
         if self.zero_edges:
@@ -508,7 +514,7 @@ class DCEA(nn.Module):
         encoder = dictionary if self.tied else ConvolutionOperator(self.encoder_templates, signal_shape, self.stride)
         threshold = self.sparsity if self.tied else self.thresholds
         step = float(self.step_size)
-        n_free = n_iterations if n_backprop_iterations is None else max(n_iterations - n_backprop_iterations, 0)
+        n_free = 0 if n_backprop_iterations is None else max(n_iterations - n_backprop_iterations, 0)
 
         grad_enabled = torch.is_grad_enabled()
         momentum_codes = codes

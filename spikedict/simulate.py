@@ -32,7 +32,9 @@ def _unit_norm(templates: np.ndarray) -> np.ndarray:
 def paper_templates(template_size: int = 50) -> np.ndarray:
     """The three templates of the DCEA paper's spike simulation, unit l2 norm.
 
-    A one-period square wave, a one-period triangle wave and a two-cycle cosine.
+    A one-period square wave (+1 then -1), a one-period triangle wave (-1 at the edges, +1 in the middle)
+    and a two-cycle cosine: zero-mean shapes, mutually orthogonal without shift, so that the comparison
+    measures learning and not the confusion of near-collinear templates.
 
     Returns
     -------
@@ -42,7 +44,7 @@ def paper_templates(template_size: int = 50) -> np.ndarray:
         raise ValueError(f"template_size must be at least 4 bins to hold the paper's shapes, got {template_size}.")
     phase = (np.arange(template_size) + 0.5) / template_size
     square = np.where(phase < 0.5, 1.0, -1.0)
-    triangle = 2.0 / np.pi * np.arcsin(np.sin(2 * np.pi * phase))
+    triangle = 1.0 - 4.0 * np.abs(phase - 0.5)
     cosine = np.cos(2 * np.pi * 2 * phase)
     return _unit_norm(np.stack([square, triangle, cosine])[:, None, :])
 
@@ -147,6 +149,8 @@ def simulate_counts(
     SimulatedCounts
     """
     templates = np.asarray(templates, dtype=np.float64)
+    if family == "binomial" and n_trials is None:
+        raise ValueError("the binomial family needs n_trials, the number of repeated trials per example (e.g. 30).")
     family = get_family(family, n_trials=n_trials, std=noise_std)
     rng = np.random.default_rng(seed)
     n_templates, n_channels, template_size = templates.shape

@@ -83,13 +83,24 @@ class TrainingConfig:
     batch_size : int
         Examples per optimiser step.
     learning_rate : float
-        Adam's learning rate.
+        Adam's (initial) learning rate.
+    learning_rate_schedule : {"cosine", "constant"}
+        ``"cosine"`` anneals the learning rate to 1% of ``learning_rate`` over ``n_epochs`` (per epoch).
+        Adam moves every template coordinate by about the learning rate at each step whatever the size
+        of its gradient, so a constant rate leaves templates jittering by that much; annealing removes
+        the jitter while keeping large early steps.
     backprop : {"none", "truncated", "full"}
         How gradients flow through the encoder (see the module docstring).
     n_backprop_iterations : int
         Iterations back-propagated through with ``backprop="truncated"``.
+    n_dictionary_steps : int
+        Optimiser steps on each batch with its codes held fixed (``backprop="none"`` only): the
+        dictionary update of alternating minimisation, which is cheap next to the encoder.
     warm_start : bool
         Start each training example's encoder from its codes of the previous epoch.
+    n_warmup_iterations : int
+        With ``warm_start``, encoder iterations run once on all training examples before the first
+        epoch, so that the first template updates see converged codes rather than near-zero ones.
     loss : {"nll", "mse"}
         Family negative log-likelihood of the data (unsupervised) or squared error of the predicted
         mean against a target (supervised).
@@ -114,9 +125,12 @@ class TrainingConfig:
     n_epochs: int = 50
     batch_size: int = 10
     learning_rate: float = 0.01
+    learning_rate_schedule: Literal["cosine", "constant"] = "cosine"
     backprop: Literal["none", "truncated", "full"] = "none"
     n_backprop_iterations: int = 5
+    n_dictionary_steps: int = 1
     warm_start: bool = True
+    n_warmup_iterations: int = 200
     loss: Literal["nll", "mse"] = "nll"
     validation_fraction: float = 0.0
     patience: int | None = None
@@ -174,7 +188,7 @@ class TrainingResult:
     Attributes
     ----------
     history : pandas.DataFrame
-        One row per epoch: ``epoch``, ``train_loss``, ``validation_loss`` (NaN without a split),
+        One row per epoch: ``epoch``, ``learning_rate``, ``train_loss``, ``validation_loss`` (NaN without a split),
         ``step_size``, ``code_density`` (fraction of non-zero codes), ``seconds``.
     best_epoch : int
         Epoch whose parameters the model holds at the end.
@@ -292,6 +306,41 @@ def _encode(model: DCEA, y: Tensor, initial: Tensor | None, family: Any, config:
     return model.encode(y, codes=initial, family=family, n_backprop_iterations=truncated)
 
 
+def scheduled_learning_rate(config: TrainingConfig, epoch: int) -> float:
+    """Learning rate of epoch ``epoch`` (0-based): constant, or cosine from the rate to 1% of it.
+
+    A closed form of the epoch and ``n_epochs``, so a resumed fit follows the schedule of its settings.
+    """
+    if config.learning_rate_schedule == "constant" or config.n_epochs <= 1:
+        return config.learning_rate
+    floor = 0.01 * config.learning_rate
+    progress = epoch / (config.n_epochs - 1)
+    return floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def _warm_up(
+    model: DCEA,
+    y: Tensor,
+    train_index: Tensor,
+    family: Any,
+    config: TrainingConfig,
+    signal_shape: tuple[int, ...],
+    device: torch.device,
+) -> Tensor:
+    """Initial codes of the training examples: ``n_warmup_iterations`` encoder iterations from zero."""
+    codes = torch.zeros((len(train_index), model.n_templates) + model.code_shape(signal_shape))
+    if config.n_warmup_iterations == 0:
+        return codes
+    model.update_step_size(signal_shape, y)
+    for first in range(0, len(train_index), config.batch_size * 10):
+        rows = train_index[first : first + config.batch_size * 10]
+        batch_family = family.select(rows.to(device))
+        encoded = model.encode(y[rows].to(device), n_iterations=config.n_warmup_iterations, family=batch_family)
+        codes[first : first + len(rows)] = encoded.cpu()
+    return codes
+
+
 def _show_progress(progress: bool | None) -> bool:
     if progress is None:
         return bool(getattr(sys.stderr, "isatty", lambda: False)())
@@ -376,7 +425,7 @@ def train(
         best_state = payload["best_state"]
         start_epoch = payload["epoch"]
     if config.warm_start and codes_store is None:
-        codes_store = torch.zeros((len(train_index), model.n_templates) + model.code_shape(signal_shape))
+        codes_store = _warm_up(model, y, train_index, family, config, signal_shape, device)
 
     monitored = "validation_loss" if n_validation else "train_loss"
     stale_epochs = 0  # epochs since the best one, recomputed from the history on resume
@@ -401,6 +450,9 @@ def train(
             started = time.perf_counter()
             model.train()
             model.update_step_size(signal_shape, y)
+            learning_rate = scheduled_learning_rate(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             permutation = torch.randperm(len(train_index), generator=generator)
             total, count, nonzero, entries = 0.0, 0, 0, 0
             for first in range(0, len(permutation), config.batch_size):
@@ -411,17 +463,18 @@ def train(
                 initial = codes_store[local].to(device) if config.warm_start else None
                 codes = _encode(model, batch, initial, batch_family, config, grad=True)
                 batch_target = target[rows].to(device) if target is not None else None
-                loss = _batch_loss(model, batch, codes, batch_family, config, batch_target) + model.penalty()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the training loss became {loss.item()} at epoch {epoch + 1}. Lower learning_rate "
-                        f"(now {config.learning_rate}) or the encoder's step size; the model keeps the last "
-                        "finished epoch."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.project_templates_()
+                for _ in range(config.n_dictionary_steps):
+                    loss = _batch_loss(model, batch, codes, batch_family, config, batch_target) + model.penalty()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the training loss became {loss.item()} at epoch {epoch + 1}. Lower learning_rate "
+                            f"(now {config.learning_rate}) or the encoder's step size; the model keeps the last "
+                            "finished epoch."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    model.project_templates_()
                 if config.warm_start:
                     codes_store[local] = codes.detach().to(codes_store.device)
                 total += float(loss.detach()) * len(rows)
@@ -430,6 +483,7 @@ def train(
                 entries += codes.numel()
             row = {
                 "epoch": epoch + 1,
+                "learning_rate": learning_rate,
                 "train_loss": total / max(count, 1),
                 "validation_loss": math.nan,
                 "step_size": float(model.step_size),
@@ -493,7 +547,8 @@ def train(
         best_epoch = len(history)
     model.eval()
     frame = pd.DataFrame(
-        history, columns=["epoch", "train_loss", "validation_loss", "step_size", "code_density", "seconds"]
+        history,
+        columns=["epoch", "learning_rate", "train_loss", "validation_loss", "step_size", "code_density", "seconds"],
     )
     return TrainingResult(
         history=frame,

@@ -119,9 +119,14 @@ def align_templates(learned: np.ndarray, true: np.ndarray, max_lag: int | None =
     Examples
     --------
     >>> import numpy as np
-    >>> true = np.eye(3)[:, None, :]
-    >>> align_templates(-true[[2, 0, 1]], true).table["learned_index"].tolist()
-    [1, 2, 0]
+    >>> from spikedict.simulate import paper_templates
+    >>> true = paper_templates(50)
+    >>> learned = -true[[2, 0, 1]]  # permuted and sign-flipped
+    >>> result = align_templates(learned, true)
+    >>> result.table[["learned_index", "sign", "lag"]].values.tolist()
+    [[1, -1, 0], [2, -1, 0], [0, -1, 0]]
+    >>> round(result.mean_error, 6)
+    0.0
     """
     learned = _as_templates(learned, "learned")
     true = _as_templates(true, "true")

@@ -1,0 +1,40 @@
+"""Shared small simulated problems for the estimator, training and CLI tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spikedict.simulate import paper_templates, simulate_counts
+
+# The problems here are tiny: one intra-op thread is faster than two and does not oversubscribe the cores
+# when the suite runs beside other work (two threads on a busy two-core machine were ~15x slower).
+torch.set_num_threads(1)
+
+N_TRIALS = 30
+TEMPLATE_SIZE = 20
+
+
+@pytest.fixture(scope="session")
+def true_templates() -> np.ndarray:
+    return paper_templates(TEMPLATE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def binomial_simulation(true_templates):
+    """8 examples x 300 bins of binomial counts (M = 30) from the paper's three shapes."""
+    return simulate_counts(true_templates, n_examples=8, n_bins=300, n_trials=N_TRIALS, event_rate=0.02, seed=1)
+
+
+@pytest.fixture(scope="session")
+def binomial_counts(binomial_simulation) -> np.ndarray:
+    return binomial_simulation.counts
+
+
+@pytest.fixture(scope="session")
+def poisson_counts(true_templates) -> np.ndarray:
+    simulation = simulate_counts(
+        true_templates, n_examples=8, n_bins=300, family="poisson", baseline=-1.0, event_rate=0.02, seed=2
+    )
+    return simulation.counts

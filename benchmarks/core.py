@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import hashlib
 import json
 import multiprocessing
 import os
@@ -43,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import spikedict
 from spikedict import SpikeDictionary
 from spikedict.analysis.alignment import align_templates
 from spikedict.model import decode
@@ -184,6 +186,15 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def source_hash() -> str:
+    """Short hash of the spikedict sources this process imported (they may change between fits)."""
+    digest = hashlib.sha256()
+    root = Path(spikedict.__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def fit_in_child(counts: np.ndarray, kwargs: dict[str, Any], n_threads: int) -> dict[str, Any]:
     """Fit and encode in this (fresh) process; return timings, templates and the fit's peak memory.
 
@@ -214,6 +225,7 @@ def fit_in_child(counts: np.ndarray, kwargs: dict[str, Any], n_threads: int) -> 
         "fit_memory_mb": peak - rss_before_fit,
         "memory_method": "VmHWM reset before fit" if exact else "ru_maxrss of child",
         "torch_threads": torch.get_num_threads(),
+        "source_hash": source_hash(),
     }
 
 
@@ -247,14 +259,14 @@ def benchmark_one(variant: str, seed: int, n_examples: int, params: dict[str, An
         status = f"{type(error).__name__}: {error}".splitlines()[0][:200]
     if fitted is None:
         template_error = fit_seconds = encode_rate = peak = fit_memory = float("nan")
-        n_epochs_run = 0
+        n_epochs_run, code = 0, ""
     else:
         status = "ok"
         template_error = align_templates(fitted["templates"], simulation.templates).mean_error
         fit_seconds = fitted["fit_seconds"]
         encode_rate = simulation.counts.size / fitted["encode_seconds"]
         peak, fit_memory = fitted["peak_memory_mb"], fitted["fit_memory_mb"]
-        n_epochs_run = fitted["n_epochs_run"]
+        n_epochs_run, code = fitted["n_epochs_run"], fitted["source_hash"]
         if fitted["memory_method"] != "VmHWM reset before fit":
             status = f"ok (memory: {fitted['memory_method']})"
     ratio = template_error / floor
@@ -273,6 +285,7 @@ def benchmark_one(variant: str, seed: int, n_examples: int, params: dict[str, An
         meets_time_target=time_ok,
         meets_target=error_ok and time_ok,
         status=status,
+        spikedict_source=code,
     )
     return row
 
@@ -348,7 +361,7 @@ def git_revision() -> str:
 
 
 def header(args: argparse.Namespace, params: dict[str, Any], n_threads: int, n_examples: int) -> list[str]:
-    how = "set to os.cpu_count()" if args.threads is None else "set by --threads"
+    how = "set by --threads" if args.threads else "1 for --quick" if args.quick else "set to os.cpu_count()"
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
     return [
         f"spikedict core benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}",
@@ -371,7 +384,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and model seeds")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument(
-        "--quick", action="store_true", help=f"smoke run: the first seed only, {QUICK_N_EXAMPLES} examples"
+        "--quick", action="store_true", help=f"smoke run: the first seed only, {QUICK_N_EXAMPLES} examples, 1 thread"
     )
     parser.add_argument("--n-examples", type=int, default=None, help=f"signals per data set (default {N_EXAMPLES})")
     parser.add_argument(
@@ -381,7 +394,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch threads in the fits (default: os.cpu_count(), as the issue's targets assume)",
+        help="torch threads (default: os.cpu_count(), as the issue's targets assume; 1 with --quick)",
     )
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the tables are written")
     args = parser.parse_args(argv)
@@ -404,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except TypeError as error:
         print(f"--params: {error}", file=sys.stderr)
         return 2
-    n_threads = args.threads or os.cpu_count() or 1
+    # A smoke run uses one thread unless told otherwise: on a busy machine, multi-threaded torch spends the
+    # tiny --quick problem waiting for its threads (see README.md), and --quick measures nothing anyway.
+    n_threads = args.threads or (1 if args.quick else os.cpu_count() or 1)
     torch.set_num_threads(n_threads)
     n_examples = args.n_examples or (QUICK_N_EXAMPLES if args.quick else N_EXAMPLES)
 
@@ -422,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = pd.DataFrame(rows)
     summary = summarise(table)
+    sources = sorted(set(table["spikedict_source"]) - {""})
+    if len(sources) > 1:
+        print(f"\nwarning: the spikedict sources changed during the run ({', '.join(sources)}); compare rows with care")
 
     print("\nPer seed:\n" + formatted(table).to_string(index=False))
     print("\nSummary (mean over seeds):\n" + formatted(summary).to_string(index=False))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from spikedict import SpikeDictionary
 from spikedict.simulate import paper_templates, simulate_counts
 
 # The problems here are tiny: one intra-op thread is faster than two and does not oversubscribe the cores
@@ -14,6 +15,22 @@ torch.set_num_threads(1)
 
 N_TRIALS = 30
 TEMPLATE_SIZE = 20
+
+
+def small_model(**overrides) -> SpikeDictionary:
+    """A quick estimator for the small problems below (test files import it from here)."""
+    settings = dict(
+        n_templates=3,
+        template_size=TEMPLATE_SIZE,
+        n_trials=N_TRIALS,
+        n_epochs=3,
+        n_inference_iterations=100,
+        seed=0,
+        progress=False,
+        device="cpu",
+    )
+    settings.update(overrides)
+    return SpikeDictionary(**settings)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import N_TRIALS, TEMPLATE_SIZE, small_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -20,25 +21,8 @@ from spikedict.analysis import align_templates
 from spikedict.model import decode
 from spikedict.simulate import paper_templates, simulate_counts
 
-N_TRIALS = 30  # as in conftest.py's simulations
-TEMPLATE_SIZE = 20
 # The requirement: every paper template recovered with sqrt(1 - <h, h_hat>^2) <= this.
 RECOVERY_TOLERANCE = 0.1
-
-
-def small_model(**overrides) -> SpikeDictionary:
-    settings = dict(
-        n_templates=3,
-        template_size=TEMPLATE_SIZE,
-        n_trials=N_TRIALS,
-        n_epochs=3,
-        n_inference_iterations=100,
-        seed=0,
-        progress=False,
-        device="cpu",
-    )
-    settings.update(overrides)
-    return SpikeDictionary(**settings)
 
 
 @pytest.fixture(scope="module")

@@ -7,30 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import N_TRIALS, TEMPLATE_SIZE, small_model
 
 import spikedict.estimator as estimator_module
 import spikedict.training as training
-from spikedict import Binomial, SpikeDictionary, TrainingConfig
+from spikedict import Binomial, TrainingConfig
 from spikedict.model import DCEA
 from spikedict.training import load_checkpoint, save_checkpoint, scheduled_learning_rate, train
-
-N_TRIALS = 30  # as in conftest.py's simulations
-TEMPLATE_SIZE = 20
-
-
-def small_model(**overrides) -> SpikeDictionary:
-    settings = dict(
-        n_templates=3,
-        template_size=TEMPLATE_SIZE,
-        n_trials=N_TRIALS,
-        n_epochs=3,
-        n_inference_iterations=50,
-        seed=0,
-        progress=False,
-        device="cpu",
-    )
-    settings.update(overrides)
-    return SpikeDictionary(**settings)
 
 
 def make_network(n_templates: int = 3, seed: int = 0) -> DCEA:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.model import DCEA
-from spikedict.training import TrainingConfig, resolve_device, train
+from spikedict.training import TrainingConfig, encode_in_batches, resolve_device, train
 
 __all__ = ["NotFittedError", "SpikeDictionary"]
 
@@ -465,19 +465,9 @@ class SpikeDictionary:
     # ------------------------------------------------------------------------- inference
     @torch.no_grad()
     def _encode(self, y: Tensor, family: Family) -> Tensor:
-        model = self.model_
-        device = model.templates.device
-        model.update_step_size(y.shape[2:], y)
-        outputs = []
-        batch = max(int(self.batch_size), 1) * 10
-        for first in range(0, y.shape[0], batch):
-            rows = torch.arange(first, min(first + batch, y.shape[0]))
-            outputs.append(
-                model.encode(
-                    y[rows].to(device), n_iterations=self.n_inference_iterations, family=family.select(rows).to(device)
-                ).cpu()
-            )
-        return torch.cat(outputs)
+        self.model_.update_step_size(y.shape[2:], y)
+        batch_size = max(int(self.batch_size), 1) * 10
+        return encode_in_batches(self.model_, y, family, self.n_inference_iterations, batch_size=batch_size)
 
     def _predict_eta(self, y: Tensor, family: Family) -> Tensor:
         codes = self._encode(y, family)

@@ -42,7 +42,15 @@ from tqdm.auto import tqdm
 
 from spikedict.model import DCEA
 
-__all__ = ["TrainingConfig", "TrainingResult", "load_checkpoint", "resolve_device", "save_checkpoint", "train"]
+__all__ = [
+    "TrainingConfig",
+    "TrainingResult",
+    "encode_in_batches",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]
 
 CHECKPOINT_FORMAT = "spikedict-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -319,26 +327,40 @@ def scheduled_learning_rate(config: TrainingConfig, epoch: int) -> float:
 
 
 @torch.no_grad()
-def _warm_up(
+def encode_in_batches(
     model: DCEA,
     y: Tensor,
-    train_index: Tensor,
     family: Any,
-    config: TrainingConfig,
-    signal_shape: tuple[int, ...],
-    device: torch.device,
+    n_iterations: int | None = None,
+    batch_size: int = 100,
+    rows: Tensor | None = None,
 ) -> Tensor:
+    """Codes of the examples ``y[rows]`` (all by default), encoded ``batch_size`` at a time on the model's device.
+
+    Returns
+    -------
+    Tensor on the CPU, shape (len(rows), n_templates, *code_shape)
+    """
+    device = model.templates.device
+    rows = torch.arange(y.shape[0]) if rows is None else rows
+    outputs = []
+    for first in range(0, len(rows), batch_size):
+        batch_rows = rows[first : first + batch_size]
+        batch_family = family.select(batch_rows).to(device)
+        outputs.append(model.encode(y[batch_rows].to(device), n_iterations=n_iterations, family=batch_family).cpu())
+    if not outputs:
+        return torch.zeros((0, model.n_templates) + model.code_shape(tuple(y.shape[2:])))
+    return torch.cat(outputs)
+
+
+def _warm_up(model: DCEA, y: Tensor, train_index: Tensor, family: Any, config: TrainingConfig) -> Tensor:
     """Initial codes of the training examples: ``n_warmup_iterations`` encoder iterations from zero."""
-    codes = torch.zeros((len(train_index), model.n_templates) + model.code_shape(signal_shape))
     if config.n_warmup_iterations == 0:
-        return codes
-    model.update_step_size(signal_shape, y)
-    for first in range(0, len(train_index), config.batch_size * 10):
-        rows = train_index[first : first + config.batch_size * 10]
-        batch_family = family.select(rows.to(device))
-        encoded = model.encode(y[rows].to(device), n_iterations=config.n_warmup_iterations, family=batch_family)
-        codes[first : first + len(rows)] = encoded.cpu()
-    return codes
+        return torch.zeros((len(train_index), model.n_templates) + model.code_shape(tuple(y.shape[2:])))
+    model.update_step_size(y.shape[2:], y)
+    return encode_in_batches(
+        model, y, family, config.n_warmup_iterations, batch_size=config.batch_size * 10, rows=train_index
+    )
 
 
 def _show_progress(progress: bool | None) -> bool:
@@ -425,7 +447,7 @@ def train(
         best_state = payload["best_state"]
         start_epoch = payload["epoch"]
     if config.warm_start and codes_store is None:
-        codes_store = _warm_up(model, y, train_index, family, config, signal_shape, device)
+        codes_store = _warm_up(model, y, train_index, family, config)
 
     monitored = "validation_loss" if n_validation else "train_loss"
     stale_epochs = 0  # epochs since the best one, recomputed from the history on resume

@@ -1,0 +1,76 @@
+"""The small data sets shipped in the repository's ``data/`` folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spikedict.io._files import read_recording
+
+if TYPE_CHECKING:  # pragma: no cover
+    import neo
+
+__all__ = ["DATASETS", "data_directory", "list_datasets", "load_dataset"]
+
+# name -> (file in data/, one-line description)
+DATASETS: dict[str, tuple[str, str]] = {
+    "paper-binomial": (
+        "paper_binomial.mat",
+        "simulated binomial study in the DCEA paper's setting: 3 templates of 50 bins, M = 30 trials per example",
+    ),
+    "locust": (
+        "locust.mat",
+        "locust auditory receptor neuron, two 10 s white-noise stimuli (Rokem et al. 2006, via nitime; BSD-3)",
+    ),
+}
+
+
+def data_directory() -> Path:
+    """The ``data/`` folder: ``$SPIKEDICT_DATA`` if set, else ``data/`` at the top of the source tree."""
+    override = os.environ.get("SPIKEDICT_DATA")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "data"
+
+
+def list_datasets() -> dict[str, str]:
+    """Names of the shipped data sets, with a one-line description each.
+
+    Examples
+    --------
+    >>> sorted(list_datasets())
+    ['locust', 'paper-binomial']
+    """
+    return {name: description for name, (_, description) in DATASETS.items()}
+
+
+def load_dataset(name: str) -> neo.Block:
+    """Load a shipped data set by name, with no network access.
+
+    Parameters
+    ----------
+    name : {"paper-binomial", "locust"}
+
+    Returns
+    -------
+    neo.Block
+        Segments are trials, groups are units; ``block.annotations`` describe the data (``bin_size`` to use,
+        source, licence, and for simulated data the ground truth).
+
+    Examples
+    --------
+    >>> block = load_dataset("locust")
+    >>> len(block.segments), block.segments[0].annotations["cutoff_frequency"]
+    (2, array(200.) * Hz)
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; the shipped ones are {sorted(DATASETS)} (see list_datasets()).")
+    path = data_directory() / DATASETS[name][0]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the data set {name!r} is not at {str(path)!r}. The data ship in the data/ folder of the source tree: "
+            "install spikedict from a checkout with `pip install -e .`, set SPIKEDICT_DATA to a folder holding "
+            "the files, or regenerate them with `python data/make_datasets.py`."
+        )
+    return read_recording(path, format="mat")

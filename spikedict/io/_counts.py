@@ -62,22 +62,16 @@ class SpikeCounts:
     def __post_init__(self) -> None:
         self.counts = np.asarray(self.counts)
         if self.counts.ndim != 3:
-            raise ValueError(
-                f"counts must have shape (n_examples, n_channels, n_bins), got shape {self.counts.shape}."
-            )
+            raise ValueError(f"counts must have shape (n_examples, n_channels, n_bins), got shape {self.counts.shape}.")
         self.n_trials = np.broadcast_to(np.asarray(self.n_trials, dtype=np.int64), (self.n_examples,)).copy()
         if not self.channel_names:
             self.channel_names = [f"channel {c}" for c in range(self.n_channels)]
         if len(self.channel_names) != self.n_channels:
-            raise ValueError(
-                f"channel_names has {len(self.channel_names)} names for {self.n_channels} channels."
-            )
+            raise ValueError(f"channel_names has {len(self.channel_names)} names for {self.n_channels} channels.")
         if self.example_labels.empty and len(self.example_labels.columns) == 0:
             self.example_labels = pd.DataFrame(index=pd.RangeIndex(self.n_examples, name="example"))
         if len(self.example_labels) != self.n_examples:
-            raise ValueError(
-                f"example_labels has {len(self.example_labels)} rows for {self.n_examples} examples."
-            )
+            raise ValueError(f"example_labels has {len(self.example_labels)} rows for {self.n_examples} examples.")
 
     @property
     def n_examples(self) -> int:
@@ -213,9 +207,7 @@ def _describe_train(trial: int, channel: int, names: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- input shapes
-def _normalise(
-    data: Any, unit_annotation: str
-) -> tuple[list[list[neo.SpikeTrain]], list[str], list[dict[str, Any]]]:
+def _normalise(data: Any, unit_annotation: str) -> tuple[list[list[neo.SpikeTrain]], list[str], list[dict[str, Any]]]:
     """Bring every accepted input to ``trains[trial][channel]`` with channel names and trial labels."""
     import neo
 
@@ -358,7 +350,9 @@ def _from_block(
                     "Block; set train.segment (or append it to a segment's spiketrains)."
                 )
             if table[n][g] is not None:
-                raise ValueError(f"unit {names[g]!r} has two spike trains in trial {n}; each unit appears once per trial.")
+                raise ValueError(
+                    f"unit {names[g]!r} has two spike trains in trial {n}; each unit appears once per trial."
+                )
             table[n][g] = train
     for n, row in enumerate(table):
         missing = [names[g] for g, train in enumerate(row) if train is None]
@@ -383,7 +377,11 @@ def _resolve_window(
                 f"{starts.min():g} to {starts.max():g} {unit_text}, t_stop from {stops.min():g} to {stops.max():g} "
                 f"{unit_text}), so there is no single window to bin. Pass the common interval explicitly: "
                 f"t_start={common[0]:g} * quantities.{unit_text}, t_stop={common[1]:g} * quantities.{unit_text}"
-                + (" (the trains do not overlap: align each trial to its own start first)." if common[0] >= common[1] else ".")
+                + (
+                    " (the trains do not overlap: align each trial to its own start first)."
+                    if common[0] >= common[1]
+                    else "."
+                )
             )
     start = _check_time(t_start, "t_start").rescale(units) if t_start is not None else starts.flat[0] * units
     stop = _check_time(t_stop, "t_stop").rescale(units) if t_stop is not None else stops.flat[0] * units
@@ -576,7 +574,9 @@ def _pool(
     else:
         groups = [((), np.arange(len(trial_labels)))]
     pooled = np.stack([spiked[index].sum(axis=0) for _, index in groups])
-    rows = [dict(zip(keys, key)) | {"n_trials": len(index), "trials": tuple(int(i) for i in index)} for key, index in groups]
+    rows = [
+        dict(zip(keys, key)) | {"n_trials": len(index), "trials": tuple(int(i) for i in index)} for key, index in groups
+    ]
     labels = pd.DataFrame(rows, index=pd.RangeIndex(len(groups), name="example"))
     n_trials = np.array([len(index) for _, index in groups], dtype=np.int64)
     return SpikeCounts(pooled, n_trials, bin_size, t_start, names, labels)

@@ -129,7 +129,7 @@ def read_recording(path: str | os.PathLike, format: str | None = None, *, allow_
             try:
                 reader = candidate(str(path))
                 break
-            except Exception as error:  # noqa: BLE001 - neo's readers raise anything
+            except Exception as error:  # neo readers raise anything
                 errors.append(f"{candidate.__name__}: {error}")
         if reader is None:
             raise ValueError(f"neo could not open {str(path)!r} ({'; '.join(errors)}).")

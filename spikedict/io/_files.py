@@ -222,6 +222,9 @@ def write_recording(
             io_class(temporary, mode="w").write_all_blocks([block])
         else:
             io_class(temporary).write_block(block)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates the file private; give it the usual permissions
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

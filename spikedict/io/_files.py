@@ -115,7 +115,10 @@ def read_recording(path: str | os.PathLike, format: str | None = None, *, allow_
     if key is None:
         import neo.io
 
-        candidates = neo.io.list_candidate_ios(str(path))
+        try:
+            candidates = neo.io.list_candidate_ios(str(path))
+        except (ValueError, OSError):
+            candidates = []
         if not candidates:
             raise ValueError(
                 f"neo has no reader for {str(path)!r} (extension {path.suffix!r}). Pass format= one of "

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import quantities as pq
 
-__all__ = ["build_block", "codes_from_annotations", "poisson_process_times"]
+__all__ = ["build_block", "ground_truth", "poisson_process_times"]
 
 
 def build_block(
@@ -35,6 +35,7 @@ def build_block(
         name=name,
         bin_size=bin_size,
         code_shape=np.asarray(codes.shape, dtype=np.int64),
+        template_shape=np.asarray(np.shape(truth["templates"]), dtype=np.int64),
         code_example=example.astype(np.int64),
         code_template=template.astype(np.int64),
         code_position=position.astype(np.int64),
@@ -56,15 +57,29 @@ def build_block(
     return block
 
 
-def codes_from_annotations(annotations: dict[str, Any]) -> np.ndarray:
-    """Rebuild the dense codes ``(n_examples, n_templates, n_code_bins)`` that :func:`build_block` stored."""
+def ground_truth(block: Any) -> dict[str, np.ndarray]:
+    """The ground truth that :func:`build_block` stored in ``block.annotations``, with full shapes.
+
+    A MAT round trip drops length-1 axes of array annotations; the stored ``template_shape`` and
+    ``code_shape`` restore them.
+
+    Returns
+    -------
+    dict
+        ``templates`` (n_templates, n_channels, template_size), ``codes`` (n_examples, n_templates,
+        n_code_bins) and ``baseline`` (n_channels,).
+    """
+    annotations = block.annotations
     shape = tuple(int(k) for k in np.atleast_1d(annotations["code_shape"]))
     codes = np.zeros(shape)
     index = tuple(
         np.atleast_1d(annotations[key]).astype(np.int64) for key in ("code_example", "code_template", "code_position")
     )
     codes[index] = np.atleast_1d(annotations["code_amplitude"])
-    return codes
+    template_shape = tuple(int(k) for k in np.atleast_1d(annotations["template_shape"]))
+    templates = np.asarray(annotations["templates"], dtype=np.float64).reshape(template_shape)
+    baseline = np.atleast_1d(np.asarray(annotations["baseline"], dtype=np.float64))
+    return {"templates": templates, "codes": codes, "baseline": baseline}
 
 
 def poisson_process_times(expected_counts: np.ndarray, bin_size: pq.Quantity, rng: np.random.Generator) -> np.ndarray:

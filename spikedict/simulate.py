@@ -282,7 +282,8 @@ def make_templates(
     if kind == "paper":
         if n_templates > 3:
             raise ValueError(f"the paper has 3 template shapes, {n_templates} were asked for; use another kind.")
-        return _unit_norm(np.repeat(paper_templates(template_size)[:n_templates], n_channels, axis=1))
+        templates = paper_templates(template_size)[:n_templates]
+        return templates if n_channels == 1 else _unit_norm(np.repeat(templates, n_channels, axis=1))
     rng = np.random.default_rng(seed)
     time = np.arange(template_size) + 0.5
     window = np.hanning(template_size + 2)[1:-1]

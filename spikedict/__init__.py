@@ -10,8 +10,38 @@ __all__ = [
     "Gaussian",
     "NotFittedError",
     "Poisson",
+    "SpikeCounts",
     "SpikeDictionary",
     "TrainingConfig",
+    "bin_spiketrains",
     "get_family",
+    "list_datasets",
+    "load_dataset",
+    "read_recording",
+    "simulate_spikes",
+    "write_recording",
 ]
 __version__ = "0.1.0"
+
+# The data layer (spikedict.io) and the simulator are loaded on first use: importing neo and elephant takes
+# about a second, which `import spikedict` should not pay.
+_LAZY = {
+    "SpikeCounts": "spikedict.io",
+    "bin_spiketrains": "spikedict.io",
+    "read_recording": "spikedict.io",
+    "write_recording": "spikedict.io",
+    "load_dataset": "spikedict.io",
+    "list_datasets": "spikedict.io",
+    "simulate_spikes": "spikedict.simulate",
+    "io": None,
+    "simulate": None,
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'spikedict' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_LAZY[name] or f"spikedict.{name}")
+    return module if _LAZY[name] is None else getattr(module, name)

@@ -1,5 +1,34 @@
-"""Analysis of fitted dictionaries: alignment of learned templates to ground truth."""
+"""Analysis of fitted dictionaries: alignment to ground truth, family comparison, metrics, model selection.
 
+Every function takes counts as the estimator does: an array (numpy or torch) of shape
+``(n_examples, n_channels, n_bins)``, a :class:`~spikedict.simulate.SimulatedCounts`, or any object with
+``counts`` and ``n_trials`` attributes.
+"""
+
+from spikedict.analysis._data import AnalysisData, as_analysis_data, example_folds, heldout_split, time_blocks
 from spikedict.analysis.alignment import Alignment, align_templates, template_error
+from spikedict.analysis.metrics import (
+    constant_rates,
+    deviance_per_bin,
+    event_detection,
+    find_events,
+    log_likelihood_per_bin,
+    pseudo_r2,
+)
 
-__all__ = ["Alignment", "align_templates", "template_error"]
+__all__ = [
+    "Alignment",
+    "AnalysisData",
+    "align_templates",
+    "as_analysis_data",
+    "constant_rates",
+    "deviance_per_bin",
+    "event_detection",
+    "example_folds",
+    "find_events",
+    "heldout_split",
+    "log_likelihood_per_bin",
+    "pseudo_r2",
+    "template_error",
+    "time_blocks",
+]

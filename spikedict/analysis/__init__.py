@@ -7,6 +7,7 @@ Every function takes counts as the estimator does: an array (numpy or torch) of 
 
 from spikedict.analysis._data import AnalysisData, as_analysis_data, example_folds, heldout_split, time_blocks
 from spikedict.analysis.alignment import Alignment, align_templates, template_error
+from spikedict.analysis.compare import compare_families, evaluate_heldout, family_study
 from spikedict.analysis.metrics import (
     constant_rates,
     deviance_per_bin,
@@ -21,10 +22,13 @@ __all__ = [
     "AnalysisData",
     "align_templates",
     "as_analysis_data",
+    "compare_families",
     "constant_rates",
     "deviance_per_bin",
+    "evaluate_heldout",
     "event_detection",
     "example_folds",
+    "family_study",
     "find_events",
     "heldout_split",
     "log_likelihood_per_bin",

@@ -207,7 +207,12 @@ def constant_rates(
             "of the same channels."
         )
     if isinstance(family, Binomial):
-        reference_family = family if fitted_on is None else resolve_family(family.name, reference)
+        if fitted_on is None:
+            reference_family = family
+        else:  # the reference's own n_trials, else the family's single one
+            shared = family.n_trials if isinstance(family.n_trials, int) else None
+            trials = reference.n_trials if reference.n_trials is not None else shared
+            reference_family = resolve_family("binomial", reference, trials)
         reference_trials = np.broadcast_to(
             reference_family._trials_like(_tensor(reference.counts)).numpy(), reference.counts.shape
         )

@@ -16,10 +16,12 @@ from spikedict.analysis.metrics import (
     log_likelihood_per_bin,
     pseudo_r2,
 )
+from spikedict.analysis.selection import ModelSelection, select_model
 
 __all__ = [
     "Alignment",
     "AnalysisData",
+    "ModelSelection",
     "align_templates",
     "as_analysis_data",
     "compare_families",
@@ -33,6 +35,7 @@ __all__ = [
     "heldout_split",
     "log_likelihood_per_bin",
     "pseudo_r2",
+    "select_model",
     "template_error",
     "time_blocks",
 ]

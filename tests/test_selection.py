@@ -125,3 +125,12 @@ def test_family_in_grid_scored_in_the_data_family(simulation):
 def test_select_model_errors(simulation, grid, kwargs, error, match):
     with pytest.raises(error, match=match):
         select_model(simulation, grid, **{**QUICK, **kwargs})
+
+
+def test_codes_from_other_trials(simulation):
+    result = select_model(simulation, {"n_templates": [3]}, cv=2, refit=False, infer_codes_from="other_trials", **QUICK)
+    same = select_model(simulation, {"n_templates": [3]}, cv=2, refit=False, **QUICK)
+    scores = result.table["heldout_log_likelihood_per_bin"].to_numpy()
+    assert np.all(np.isfinite(scores))
+    # Half the trials are scored (M = 15 instead of 30): a different, smaller-magnitude log-probability.
+    assert np.all(np.abs(scores) < np.abs(same.table["heldout_log_likelihood_per_bin"].to_numpy()))

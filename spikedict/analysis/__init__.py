@@ -5,7 +5,14 @@ Every function takes counts as the estimator does: an array (numpy or torch) of 
 ``counts`` and ``n_trials`` attributes.
 """
 
-from spikedict.analysis._data import AnalysisData, as_analysis_data, example_folds, heldout_split, time_blocks
+from spikedict.analysis._data import (
+    AnalysisData,
+    as_analysis_data,
+    example_folds,
+    heldout_split,
+    split_trials,
+    time_blocks,
+)
 from spikedict.analysis.alignment import Alignment, align_templates, template_error
 from spikedict.analysis.compare import compare_families, evaluate_heldout, family_study
 from spikedict.analysis.metrics import (
@@ -36,6 +43,7 @@ __all__ = [
     "log_likelihood_per_bin",
     "pseudo_r2",
     "select_model",
+    "split_trials",
     "template_error",
     "time_blocks",
 ]

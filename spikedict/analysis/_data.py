@@ -17,7 +17,7 @@ import torch
 
 from spikedict.families import Binomial, Family, get_family
 
-__all__ = ["AnalysisData", "as_analysis_data", "example_folds", "heldout_split", "time_blocks"]
+__all__ = ["AnalysisData", "as_analysis_data", "example_folds", "heldout_split", "split_trials", "time_blocks"]
 
 
 def _as_array(values: Any, name: str) -> np.ndarray:
@@ -288,3 +288,65 @@ def time_blocks(data: Any, n_blocks: int) -> AnalysisData:
         codes=None,
         rates=None if data.rates is None else cut(data.rates),
     )
+
+
+def split_trials(data: Any, fraction: float = 0.5, seed: int = 0) -> tuple[AnalysisData, AnalysisData]:
+    """Split the pooled trials of every binomial example into two independent groups (binomial thinning).
+
+    Choosing ``M_A = round(fraction * M)`` of the ``M`` exchangeable trials at random gives, from pooled
+    counts alone, ``y_A ~ Hypergeometric(M, y, M_A)`` and ``y_B = y - y_A``; given the rate,
+    ``y_A ~ Binomial(M_A, p)`` and ``y_B ~ Binomial(M - M_A, p)`` are independent. Codes inferred from ``y_A``
+    can then be scored on ``y_B`` without having seen it.
+
+    Parameters
+    ----------
+    data : counts object or SimulatedCounts with ``n_trials`` (binomial counts, ``M >= 2``)
+    fraction : float
+        Share of the trials in the first group, in (0, 1).
+    seed : int
+
+    Returns
+    -------
+    first, second : AnalysisData
+        Counts of the two groups with their ``n_trials``; their sum is the original counts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spikedict.simulate import paper_templates, simulate_counts
+    >>> simulation = simulate_counts(paper_templates(20), n_examples=2, n_bins=100, n_trials=30, seed=0)
+    >>> first, second = split_trials(simulation)
+    >>> first.n_trials, second.n_trials, bool(np.all(first.counts + second.counts == simulation.counts))
+    (15, 15, True)
+    """
+    data = as_analysis_data(data)
+    trials = data.n_trials
+    if trials is None and isinstance(data.family, Binomial):
+        trials = data.family.n_trials
+    if trials is None:
+        raise ValueError(
+            "split_trials needs binomial counts with n_trials (the number of trials pooled per example); pass a "
+            "counts object or SimulatedCounts that carries n_trials."
+        )
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}.")
+    trials = np.asarray(trials, dtype=np.int64)
+    first_trials = np.rint(fraction * trials).astype(np.int64)
+    if np.any(first_trials < 1) or np.any(first_trials > trials - 1):
+        raise ValueError(
+            f"fraction {fraction} of n_trials = {trials.tolist()} leaves a group without trials; every example needs "
+            "n_trials >= 2 and a fraction that gives each group at least one trial."
+        )
+    per_example = np.broadcast_to(trials.reshape((-1, 1, 1)) if trials.ndim else trials, data.counts.shape)
+    per_example_first = np.broadcast_to(
+        first_trials.reshape((-1, 1, 1)) if first_trials.ndim else first_trials, data.counts.shape
+    )
+    counts = data.counts.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    first_counts = rng.hypergeometric(counts, per_example - counts, per_example_first).astype(np.float64)
+
+    def group(values: np.ndarray, n: np.ndarray) -> AnalysisData:
+        n_trials = int(n) if n.ndim == 0 else n
+        return AnalysisData(counts=values, n_trials=n_trials, family=Binomial(n_trials), templates=data.templates)
+
+    return group(first_counts, first_trials), group(data.counts - first_counts, trials - first_trials)

@@ -13,7 +13,7 @@ import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -108,6 +108,7 @@ def select_model(
     seed: int = 0,
     refit: bool = True,
     clip: float = DEFAULT_CLIP,
+    infer_codes_from: Literal["heldout", "other_trials"] = "heldout",
     **estimator_params: Any,
 ) -> ModelSelection:
     """Score every setting of a parameter grid by cross-validated held-out log-likelihood per bin.
@@ -133,6 +134,10 @@ def select_model(
         Refit the best setting on all the data as ``best_estimator``.
     clip : float
         See :func:`~spikedict.analysis.log_likelihood_per_bin`.
+    infer_codes_from : {"heldout", "other_trials"}
+        Where held-out codes come from (see :func:`~spikedict.analysis.evaluate_heldout`). With ``"heldout"``
+        the encoder sees the counts it is scored on, which favours weak sparsity and many templates;
+        ``"other_trials"`` (binomial data) scores trials the encoder never saw and is the fairer choice.
     **estimator_params
         Fixed SpikeDictionary parameters (``n_epochs``, ``n_trials``, ...). ``progress`` defaults to False.
 
@@ -171,7 +176,9 @@ def select_model(
             family = evaluation_family
             if isinstance(family, Family):
                 family = family.select(torch.as_tensor(heldout_index))
-            scores = evaluate_heldout(model, heldout, family, train=train, clip=clip)
+            scores = evaluate_heldout(
+                model, heldout, family, train=train, clip=clip, infer_codes_from=infer_codes_from, split_seed=seed
+            )
             records.append(
                 {
                     "setting": index,

@@ -1,0 +1,272 @@
+"""Plots run headless (Agg), draw exactly the data they are given, label their axes, and never call show."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import quantities as pq
+from conftest import small_model
+
+from spikedict import plotting
+from spikedict.analysis import ModelSelection, align_templates
+
+
+@pytest.fixture(autouse=True)
+def no_show_and_close(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("plotting functions must not call show()")
+
+    monkeypatch.setattr(plt, "show", fail)
+    yield
+    plt.close("all")
+
+
+def unit(array):
+    return array / np.linalg.norm(array.reshape(array.shape[0], -1), axis=1)[:, None, None]
+
+
+def shifted_templates(true):
+    learned = -np.roll(true[[2, 0, 1]], 1, axis=-1)
+    rng = np.random.default_rng(0)
+    return learned, unit(learned + 0.3 * rng.standard_normal(learned.shape))
+
+
+def test_import_spikedict_does_not_import_matplotlib():
+    code = "import sys, spikedict, spikedict.analysis; print('matplotlib' in sys.modules, 'seaborn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_templates_against_truth(true_templates, tmp_path):
+    learned, initial = shifted_templates(true_templates)
+    figure = plotting.plot_templates(learned, true_templates, initial)
+    assert isinstance(figure, matplotlib.figure.Figure)
+    assert len(figure.axes) == 3
+    alignment = align_templates(learned, true_templates)
+    for i, axis in enumerate(figure.axes):
+        assert [line.get_label() for line in axis.lines] == ["initial", "true", "learned"]
+        np.testing.assert_allclose(axis.lines[1].get_ydata(), unit(true_templates)[i, 0])
+        np.testing.assert_allclose(axis.lines[2].get_ydata(), alignment.aligned[i, 0])
+        assert axis.get_title() == f"template {i} (error {alignment.errors[i]:.2f})"
+        assert axis.get_xlabel() == "Time (bins)"
+    # The initial template of the match, shifted and signed like the learned one.
+    sign, learned_index, lag = (int(alignment.table.loc[0, name]) for name in ("sign", "learned_index", "lag"))
+    assert lag == -1  # learned = roll(true, +1): learned[t] = true[t + lag]
+    expected_initial = sign * np.roll(initial[learned_index, 0], lag)
+    expected_initial[lag:] = 0.0  # shifted in from outside the template
+    np.testing.assert_allclose(figure.axes[0].lines[0].get_ydata(), expected_initial, atol=1e-12)
+    assert figure.axes[0].get_ylabel() == "Template (unit norm)"
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["initial", "true", "learned"]
+    figure.savefig(tmp_path / "templates.png")
+    assert (tmp_path / "templates.png").stat().st_size > 0
+
+
+def test_templates_without_truth_from_a_fitted_model_and_in_seconds(binomial_counts):
+    model = small_model(n_epochs=1).fit(binomial_counts)
+    figure = plotting.plot_templates(model, bin_size=2 * pq.ms)
+    assert len(figure.axes) == 3
+    axis = figure.axes[1]
+    assert [line.get_label() for line in axis.lines] == ["initial", "learned"]
+    np.testing.assert_allclose(axis.lines[1].get_ydata(), model.templates_[1, 0], rtol=1e-6)
+    np.testing.assert_allclose(axis.lines[0].get_ydata(), model.initial_templates_[1, 0], rtol=1e-6)
+    np.testing.assert_allclose(axis.lines[1].get_xdata(), np.arange(model.templates_.shape[2]) * 0.002)
+    assert axis.get_xlabel() == "Time (s)"
+
+
+def test_multichannel_templates_use_one_row_per_channel(true_templates):
+    true = np.concatenate([true_templates, true_templates[:, :, ::-1]], axis=1)[:2]
+    _, axes = plt.subplots(2, 2)
+    figure = plotting.plot_templates(true[::-1], true, ax=axes)
+    assert figure is axes[0, 0].figure
+    np.testing.assert_allclose(axes[1, 0].lines[0].get_ydata(), unit(true)[0, 1])
+    assert axes[1, 1].get_title() == "template 1 (error 0.00), channel 1"
+    with pytest.raises(ValueError, match=r"needs 4 Axes \(2 x 2\), got 1"):
+        plotting.plot_templates(true, true, ax=axes[0, 0])
+
+
+def test_raster_with_rates(tmp_path):
+    rng = np.random.default_rng(1)
+    trials = (rng.random((10, 50)) < 0.2).astype(int)
+    rates = np.linspace(1.0, 3.0, 50)
+    true_rates = np.full(50, 2.0)
+    ax = plotting.plot_raster(trials, rates, true_rates)
+    assert len(ax.collections) == 10
+    for k, collection in enumerate(ax.collections):
+        np.testing.assert_array_equal(collection.get_positions(), np.flatnonzero(trials[k]))
+    assert ax.get_ylabel() == "Trial" and ax.get_xlabel() == "Time (bins)"
+    rate_axis = ax.figure.axes[-1]
+    assert rate_axis is not ax
+    assert [line.get_label() for line in rate_axis.lines] == ["predicted rate", "true rate"]
+    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), rates / 10)
+    np.testing.assert_allclose(rate_axis.lines[1].get_ydata(), true_rates / 10)
+    assert rate_axis.get_ylabel() == "Rate (spikes / trial / bin)"
+    ax.figure.savefig(tmp_path / "raster.png")
+
+
+def test_raster_of_spike_trains_in_seconds():
+    trains = [np.array([1.0, 5.0, 12.0]) * pq.ms, np.array([3.0]) * pq.ms]
+    rates = np.full(20, 0.5)
+    ax = plotting.plot_raster(trains, rates, bin_size=1 * pq.ms)
+    np.testing.assert_allclose(ax.collections[0].get_positions(), [0.001, 0.005, 0.012])
+    rate_axis = ax.figure.axes[-1]
+    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), 0.5 / (2 * 0.001))
+    assert rate_axis.get_ylabel() == "Rate (spikes / s)"
+    assert ax.get_xlabel() == "Time (s)"
+    with pytest.raises(ValueError, match="need bin_size"):
+        plotting.plot_raster(trains, rates)
+
+
+def test_raster_of_pooled_counts():
+    counts = np.array([0.0, 2.0, 5.0, 1.0])
+    ax = plotting.plot_raster(counts, rates=np.array([1.0, 2.0, 3.0, 1.0]))
+    assert [line.get_label() for line in ax.lines] == ["counts", "predicted rate"]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), counts)
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [1.0, 2.0, 3.0, 1.0])
+    assert ax.get_ylabel() == "Count (trials with a spike per bin)"
+    with pytest.raises(ValueError, match=r"rates\[example, channel\]"):
+        plotting.plot_raster(counts, rates=np.ones((1, 4)))
+
+
+def test_codes_over_time():
+    codes = np.zeros((2, 3, 30))
+    codes[1, 0, 4] = 1.5
+    codes[1, 2, 20] = 0.7
+    true_codes = np.zeros((2, 3, 30))
+    true_codes[1, 0, 5] = 2.0
+    ax = plotting.plot_codes(codes, true_codes, example=1)
+    assert [line.get_label() for line in ax.lines] == [
+        "template 0",
+        "template 1",
+        "template 2",
+        "true 0",
+        "true 1",
+        "true 2",
+    ]
+    for k in range(3):
+        np.testing.assert_array_equal(ax.lines[k].get_ydata(), codes[1, k])
+    np.testing.assert_array_equal(ax.lines[3].get_xdata(), [5.0])
+    np.testing.assert_array_equal(ax.lines[3].get_ydata(), [2.0])
+    assert len(ax.lines[4].get_xdata()) == 0
+    assert ax.get_xlabel() == "Code position (bins)" and ax.get_ylabel() == "Code amplitude (a.u.)"
+    with pytest.raises(ValueError, match=r"example must be in \[0, 1\]"):
+        plotting.plot_codes(codes, example=2)
+
+
+def test_training_curve():
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5], "validation_loss": [np.nan] * 3})
+    ax = plotting.plot_training_curve(history)
+    assert len(ax.lines) == 1
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [3.0, 2.0, 1.5])
+    history["validation_loss"] = [3.5, 2.5, 2.0]
+    ax = plotting.plot_training_curve(history)
+    assert [line.get_label() for line in ax.lines] == ["training", "validation"]
+    np.testing.assert_array_equal(ax.lines[1].get_ydata(), [3.5, 2.5, 2.0])
+    assert ax.get_xlabel() == "Epoch" and "Loss" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="history_ DataFrame"):
+        plotting.plot_training_curve(pd.DataFrame({"loss": [1.0]}))
+
+
+def comparison_table(settings=None):
+    rows = []
+    value = 0.0
+    for setting in settings or [None]:
+        for family in ("binomial", "gaussian"):
+            for seed in (0, 1):
+                value += 1.0
+                row = {
+                    "family": family,
+                    "variant": "tied",
+                    "seed": seed,
+                    "template_error": value / 10,
+                    "heldout_log_likelihood_per_bin": -value,
+                }
+                if setting is not None:
+                    row = {"setting": "n_trials", "value": setting, "n_trials": setting, **row}
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_family_comparison_points_per_seed(tmp_path):
+    table = comparison_table()
+    figure = plotting.plot_family_comparison(table)
+    error_axis, likelihood_axis = figure.axes
+    assert error_axis.get_ylabel().startswith("Template error")
+    assert likelihood_axis.get_ylabel() == "Held-out log-likelihood per bin (nats)"
+    assert likelihood_axis.get_xlabel() == "family"
+    plotted = np.concatenate([c.get_offsets()[:, 1] for c in likelihood_axis.collections])
+    np.testing.assert_allclose(np.sort(plotted), np.sort(table["heldout_log_likelihood_per_bin"]))
+    means = [line.get_ydata() for line in likelihood_axis.lines if len(line.get_ydata())]
+    np.testing.assert_allclose(np.concatenate(means), [-1.5, -3.5])
+    assert [t.get_text() for t in likelihood_axis.get_xticklabels()] == ["binomial", "gaussian"]
+    figure.savefig(tmp_path / "comparison.png")
+
+
+def test_family_comparison_of_a_study_and_without_truth():
+    table = comparison_table(settings=[5, 30])
+    figure = plotting.plot_family_comparison(table)
+    likelihood_axis = figure.axes[1]
+    assert likelihood_axis.get_xlabel() == "n trials"
+    lines = [line for line in likelihood_axis.lines if len(line.get_xdata()) == 2]
+    assert len(lines) == 2
+    np.testing.assert_allclose(lines[0].get_ydata(), [-1.5, -5.5])  # binomial: mean over seeds at M = 5, 30
+    np.testing.assert_allclose(lines[1].get_ydata(), [-3.5, -7.5])
+    legend = [t.get_text() for t in likelihood_axis.get_legend().get_texts()]
+    assert legend == ["binomial", "gaussian"]
+    no_truth = comparison_table().assign(template_error=np.nan)
+    assert len(plotting.plot_family_comparison(no_truth).axes) == 1
+    with pytest.raises(ValueError, match="from compare_families or family_study"):
+        plotting.plot_family_comparison(pd.DataFrame({"x": [1]}))
+
+
+def selection_result():
+    summary = pd.DataFrame(
+        {
+            "setting": [0, 1, 2, 3],
+            "n_templates": [1, 3, 1, 3],
+            "sparsity": [0.05, 0.05, "auto", "auto"],
+            "mean_heldout_log_likelihood_per_bin": [-2.0, -1.5, -2.2, -1.8],
+            "sem_heldout_log_likelihood_per_bin": [0.1, 0.05, 0.1, 0.2],
+            "mean_heldout_pseudo_r2": [0.1, 0.2, 0.0, 0.1],
+            "mean_fit_seconds": [1.0, 1.0, 1.0, 1.0],
+            "rank": [3, 1, 4, 2],
+        }
+    )
+    return ModelSelection(
+        table=pd.DataFrame(),
+        summary=summary,
+        best_params={"n_templates": 3, "sparsity": 0.05},
+        best_score=-1.5,
+        best_estimator=None,
+    )
+
+
+def test_model_selection_curve(tmp_path):
+    selection = selection_result()
+    ax = selection.plot()
+    assert ax.get_xlabel() == "n templates"
+    assert "Held-out log-likelihood per bin" in ax.get_ylabel()
+    assert [container.get_label() for container in ax.containers] == ["sparsity=0.05", "sparsity=auto"]
+    curves = [container.lines[0] for container in ax.containers]
+    np.testing.assert_allclose(curves[0].get_xdata(), [1, 3])
+    np.testing.assert_allclose(curves[0].get_ydata(), [-2.0, -1.5])
+    np.testing.assert_allclose(curves[1].get_ydata(), [-2.2, -1.8])
+    (best,) = [line for line in ax.lines if line.get_label() == "best"]
+    np.testing.assert_allclose(best.get_xdata(), [3])
+    np.testing.assert_allclose(best.get_ydata(), [-1.5])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(legend) == ["best", "sparsity=0.05", "sparsity=auto"]
+    ax.figure.savefig(tmp_path / "selection.png")
+    # A categorical parameter on x
+    ax = plotting.plot_model_selection(selection.summary, x="sparsity")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.05", "auto"]
+    with pytest.raises(ValueError, match="x='depth' is not a grid parameter"):
+        plotting.plot_model_selection(selection, x="depth")

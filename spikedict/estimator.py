@@ -27,9 +27,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from spikedict.alternating import AlternatingConfig, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.model import DCEA
-from spikedict.training import TrainingConfig, encode_in_batches, resolve_device, train
+from spikedict.training import TrainingConfig, encode_in_batches, resolve_device, reweighted_thresholds, train
 
 __all__ = ["NotFittedError", "SpikeDictionary"]
 
@@ -37,8 +38,10 @@ FORMAT = "spikedict-model"
 FORMAT_VERSION = 1
 
 # "auto" sparsity: this many robust standard deviations of the correlated residual at the start of the
-# fit (the noise level of H^T (y - mean) when no template is active). Chosen on the reference problems.
-AUTO_SPARSITY_NOISE_MULTIPLE = 2.0
+# fit (the noise level of H^T (y - mean) when no template is active), per solver. Chosen on the reference
+# problems (benchmarks/core.py): the alternating solver's reweighted l1 keeps events unbiased, so its
+# threshold can sit at a detection level; the back-propagation solver's plain l1 needs a lower one.
+AUTO_SPARSITY_NOISE_MULTIPLE = {"alternating": 4.0, "backprop": 2.0}
 
 
 class NotFittedError(RuntimeError):
@@ -116,8 +119,29 @@ class SpikeDictionary:
         Samples at each end of a template held at zero.
     smoothness : float
         Weight of the squared-difference smoothness penalty on the templates.
+    solver : {"auto", "alternating", "backprop"}
+        How the templates are learned. ``"alternating"``: alternating minimisation over the whole data set
+        (encoder, then an L-BFGS template step), with sparsity continuation, spare templates, room for the
+        templates to re-centre and reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate
+        choice for the interpretable tied model. ``"backprop"``: stochastic training through the unrolled
+        encoder (:func:`spikedict.training.train`), as in the DCEA paper; required for ``tied=False``.
+        ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
+    reweighting : float
+        Alternating solver: ``delta`` of the reweighted l1 penalty relative to the typical code (0: plain l1).
+    continuation : float
+        Alternating solver: the sparsity starts this many times higher and decays over the first half of the
+        epochs (1: off).
+    n_spare_templates : int or "auto"
+        Alternating solver: extra templates learned during continuation, then dropped (``"auto"``: as many as
+        ``n_templates``).
+    padding : int or "auto"
+        Alternating solver, 1-D: bins of room at each end of the templates while learning (``"auto"``: a fifth
+        of ``template_size``; 0 with ``zero_edges``).
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
-        Training settings, see :class:`spikedict.training.TrainingConfig`.
+        Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
+        ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the L-BFGS iterations of each template
+        step (``"auto"``: 10; 1 Adam step per batch for backprop), ``batch_size`` only bounds memory, and
+        ``learning_rate``, ``warm_start``, ``validation_fraction`` and ``patience`` do not apply.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed : int
@@ -154,7 +178,7 @@ class SpikeDictionary:
         *,
         n_trials: int | np.ndarray | None = None,
         sparsity: float | Literal["auto"] = "auto",
-        n_iterations: int = 30,
+        n_iterations: int = 50,
         n_inference_iterations: int = 300,
         algorithm: Literal["fista", "ista"] = "fista",
         nonnegative_codes: bool = True,
@@ -165,11 +189,16 @@ class SpikeDictionary:
         nonnegative_templates: bool = False,
         zero_edges: int = 0,
         smoothness: float = 0.0,
+        solver: Literal["auto", "alternating", "backprop"] = "auto",
+        reweighting: float = 0.3,
+        continuation: float = 5.0,
+        n_spare_templates: int | Literal["auto"] = "auto",
+        padding: int | Literal["auto"] = "auto",
         n_epochs: int = 30,
         batch_size: int = 10,
         learning_rate: float = 0.01,
         backprop: Literal["none", "truncated", "full"] = "none",
-        n_dictionary_steps: int = 1,
+        n_dictionary_steps: int | Literal["auto"] = "auto",
         warm_start: bool = True,
         validation_fraction: float = 0.0,
         patience: int | None = None,
@@ -194,6 +223,11 @@ class SpikeDictionary:
         self.nonnegative_templates = nonnegative_templates
         self.zero_edges = zero_edges
         self.smoothness = smoothness
+        self.solver = solver
+        self.reweighting = reweighting
+        self.continuation = continuation
+        self.n_spare_templates = n_spare_templates
+        self.padding = padding
         self.n_epochs = n_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -236,9 +270,30 @@ class SpikeDictionary:
                 "tied=False (DCEA-UC) learns its encoder weights and thresholds by back-propagation through the "
                 "encoder; use backprop='truncated' or backprop='full' with it."
             )
+        if self.solver not in ("auto", "alternating", "backprop"):
+            raise ValueError(f"solver must be 'auto', 'alternating' or 'backprop', got {self.solver!r}.")
+        if self.solver == "alternating" and (not self.tied or self.backprop != "none"):
+            raise ValueError(
+                "solver='alternating' learns tied templates with codes held fixed in the template step; it takes "
+                "tied=True and backprop='none'. Use solver='backprop' for DCEA-UC or back-propagation."
+            )
+        if self._resolved_solver() == "alternating" and (self.validation_fraction or self.patience is not None):
+            raise ValueError(
+                "validation_fraction and patience belong to solver='backprop' (stochastic training); the alternating "
+                "solver runs a fixed number of passes (n_epochs). Set solver='backprop' or drop them; to choose "
+                "settings on held-out data use spikedict.analysis.select_model."
+            )
+        for name in ("n_spare_templates", "padding"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, (int, np.integer)) and value >= 0):
+                raise ValueError(f"{name} must be 'auto' or an integer >= 0, got {value!r}.")
+        if self.n_dictionary_steps != "auto" and not (
+            isinstance(self.n_dictionary_steps, (int, np.integer)) and self.n_dictionary_steps >= 1
+        ):
+            raise ValueError(f"n_dictionary_steps must be 'auto' or an integer >= 1, got {self.n_dictionary_steps!r}.")
         if self.sparsity != "auto" and not (isinstance(self.sparsity, (int, float)) and self.sparsity >= 0):
             raise ValueError(f"sparsity must be a non-negative number or 'auto', got {self.sparsity!r}.")
-        for name in ("n_iterations", "n_inference_iterations"):
+        for name in ("n_iterations", "n_inference_iterations", "batch_size", "n_epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
@@ -312,7 +367,7 @@ class SpikeDictionary:
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             backprop=self.backprop,
-            n_dictionary_steps=self.n_dictionary_steps,
+            n_dictionary_steps=1 if self.n_dictionary_steps == "auto" else int(self.n_dictionary_steps),
             warm_start=self.warm_start,
             loss="nll",
             validation_fraction=self.validation_fraction,
@@ -323,14 +378,16 @@ class SpikeDictionary:
             checkpoint_path=self.checkpoint_path,
         )
 
-    def _initial_templates(self, y: Tensor, family: Family, baseline: Tensor, generator: torch.Generator) -> Tensor:
-        shape = (self.n_templates, y.shape[1]) + self._template_shape()
+    def _initial_templates(
+        self, y: Tensor, family: Family, baseline: Tensor, generator: torch.Generator, n_templates: int
+    ) -> Tensor:
+        shape = (n_templates, y.shape[1]) + self._template_shape()
         init = self.init
         if isinstance(init, str) and init == "random":
             return torch.randn(shape, generator=generator)
         if isinstance(init, str) and init == "data":
             # Windows of the residual at the baseline, at random examples and positions.
-            examples = torch.randint(0, y.shape[0], (self.n_templates,), generator=generator)
+            examples = torch.randint(0, y.shape[0], (n_templates,), generator=generator)
             windows = []
             for example in examples.tolist():
                 starts = [
@@ -395,12 +452,111 @@ class SpikeDictionary:
         y, family = self._prepare(X, fitting=True)
         generator = torch.Generator().manual_seed(int(self.seed))
         baseline = self._initial_baseline(y, family)
-        initial = self._initial_templates(y, family, baseline.reshape((1, -1) + (1,) * (y.ndim - 2)), generator)
+        solver = self._resolved_solver()
+        n_spare, padding = self._learning_room(solver)
+        template_shape = self._template_shape()
+        initial = self._initial_templates(
+            y, family, baseline.reshape((1, -1) + (1,) * (y.ndim - 2)), generator, self.n_templates + n_spare
+        )
+        if padding:
+            initial = torch.nn.functional.pad(initial, (padding, padding))
+        model = self._build_model(self.n_templates + n_spare, y.shape[1], initial.shape[2:], family, generator)
+        with torch.no_grad():
+            model.templates.copy_(initial)
+            model.project_templates_()
+            model.baseline.copy_(baseline)
+            if not model.tied:
+                model.encoder_templates.copy_(model.templates)
+                model.decoder_templates.copy_(model.templates)
+        self.initial_templates_ = _cut(model.templates.detach().cpu(), padding)[: self.n_templates].numpy().copy()
+        sparsity = self._resolve_sparsity(y, family, model, solver)
+        model.sparsity = sparsity
+        if not model.tied:
+            with torch.no_grad():
+                model.thresholds.fill_(sparsity)
 
-        model = DCEA(
-            self.n_templates,
-            y.shape[1],
-            self._template_shape(),
+        if solver == "alternating":
+            config = AlternatingConfig(
+                n_iterations=self.n_epochs,
+                n_code_iterations=self.n_iterations,
+                n_dictionary_iterations=10 if self.n_dictionary_steps == "auto" else int(self.n_dictionary_steps),
+                continuation=self.continuation,
+                n_continuation_iterations=self.n_epochs // 2,
+                reweighting=self.reweighting,
+                padding=padding,
+                n_spare_templates=n_spare,
+                batch_size=_encoding_batch_size(model, y.shape[2:]),
+                device=self.device,
+                seed=self.seed,
+                progress=self.progress,
+                checkpoint_path=self.checkpoint_path,
+            )
+            result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
+            if padding:  # the learned templates without their room to move
+                learned = model
+                model = self._build_model(self.n_templates, y.shape[1], template_shape, family, generator)
+                with torch.no_grad():
+                    model.templates.copy_(_cut(learned.templates.detach(), padding))
+                    model.baseline.copy_(learned.baseline.detach())
+                model.sparsity = sparsity
+                model.to(learned.templates.device)
+        else:
+            result = train(model, y, self._training_config(), resume=resume)
+        if result.stop_reason == "interrupted":
+            warnings.warn(
+                f"fit interrupted: the model holds the parameters after epoch {len(result.history)} of {self.n_epochs}"
+                + (f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.model_ = model
+        self.sparsity_ = float(sparsity)
+        self.reweighting_delta_ = result.reweighting_delta
+        self.n_channels_ = int(y.shape[1])
+        self.history_ = result.history
+        self.stop_reason_ = result.stop_reason
+        self.family_ = family
+        if isinstance(family, Gaussian) and not isinstance(self.family, Family):
+            # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
+            residual = y - self._predict_eta(y, family)
+            self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
+            model.family = self.family_
+        self._set_fitted_arrays()
+        return self
+
+    def _resolve_sparsity(self, y: Tensor, family: Family, model: DCEA, solver: str) -> float:
+        if self.sparsity != "auto":
+            return float(self.sparsity)
+        return AUTO_SPARSITY_NOISE_MULTIPLE[solver] * noise_level(y, family, model.baseline.detach())
+
+    def _resolved_solver(self) -> str:
+        if self.solver != "auto":
+            return self.solver
+        return "alternating" if self.tied and self.backprop == "none" else "backprop"
+
+    def _learning_room(self, solver: str) -> tuple[int, int]:
+        """Spare templates and padding bins of the alternating solver (none for back-propagation)."""
+        if solver != "alternating":
+            return 0, 0
+        given_init = not isinstance(self.init, str)
+        n_spare = self.n_spare_templates
+        if n_spare == "auto":
+            n_spare = 0 if given_init else int(self.n_templates)
+        padding = self.padding
+        one_dimensional = len(self._template_shape()) == 1
+        if padding == "auto":
+            padding = self._template_shape()[0] // 5 if one_dimensional and not self.zero_edges else 0
+        if padding and (not one_dimensional or self.zero_edges):
+            raise ValueError("padding applies to 1-D templates without zero_edges; set padding=0.")
+        return int(n_spare), int(padding)
+
+    def _build_model(
+        self, n_templates: int, n_channels: int, template_shape: Sequence[int], family: Family, generator: Any
+    ) -> DCEA:
+        return DCEA(
+            n_templates,
+            n_channels,
+            tuple(template_shape),
             family,
             sparsity=0.0,
             n_iterations=self.n_iterations,
@@ -414,47 +570,6 @@ class SpikeDictionary:
             smoothness=self.smoothness,
             generator=generator,
         )
-        with torch.no_grad():
-            model.templates.copy_(initial)
-            model.project_templates_()
-            model.baseline.copy_(baseline)
-            if not model.tied:
-                model.encoder_templates.copy_(model.templates)
-                model.decoder_templates.copy_(model.templates)
-        self.initial_templates_ = model.templates.detach().cpu().numpy().copy()
-        sparsity = self._resolve_sparsity(y, family, model)
-        model.sparsity = sparsity
-        if not model.tied:
-            with torch.no_grad():
-                model.thresholds.fill_(sparsity)
-
-        config = self._training_config()
-        result = train(model, y, config, resume=resume)
-        if result.stop_reason == "interrupted":
-            warnings.warn(
-                f"fit interrupted: the model holds the parameters after epoch {len(result.history)} of {self.n_epochs}"
-                + (f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."),
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self.model_ = model
-        self.sparsity_ = float(sparsity)
-        self.n_channels_ = int(y.shape[1])
-        self.history_ = result.history
-        self.stop_reason_ = result.stop_reason
-        self.family_ = family
-        if isinstance(family, Gaussian) and not isinstance(self.family, Family):
-            # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
-            residual = y - self._predict_eta(y, family)
-            self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
-            model.family = self.family_
-        self._set_fitted_arrays()
-        return self
-
-    def _resolve_sparsity(self, y: Tensor, family: Family, model: DCEA) -> float:
-        if self.sparsity != "auto":
-            return float(self.sparsity)
-        return AUTO_SPARSITY_NOISE_MULTIPLE * noise_level(y, family, model.baseline.detach())
 
     def _set_fitted_arrays(self) -> None:
         # DCEA-UC: the decoder's weights are the templates that generate the rates.
@@ -467,7 +582,14 @@ class SpikeDictionary:
     def _encode(self, y: Tensor, family: Family) -> Tensor:
         self.model_.update_step_size(y.shape[2:], y)
         batch_size = max(int(self.batch_size), 1) * 10
-        return encode_in_batches(self.model_, y, family, self.n_inference_iterations, batch_size=batch_size)
+        codes = encode_in_batches(self.model_, y, family, self.n_inference_iterations, batch_size=batch_size)
+        delta = getattr(self, "reweighting_delta_", None)
+        if delta:  # the penalty the templates were learned with: reweighted l1, started from the plain solution
+            weights = reweighted_thresholds(codes, self.sparsity_, delta)
+            codes = encode_in_batches(
+                self.model_, y, family, self.n_inference_iterations, batch_size, initial=codes, thresholds=weights
+            )
+        return codes
 
     def _predict_eta(self, y: Tensor, family: Family) -> Tensor:
         codes = self._encode(y, family)
@@ -532,7 +654,12 @@ class SpikeDictionary:
             "params": json.dumps(params),
             "family": json.dumps(self.family_.config()),
             "fitted": json.dumps(
-                {"sparsity_": self.sparsity_, "n_channels_": self.n_channels_, "stop_reason_": self.stop_reason_}
+                {
+                    "sparsity_": self.sparsity_,
+                    "n_channels_": self.n_channels_,
+                    "stop_reason_": self.stop_reason_,
+                    "reweighting_delta_": self.reweighting_delta_,
+                }
             ),
             "history": self.history_.to_json(orient="split", double_precision=15),
         }
@@ -583,23 +710,10 @@ class SpikeDictionary:
             history = pd.read_json(io.StringIO(metadata["history"]), orient="split")
             estimator = cls(**params)
             estimator.device = device
-            template_shape = estimator._template_shape()
-            model = DCEA(
-                estimator.n_templates,
-                int(fitted["n_channels_"]),
-                template_shape,
-                family,
-                sparsity=float(fitted["sparsity_"]),
-                n_iterations=estimator.n_iterations,
-                algorithm=estimator.algorithm,
-                nonnegative_codes=estimator.nonnegative_codes,
-                stride=estimator.stride,
-                tied=estimator.tied,
-                learn_baseline=isinstance(estimator.baseline, str) and estimator.baseline == "learn",
-                nonnegative_templates=estimator.nonnegative_templates,
-                zero_edges=estimator.zero_edges,
-                smoothness=estimator.smoothness,
+            model = estimator._build_model(
+                estimator.n_templates, int(fitted["n_channels_"]), estimator._template_shape(), family, None
             )
+            model.sparsity = float(fitted["sparsity_"])
             initial = tensors.pop("initial_templates")
             model.load_state_dict(tensors)
         except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as error:
@@ -614,10 +728,22 @@ class SpikeDictionary:
         estimator.sparsity_ = float(fitted["sparsity_"])
         estimator.n_channels_ = int(fitted["n_channels_"])
         estimator.stop_reason_ = fitted.get("stop_reason_", "")
+        estimator.reweighting_delta_ = fitted.get("reweighting_delta_")
         estimator.history_ = history
         estimator.initial_templates_ = initial.numpy()
         estimator._set_fitted_arrays()
         return estimator
+
+
+def _cut(templates: Tensor, padding: int) -> Tensor:
+    """Templates without ``padding`` bins at each end of the last axis."""
+    return templates[..., padding : templates.shape[-1] - padding] if padding else templates
+
+
+def _encoding_batch_size(model: DCEA, signal_shape: Sequence[int]) -> int:
+    """Examples per encoder call that keep one code tensor near 20 million entries."""
+    per_example = model.n_templates * int(np.prod(model.code_shape(signal_shape)))
+    return max(1, 20_000_000 // max(per_example, 1))
 
 
 def noise_level(y: Tensor, family: Family, baseline: Tensor) -> float:

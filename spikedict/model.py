@@ -484,6 +484,7 @@ class DCEA(nn.Module):
         n_iterations: int | None = None,
         n_backprop_iterations: int | None = None,
         family: Family | None = None,
+        thresholds: Tensor | None = None,
     ) -> Tensor:
         """Run the unrolled encoder.
 
@@ -499,6 +500,9 @@ class DCEA(nn.Module):
             the earlier ones run without autograd. Default: all of them.
         family : Family, optional
             Family for these examples (e.g. a per-example binomial ``n_trials`` subset).
+        thresholds : Tensor, shape (n_examples, n_templates, *code_shape), optional
+            One l1 weight per code entry, in place of the sparsity (weighted l1, as in reweighted-l1
+            dictionary learning). Tied models only.
 
         Returns
         -------
@@ -513,6 +517,10 @@ class DCEA(nn.Module):
         dictionary = ConvolutionOperator(self.templates, signal_shape, self.stride)
         encoder = dictionary if self.tied else ConvolutionOperator(self.encoder_templates, signal_shape, self.stride)
         threshold = self.sparsity if self.tied else self.thresholds
+        if thresholds is not None:
+            if not self.tied:
+                raise ValueError("per-entry thresholds apply to tied models only (DCEA-UC learns its own).")
+            threshold = thresholds
         step = float(self.step_size)
         n_free = 0 if n_backprop_iterations is None else max(n_iterations - n_backprop_iterations, 0)
 

@@ -48,6 +48,7 @@ __all__ = [
     "encode_in_batches",
     "load_checkpoint",
     "resolve_device",
+    "reweighted_thresholds",
     "save_checkpoint",
     "train",
 ]
@@ -204,6 +205,8 @@ class TrainingResult:
         ``"n_epochs"``, ``"early_stopping"`` or ``"interrupted"``.
     codes : Tensor or None
         Warm-start codes of the training examples after the last epoch (shape of ``encode``'s output).
+    reweighting_delta : float or None
+        ``delta`` of the reweighted l1 penalty the alternating solver ended with (None without reweighting).
     """
 
     history: pd.DataFrame
@@ -211,6 +214,7 @@ class TrainingResult:
     stop_reason: str
     codes: Tensor | None = None
     validation_index: Tensor | None = field(default=None, repr=False)
+    reweighting_delta: float | None = None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -334,8 +338,18 @@ def encode_in_batches(
     n_iterations: int | None = None,
     batch_size: int = 100,
     rows: Tensor | None = None,
+    *,
+    initial: Tensor | None = None,
+    thresholds: Tensor | float | None = None,
 ) -> Tensor:
     """Codes of the examples ``y[rows]`` (all by default), encoded ``batch_size`` at a time on the model's device.
+
+    Parameters
+    ----------
+    initial : Tensor, shape (len(rows), n_templates, *code_shape), optional
+        Warm start (zeros by default).
+    thresholds : Tensor of the same shape, or float, optional
+        Per-entry l1 weights (reweighted l1) in place of the model's sparsity.
 
     Returns
     -------
@@ -345,12 +359,25 @@ def encode_in_batches(
     rows = torch.arange(y.shape[0]) if rows is None else rows
     outputs = []
     for first in range(0, len(rows), batch_size):
-        batch_rows = rows[first : first + batch_size]
-        batch_family = family.select(batch_rows).to(device)
-        outputs.append(model.encode(y[batch_rows].to(device), n_iterations=n_iterations, family=batch_family).cpu())
+        part = slice(first, first + batch_size)
+        batch_rows = rows[part]
+        outputs.append(
+            model.encode(
+                y[batch_rows].to(device),
+                codes=None if initial is None else initial[part].to(device),
+                n_iterations=n_iterations,
+                family=family.select(batch_rows).to(device),
+                thresholds=thresholds[part].to(device) if isinstance(thresholds, Tensor) else None,
+            ).cpu()
+        )
     if not outputs:
         return torch.zeros((0, model.n_templates) + model.code_shape(tuple(y.shape[2:])))
     return torch.cat(outputs)
+
+
+def reweighted_thresholds(codes: Tensor, sparsity: float, delta: float) -> Tensor:
+    """Weights of the reweighted l1 penalty: ``sparsity * delta / (|codes| + delta)``, one per code entry."""
+    return sparsity * delta / (codes.abs() + delta)
 
 
 def _warm_up(model: DCEA, y: Tensor, train_index: Tensor, family: Any, config: TrainingConfig) -> Tensor:

@@ -90,11 +90,13 @@ def test_checkpoint_written_every_epoch(y, tmp_path):
 
 
 def test_resume_equals_uninterrupted_fit(binomial_counts, tmp_path):
-    straight = small_model(n_epochs=4, checkpoint_path=str(tmp_path / "a.pt")).fit(binomial_counts)
-    first = small_model(n_epochs=2, checkpoint_path=str(tmp_path / "b.pt")).fit(binomial_counts)
+    straight = small_model(solver="backprop", n_epochs=4, checkpoint_path=str(tmp_path / "a.pt")).fit(binomial_counts)
+    first = small_model(solver="backprop", n_epochs=2, checkpoint_path=str(tmp_path / "b.pt")).fit(binomial_counts)
     assert len(first.history_) == 2
     assert not np.allclose(first.templates_, straight.templates_, atol=1e-6)
-    resumed = small_model(n_epochs=4, checkpoint_path=str(tmp_path / "b.pt")).fit(binomial_counts, resume=True)
+    resumed = small_model(solver="backprop", n_epochs=4, checkpoint_path=str(tmp_path / "b.pt")).fit(
+        binomial_counts, resume=True
+    )
     # Extending a finished fit keeps its epochs and continues from its parameters; the learning rate of the
     # new epochs follows the cosine schedule of the new n_epochs, so it is not the 4-epoch fit exactly.
     assert resumed.history_["epoch"].tolist() == [1, 2, 3, 4]
@@ -230,21 +232,21 @@ def _interrupting_train(at_epoch: int):
 def test_estimator_interrupt_warns_and_resumes(binomial_counts, tmp_path, monkeypatch):
     path = str(tmp_path / "fit.pt")
     monkeypatch.setattr(estimator_module, "train", _interrupting_train(1))
-    model = small_model(n_epochs=3, checkpoint_path=path)
+    model = small_model(solver="backprop", n_epochs=3, checkpoint_path=path)
     with pytest.warns(RuntimeWarning, match=r"interrupted.*after epoch 1 of 3.*resume=True"):
         model.fit(binomial_counts)
     assert model.stop_reason_ == "interrupted" and len(model.history_) == 1
     assert model.transform(binomial_counts).shape == (8, 3, 300 - TEMPLATE_SIZE + 1)  # usable after the interrupt
     monkeypatch.undo()
     model.fit(binomial_counts, resume=True)
-    straight = small_model(n_epochs=3).fit(binomial_counts)
+    straight = small_model(solver="backprop", n_epochs=3).fit(binomial_counts)
     assert model.history_["epoch"].tolist() == [1, 2, 3] and model.stop_reason_ == "n_epochs"
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ early stopping
 def test_early_stopping(binomial_counts):
-    model = small_model(n_epochs=6, validation_fraction=0.25, patience=1, learning_rate=1e-12)
+    model = small_model(solver="backprop", n_epochs=6, validation_fraction=0.25, patience=1, learning_rate=1e-12)
     model.fit(binomial_counts)
     assert model.stop_reason_ == "early_stopping"
     assert model.history_["epoch"].tolist() == [1, 2]
@@ -253,7 +255,9 @@ def test_early_stopping(binomial_counts):
 
 def test_validation_split_needs_examples_on_both_sides(binomial_counts):
     with pytest.raises(ValueError, match="both need at least one example"):
-        small_model(validation_fraction=0.01).fit(binomial_counts)
+        small_model(solver="backprop", validation_fraction=0.01).fit(binomial_counts)
+    with pytest.raises(ValueError, match="validation_fraction and patience belong to solver='backprop'"):
+        small_model(validation_fraction=0.25).fit(binomial_counts)
 
 
 def test_patience_without_validation_runs_all_epochs_when_improving(y):
@@ -272,8 +276,8 @@ def test_backprop_modes_decrease_loss(binomial_counts, backprop):
 
 @pytest.mark.parametrize("backprop", ["truncated", "full"])
 def test_backprop_through_encoder_changes_gradients(binomial_counts, backprop):
-    none = small_model(backprop="none", n_epochs=1, n_iterations=20).fit(binomial_counts)
-    other = small_model(backprop=backprop, n_epochs=1, n_iterations=20).fit(binomial_counts)
+    none = small_model(solver="backprop", backprop="none", n_epochs=1, n_iterations=20).fit(binomial_counts)
+    other = small_model(solver="backprop", backprop=backprop, n_epochs=1, n_iterations=20).fit(binomial_counts)
     np.testing.assert_array_equal(none.initial_templates_, other.initial_templates_)
     assert not np.allclose(none.templates_, other.templates_, atol=1e-6), (
         f"backprop={backprop!r} trained exactly like backprop='none'"

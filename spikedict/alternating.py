@@ -1,0 +1,469 @@
+"""Alternating minimisation for convolutional dictionary learning with exponential-family data.
+
+The tied DCEA (DCEA-C) minimises ``NLL(y | H x + baseline) + sparsity * ||x||_1`` over codes ``x`` and unit-norm
+templates ``H``. Back-propagating through the unrolled encoder with a stochastic optimiser
+(:func:`spikedict.training.train`) is one way to do it; this module is the faster and more accurate way on a CPU
+for the interpretable model. Each iteration over the whole data set
+
+1. **codes**: runs the same unrolled encoder (FISTA, warm-started from the previous codes) with the current
+   templates;
+2. **templates**: solves the convex problem in the templates (and the baseline, if learned) with the codes held
+   fixed, by L-BFGS, then rescales each template to unit norm and its codes by the inverse factor, which leaves
+   the model's rates unchanged.
+
+Four devices turn the plain scheme into one that finds the templates from a random start:
+
+- **Continuation**: the sparsity starts at ``continuation`` times its final value and decays geometrically over
+  the first ``n_continuation_iterations``, so the first templates are learned from the clearest events only.
+- **Spare templates**: ``n_spare_templates`` more templates than asked for are learned during continuation; then
+  the most used ones that are not shifted copies of one another are kept. A template that started in a poor
+  place is dropped instead of trapping the fit in a local minimum.
+- **Room to move**: templates are learned ``padding`` bins longer at each end; after every iteration each is
+  cut back to the window of ``template_size`` bins that holds most of its energy, re-centred, and its codes
+  shifted to match. A template learned a few bins off-centre grows its missing part into the padding instead of
+  staying truncated.
+- **Reweighted l1** (Candès, Wakin and Boyd, 2008): after continuation, the weight of each code entry is
+  ``sparsity * delta / (|x| + delta)`` with ``x`` the previous codes. Events keep their amplitude instead of
+  being shrunk, and an event is no longer smeared over neighbouring shifts (the l1 solution spreads it when the
+  template is smooth), which is what biases the templates of plain l1 dictionary learning.
+
+Each iteration can be checkpointed atomically; ``resume`` continues from the last finished iteration, and a
+``KeyboardInterrupt`` keeps the state after the last finished iteration.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from spikedict.families import Family
+from spikedict.model import DCEA, ConvolutionOperator
+from spikedict.training import (
+    TrainingResult,
+    _check_signature,
+    _show_progress,
+    encode_in_batches,
+    load_checkpoint,
+    resolve_device,
+    reweighted_thresholds,
+    save_checkpoint,
+)
+
+__all__ = ["AlternatingConfig", "crop_templates", "fit_alternating", "shift_codes", "spare_template_choice"]
+
+
+@dataclass
+class AlternatingConfig:
+    """Settings of :func:`fit_alternating`.
+
+    Attributes
+    ----------
+    n_iterations : int
+        Outer iterations (codes, then templates).
+    n_code_iterations : int
+        Encoder (FISTA) iterations per outer iteration, warm-started.
+    n_dictionary_iterations : int
+        L-BFGS iterations of the template step.
+    continuation : float
+        Initial sparsity as a multiple of the final one (1 disables continuation).
+    n_continuation_iterations : int
+        Outer iterations over which the sparsity decays to its final value.
+    reweighting : float
+        ``delta`` of the reweighted l1 penalty, as a fraction of the median non-zero code after continuation;
+        0 keeps the plain l1 penalty throughout.
+    padding : int
+        Bins of room at each end of the (1-D) templates; 0 for none.
+    n_spare_templates : int
+        Extra templates learned during continuation and dropped at its end.
+    batch_size : int
+        Examples encoded at once (memory bound only; every iteration covers all examples).
+    device : str
+    seed : int
+    progress : bool or None
+        tqdm bar; None shows it on a terminal only.
+    checkpoint_path : str or None
+    """
+
+    n_iterations: int = 30
+    n_code_iterations: int = 50
+    n_dictionary_iterations: int = 10
+    continuation: float = 5.0
+    n_continuation_iterations: int = 15
+    reweighting: float = 0.3
+    padding: int = 0
+    n_spare_templates: int = 0
+    batch_size: int = 1000
+    device: str = "auto"
+    seed: int = 0
+    progress: bool | None = None
+    checkpoint_path: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range."""
+        checks = [
+            (self.n_iterations >= 1, "n_iterations must be >= 1"),
+            (self.n_code_iterations >= 1, "n_code_iterations must be >= 1"),
+            (self.n_dictionary_iterations >= 1, "n_dictionary_iterations must be >= 1"),
+            (self.continuation >= 1, "continuation must be >= 1 (1 disables it)"),
+            (self.n_continuation_iterations >= 0, "n_continuation_iterations must be >= 0"),
+            (self.reweighting >= 0, "reweighting must be >= 0 (0 disables it)"),
+            (self.padding >= 0, "padding must be >= 0"),
+            (self.n_spare_templates >= 0, "n_spare_templates must be >= 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; got {asdict(self)}.")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def shift_codes(codes: Tensor, shift: int) -> Tensor:
+    """Codes moved ``shift`` bins later along the last axis (earlier if negative), zero-filled.
+
+    If template ``h'(u) = h(u + shift)``, then ``decode(shift_codes(x, shift), h')`` equals ``decode(x, h)``
+    wherever no event falls off the ends.
+    """
+    if shift == 0:
+        return codes.clone()
+    out = torch.zeros_like(codes)
+    if shift > 0:
+        out[..., shift:] = codes[..., :-shift]
+    else:
+        out[..., :shift] = codes[..., -shift:]
+    return out
+
+
+def crop_templates(templates: Tensor, codes: Tensor, padding: int) -> tuple[Tensor, Tensor]:
+    """Re-centre padded 1-D templates on their window of highest energy.
+
+    Parameters
+    ----------
+    templates : Tensor, shape (n_templates, n_channels, template_size + 2 * padding)
+    codes : Tensor, shape (n_examples, n_templates, n_code_bins)
+    padding : int
+
+    Returns
+    -------
+    (templates, codes)
+        The templates with the best window of ``template_size`` bins moved to the middle and zeros around it,
+        and the codes shifted so that the decoded signal is unchanged up to the energy that was cut.
+    """
+    size = templates.shape[-1] - 2 * padding
+    energy = (templates**2).sum(dim=1)
+    cumulative = F.pad(energy.cumsum(dim=1), (1, 0))
+    starts = (cumulative[:, size:] - cumulative[:, :-size]).argmax(dim=1).tolist()
+    cropped = torch.zeros_like(templates)
+    codes = codes.clone()
+    for index, start in enumerate(starts):
+        cropped[index, :, padding : padding + size] = templates[index, :, start : start + size]
+        codes[:, index] = shift_codes(codes[:, index], start - padding)
+    return cropped, codes
+
+
+def spare_template_choice(templates: Tensor, usage: Tensor, n_keep: int, max_similarity: float = 0.7) -> list[int]:
+    """Indices of the ``n_keep`` templates to keep: the most used that are not shifted copies of a kept one.
+
+    Parameters
+    ----------
+    templates : Tensor, shape (n_templates, n_channels, *template_shape)
+        1-D or 2-D.
+    usage : Tensor, shape (n_templates,)
+        How much each template explains (e.g. the sum of its codes times its norm).
+    n_keep : int
+    max_similarity : float
+        Largest absolute normalised cross-correlation (over all lags) allowed between two kept templates;
+        if too few templates pass, the most used of the rest fill the gap.
+
+    Returns
+    -------
+    list of int, in order of decreasing usage.
+    """
+    unit = templates / templates.flatten(1).norm(dim=1).clamp(min=1e-12).reshape((-1,) + (1,) * (templates.ndim - 1))
+    convolution = F.conv1d if templates.ndim == 3 else F.conv2d
+    padding = tuple(size - 1 for size in templates.shape[2:])
+    order = usage.argsort(descending=True).tolist()
+    kept: list[int] = []
+    for index in order:
+        similar = any(
+            float(convolution(unit[index : index + 1], unit[other : other + 1], padding=padding).abs().max())
+            > max_similarity
+            for other in kept
+        )
+        if not similar:
+            kept.append(index)
+        if len(kept) == n_keep:
+            return kept
+    return kept + [index for index in order if index not in kept][: n_keep - len(kept)]
+
+
+def _sparsity_at(final: float, start: float, config: AlternatingConfig, iteration: int) -> float:
+    """Geometric decay from ``start`` to ``final`` over the continuation iterations."""
+    if config.n_continuation_iterations == 0 or start <= final:
+        return final
+    progress = min(iteration / config.n_continuation_iterations, 1.0)
+    return final * (start / final) ** (1.0 - progress)
+
+
+@torch.no_grad()
+def largest_useful_sparsity(model: DCEA, y: Tensor, family: Family, batch_size: int) -> float:
+    """``max H^T residual`` at zero codes (``max |.|`` for two-sided codes): above it every code stays zero."""
+    device = model.templates.device
+    operator = ConvolutionOperator(model.templates, tuple(y.shape[2:]), model.stride)
+    baseline = model.baseline.reshape((1, -1) + (1,) * (y.ndim - 2))
+    largest = 0.0
+    for rows in _chunks(y.shape[0], batch_size):
+        batch = y[rows].to(device)
+        residual = family.select(rows).to(device).residual(batch, baseline.expand_as(batch))
+        gradient = operator.correlate(residual)
+        largest = max(largest, float(gradient.max() if model.nonnegative_codes else gradient.abs().max()))
+    return largest
+
+
+# -------------------------------------------------------------------------------------------- steps
+def _chunks(n_examples: int, batch_size: int) -> list[Tensor]:
+    return [torch.arange(a, min(a + batch_size, n_examples)) for a in range(0, n_examples, batch_size)]
+
+
+def _data_loss(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int, backward: bool) -> float:
+    """Mean NLL per bin (divided by the family's residual scale), gradients accumulated chunk by chunk."""
+    device = model.templates.device
+    total = 0.0
+    n_values = y.numel()
+    for rows in _chunks(y.shape[0], batch_size):
+        batch = y[rows].to(device)
+        eta = model.decode(codes[rows].to(device), batch.shape[2:])
+        loss = family.select(rows).to(device).negative_log_likelihood(batch, eta).sum()
+        loss = loss / (n_values * family.residual_scale)
+        if backward:
+            loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+def _template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config: AlternatingConfig) -> None:
+    parameters = [p for p in (model.templates, model.baseline) if p.requires_grad]
+    optimizer = torch.optim.LBFGS(
+        parameters,
+        lr=1.0,
+        max_iter=config.n_dictionary_iterations,
+        history_size=10,
+        tolerance_grad=0.0,  # the loss is a mean per bin: tiny gradients are not convergence; max_iter decides
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        total = _data_loss(model, y, codes, family, config.batch_size, backward=True)
+        penalty = model.penalty()
+        if penalty.requires_grad:
+            penalty.backward()
+        return torch.tensor(total + float(penalty.detach()))
+
+    optimizer.step(closure)
+
+
+@torch.no_grad()
+def _normalise(model: DCEA, codes: Tensor) -> Tensor:
+    """Project the templates onto their constraints and unit norm; rescale the codes to keep the rates."""
+    norms = model.templates.flatten(1).norm(dim=1).clamp(min=torch.finfo(model.templates.dtype).tiny)
+    model.project_templates_()
+    return codes * norms.to(codes.device).reshape((1, -1) + (1,) * (codes.ndim - 2))
+
+
+def _drop_spare_templates(model: DCEA, codes: Tensor, n_keep: int) -> Tensor:
+    usage = codes.abs().sum(dim=tuple(axis for axis in range(codes.ndim) if axis != 1))
+    keep = spare_template_choice(model.templates.detach().cpu(), usage, n_keep)
+    with torch.no_grad():
+        model.templates = torch.nn.Parameter(model.templates.detach()[keep].clone())
+    return codes[:, keep].clone()
+
+
+# ---------------------------------------------------------------------------------------- the loop
+def _state(model: DCEA, codes: Tensor, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "templates": model.templates.detach().cpu().clone(),
+        "baseline": model.baseline.detach().cpu().clone(),
+        "codes": codes.detach().cpu().clone(),
+        **copy.deepcopy(extra),
+    }
+
+
+def _restore(model: DCEA, state: dict[str, Any]) -> Tensor:
+    device = model.templates.device
+    with torch.no_grad():
+        if state["templates"].shape != model.templates.shape:
+            model.templates = torch.nn.Parameter(state["templates"].to(device), requires_grad=True)
+        else:
+            model.templates.copy_(state["templates"].to(device))
+        model.baseline.copy_(state["baseline"].to(device))
+    return state["codes"].clone()
+
+
+def fit_alternating(
+    model: DCEA,
+    y: Tensor,
+    sparsity: float,
+    config: AlternatingConfig | None = None,
+    *,
+    n_templates: int | None = None,
+    resume: bool = False,
+    on_iteration_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainingResult:
+    """Learn the templates (and a learned baseline) of a tied ``model`` by alternating minimisation.
+
+    Parameters
+    ----------
+    model : DCEA
+        Tied; its templates are the initial ones (``n_templates + n_spare_templates`` of them, with
+        ``config.padding`` bins of room at each end). They are replaced in place; at the end the model holds
+        ``n_templates`` templates, still padded (cut them with ``model.templates[..., padding:-padding]``).
+    y : Tensor, shape (n_examples, n_channels, *signal_shape)
+        Validated data.
+    sparsity : float
+        Final l1 weight (for the NLL divided by the family's residual scale).
+    config : AlternatingConfig, optional
+    n_templates : int, optional
+        Templates to keep when the spare ones are dropped (default: all of the model's minus the spares).
+    resume : bool
+        Continue from ``config.checkpoint_path``.
+    on_iteration_end : callable, optional
+        Called as ``on_iteration_end(iteration, row)`` after each iteration with its history row.
+
+    Returns
+    -------
+    TrainingResult
+        ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin),
+        ``objective`` (loss plus the l1 term per bin), ``step_size``, ``code_density``, ``seconds``;
+        ``codes`` are the final codes of every example.
+    """
+    config = config or AlternatingConfig()
+    config.validate()
+    if not model.tied:
+        raise ValueError("alternating minimisation learns tied templates (DCEA-C); train DCEA-UC with backprop.")
+    if resume and not config.checkpoint_path:
+        raise ValueError("resume=True needs checkpoint_path: the file that the interrupted fit wrote.")
+    n_keep = model.n_templates - config.n_spare_templates if n_templates is None else int(n_templates)
+    if not 1 <= n_keep <= model.n_templates:
+        raise ValueError(f"n_templates must lie in [1, {model.n_templates}], got {n_keep}.")
+    device = resolve_device(config.device)
+    model.to(device)
+    family = model.family.to(device)
+    model.family = family
+    signal_shape = tuple(y.shape[2:])
+    signature = {
+        "n_channels": model.n_channels,
+        "template_shape": list(model.template_shape),
+        "n_templates": n_keep,
+        "n_spare_templates": config.n_spare_templates,
+        "family": family.config(),
+        "n_examples": int(y.shape[0]),
+        "signal_shape": list(signal_shape),
+    }
+
+    codes = torch.zeros((y.shape[0], model.n_templates) + model.code_shape(signal_shape))
+    # Continuation starts where some events are still coded: at most half the largest useful sparsity.
+    start = max(
+        sparsity,
+        min(config.continuation * sparsity, 0.5 * largest_useful_sparsity(model, y, family, config.batch_size)),
+    )
+    extra: dict[str, Any] = {"iteration": 0, "delta": None, "history": [], "start": start}
+    if resume:
+        payload = load_checkpoint(config.checkpoint_path)
+        _check_signature(payload.get("signature", {}), signature, config.checkpoint_path)
+        codes = _restore(model, payload["state"])
+        extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}
+    history: list[dict[str, float]] = [dict(row) for row in extra["history"]]
+    last_good = _state(model, codes, extra)
+    stop_reason = "n_epochs"
+    bar = tqdm(
+        range(extra["iteration"], config.n_iterations),
+        initial=extra["iteration"],
+        total=config.n_iterations,
+        disable=not _show_progress(config.progress),
+        desc="fit",
+        unit="iteration",
+    )
+    try:
+        for iteration in bar:
+            started = time.perf_counter()
+            current = _sparsity_at(sparsity, extra["start"], config, iteration)
+            reweighted = config.reweighting > 0 and iteration >= config.n_continuation_iterations
+            if reweighted and extra["delta"] is None:
+                active = codes[codes != 0].abs()
+                typical = float(active.median()) if active.numel() else 1.0
+                extra["delta"] = max(config.reweighting * typical, 1e-6)
+            weights: Tensor | float = current
+            if reweighted:
+                weights = reweighted_thresholds(codes, current, extra["delta"])
+            step = model.update_step_size(signal_shape, y)
+            model.sparsity = current
+            codes = encode_in_batches(
+                model, y, family, config.n_code_iterations, config.batch_size, initial=codes, thresholds=weights
+            )
+            _template_step(model, y, codes, family, config)
+            codes = _normalise(model, codes)
+            if config.padding:
+                with torch.no_grad():
+                    templates, codes = crop_templates(model.templates.detach().cpu(), codes, config.padding)
+                    model.templates.copy_(templates.to(device))
+                codes = _normalise(model, codes)  # the cut-off energy: unit norm inside the window again
+            if model.n_templates > n_keep and iteration + 1 >= min(
+                config.n_continuation_iterations, config.n_iterations - 1
+            ):
+                codes = _drop_spare_templates(model, codes, n_keep)
+            with torch.no_grad():
+                loss = _data_loss(model, y, codes, family, config.batch_size, backward=False)
+            if not math.isfinite(loss):
+                _restore(model, last_good)
+                raise FloatingPointError(
+                    f"the loss became {loss} at iteration {iteration + 1}; the model was restored to the last "
+                    "finite iteration. Check the data for extreme counts, or lower the sparsity."
+                )
+            n_values = y.numel()
+            row = {
+                "epoch": iteration + 1,
+                "sparsity": current,
+                "train_loss": loss,
+                "validation_loss": math.nan,  # the same columns as spikedict.training's history
+                "objective": loss + current * float(codes.abs().sum()) / n_values,
+                "step_size": step,
+                "code_density": float((codes != 0).float().mean()),
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(row)
+            extra = {**extra, "iteration": iteration + 1, "history": history}
+            last_good = _state(model, codes, extra)
+            if config.checkpoint_path:
+                save_checkpoint(
+                    config.checkpoint_path,
+                    {"format": "spikedict-checkpoint", "version": 1, "signature": signature, "state": last_good},
+                )
+            if on_iteration_end is not None:
+                on_iteration_end(iteration, row)
+            bar.set_postfix(loss=f"{loss:.4g}", density=f"{row['code_density']:.3g}")
+    except KeyboardInterrupt:
+        codes = _restore(model, last_good)
+        stop_reason = "interrupted"
+    finally:
+        bar.close()
+    if model.n_templates > n_keep:  # interrupted before the spares were dropped
+        codes = _drop_spare_templates(model, codes, n_keep)
+    model.sparsity = sparsity
+    return TrainingResult(
+        history=pd.DataFrame(history),
+        best_epoch=len(history),
+        stop_reason=stop_reason,
+        codes=codes,
+        reweighting_delta=extra["delta"],
+    )

@@ -186,7 +186,10 @@ def demo(
     from spikedict.demo import DEMO_SETTINGS, apply_overrides
     from spikedict.report import prepare_output_directory
 
-    settings = apply_overrides(DEMO_SETTINGS["quick" if quick else "default"], _key_values(overrides, "--set"))
+    try:
+        settings = apply_overrides(DEMO_SETTINGS["quick" if quick else "default"], _key_values(overrides, "--set"))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
     folder = prepare_output_directory(out, overwrite=overwrite)
     _use_agg()
     from spikedict.demo import run_demo
@@ -307,7 +310,7 @@ def fit(
         except json.JSONDecodeError:
             estimator_params[key] = text
     _check_estimator_keywords(estimator_params)
-    name = Path(recording).stem if Path(recording).exists() else recording
+    name = Path(recording).stem if Path(recording).is_file() else Path(recording).name
     folder = prepare_output_directory(out or Path(f"spikedict-fit-{name}"), overwrite=overwrite, resume=resume)
     _use_agg()
     from spikedict.workflow import fit_recording
@@ -524,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         command = error.ctx.command_path if error.ctx is not None else "spikedict"
-        click.echo(f"{command}: error: {_one_line(error)} (see `{command} --help`)", err=True)
+        message = " ".join(error.format_message().split())
+        click.echo(f"{command}: error: {message} (see `{command} --help`)", err=True)
         return 2
     except click.Abort:
         click.echo("spikedict: interrupted", err=True)

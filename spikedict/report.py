@@ -9,7 +9,7 @@ Examples
 >>> import pandas as pd, tempfile, pathlib
 >>> folder = prepare_output_directory(pathlib.Path(tempfile.mkdtemp()) / "out")
 >>> report = Report("A study", folder)
->>> report.add_table("errors", pd.DataFrame({"template": [0, 1], "error": [0.05, 0.1]}), "Template errors")
+>>> csv = report.add_table("errors", pd.DataFrame({"template": [0, 1], "error": [0.05, 0.1]}), "Template errors")
 >>> path = report.write()
 >>> path.name, "<table" in path.read_text(), (folder / "errors.csv").exists()
 ('report.html', True, True)

@@ -99,13 +99,18 @@ def open_recording(source: str | Path) -> tuple[Any, str, RecordingDefaults]:
     from spikedict.io import list_datasets, load_dataset, read_recording
 
     path = Path(source)
-    if path.exists():
+    if path.is_file():
         block = read_recording(path)
         label = path.name
         defaults = RecordingDefaults()
     elif str(source) in list_datasets():
         block = load_dataset(str(source))
         return block, str(source), DATASET_DEFAULTS.get(str(source), RecordingDefaults())
+    elif path.is_dir():
+        raise IsADirectoryError(
+            f"the recording {str(source)!r} is a folder; give a file neo can read (.mat, .nix, .nwb, ...) or one "
+            f"of the shipped data sets {sorted(list_datasets())}."
+        )
     else:
         raise FileNotFoundError(
             f"the recording {str(source)!r} is neither an existing file nor a shipped data set; give the path of a "

@@ -245,7 +245,7 @@ def demo(
     default=None,
     help="Cut each trial into examples of this duration, e.g. 500ms ('0s': no cutting).",
 )
-@click.option("--n-epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs.")
+@click.option("--n-epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 30; locust: 20).")
 @click.option("--sparsity", default="auto", show_default=True, help="l1 weight of the codes, or 'auto'.")
 @click.option(
     "--out", "out", type=click.Path(path_type=Path), default=None, help="Output folder (default: spikedict-fit-NAME)."
@@ -270,7 +270,7 @@ def fit(
     template_size: Any,
     group_by: str | None,
     example_duration: Any,
-    n_epochs: int,
+    n_epochs: int | None,
     sparsity: str,
     out: Path | None,
     overwrite: bool,

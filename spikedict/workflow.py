@@ -48,6 +48,7 @@ class RecordingDefaults:
         Trial (segment) annotation whose equal values are pooled into one binomial example.
     example_duration : quantities.Quantity or None
         Cut long trials into examples of this duration (None: one example per trial or group).
+    n_epochs : int
     """
 
     family: str = "poisson"
@@ -56,6 +57,7 @@ class RecordingDefaults:
     n_templates: int = 3
     group_by: str | None = None
     example_duration: pq.Quantity | None = None
+    n_epochs: int = 30
 
 
 # Shipped data sets: settings that fit them in seconds and make sense for the data.
@@ -64,7 +66,9 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
     "paper-binomial": RecordingDefaults(family="binomial", bin_size=1 * pq.ms, template_size=50, group_by="example"),
     # One receptor neuron (~90 spikes/s), one 10 s trial per stimulus: Poisson counts in 2 ms bins, cut into
     # 500 ms examples (40 in all), templates of 50 ms (25 bins).
-    "locust": RecordingDefaults(family="poisson", bin_size=2 * pq.ms, template_size=25, example_duration=500 * pq.ms),
+    "locust": RecordingDefaults(
+        family="poisson", bin_size=2 * pq.ms, template_size=25, example_duration=500 * pq.ms, n_epochs=20
+    ),
 }
 
 
@@ -331,7 +335,7 @@ def fit_recording(
     template_size: int | pq.Quantity | None = None,
     group_by: str | None = None,
     example_duration: pq.Quantity | None = None,
-    n_epochs: int = 30,
+    n_epochs: int | None = None,
     sparsity: float | str = "auto",
     seed: int = 0,
     device: str = "auto",
@@ -403,6 +407,7 @@ def fit_recording(
     template_size = defaults.template_size if template_size is None else template_size
     group_by = defaults.group_by if group_by is None else (None if group_by.lower() == "none" else group_by)
     example_duration = defaults.example_duration if example_duration is None else example_duration
+    n_epochs = defaults.n_epochs if n_epochs is None else n_epochs
     if example_duration is not None and float(example_duration.magnitude) == 0:
         example_duration = None
     if family not in ("binomial", "poisson", "gaussian"):

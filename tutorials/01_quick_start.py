@@ -29,7 +29,7 @@ from spikedict.analysis import align_templates
 from spikedict.plotting import plot_codes, plot_raster, plot_templates
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
-N_EXAMPLES, N_BINS, N_EPOCHS = (4, 300, 2) if QUICK else (30, 1000, 15)
+N_EXAMPLES, N_BINS, N_EPOCHS = (4, 300, 2) if QUICK else (20, 1000, 10)
 TEMPLATE_SIZE = 20 if QUICK else 50
 
 # %% [markdown]

@@ -35,7 +35,7 @@ from spikedict.io import bin_spiketrains, read_recording, write_recording
 from spikedict.plotting import plot_raster, plot_templates, plot_training_curve
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
-N_EXAMPLES, N_BINS, N_EPOCHS = (4, 300, 2) if QUICK else (20, 1000, 15)
+N_EXAMPLES, N_BINS, N_EPOCHS = (4, 300, 2) if QUICK else (12, 1000, 10)
 folder = Path(tempfile.mkdtemp(prefix="spikedict-tutorial-"))
 
 PATH = folder / "session.mat"

@@ -47,7 +47,7 @@ from spikedict.plotting import plot_raster, plot_templates
 from spikedict.workflow import select_examples, split_examples
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
-N_EPOCHS, N_INFERENCE_ITERATIONS = (2, 30) if QUICK else (20, 300)
+N_EPOCHS, N_INFERENCE_ITERATIONS = (2, 30) if QUICK else (15, 300)
 BIN_SIZE = 2 * pq.ms
 EXAMPLE_BINS = 250  # 500 ms per example: 20 per stimulus
 TEMPLATE_SIZE = 25  # 50 ms

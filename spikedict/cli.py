@@ -105,6 +105,15 @@ def _key_values(pairs: Sequence[str], option: str) -> dict[str, str]:
     return values
 
 
+def _free_folder(name: str) -> Path:
+    """``name``, or ``name-2``, ``name-3``, ... : the first that does not exist or is empty (default outputs)."""
+    candidate, number = Path(name), 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = Path(f"{name}-{number}")
+    return candidate
+
+
 def _use_agg() -> None:
     """Figures are only written to files: no window system needed."""
     import matplotlib
@@ -150,9 +159,9 @@ def cli(debug: bool) -> None:
     "--out",
     "out",
     type=click.Path(path_type=Path),
-    default=Path("spikedict-demo"),
-    show_default=True,
-    help="Folder for the report, figures, tables and models.",
+    default=None,
+    help="Folder for the report, figures, tables and models (default: spikedict-demo, or spikedict-demo-2, ... "
+    "when that one is taken).",
 )
 @click.option("--quick", is_flag=True, help="A smaller study for a first look (under 30 s).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -190,7 +199,7 @@ def demo(
         settings = apply_overrides(DEMO_SETTINGS["quick" if quick else "default"], _key_values(overrides, "--set"))
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
-    folder = prepare_output_directory(out, overwrite=overwrite)
+    folder = prepare_output_directory(out or _free_folder("spikedict-demo"), overwrite=overwrite)
     _use_agg()
     from spikedict.demo import run_demo
 
@@ -248,7 +257,11 @@ def demo(
 @click.option("--n-epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 30; locust: 20).")
 @click.option("--sparsity", default="auto", show_default=True, help="l1 weight of the codes, or 'auto'.")
 @click.option(
-    "--out", "out", type=click.Path(path_type=Path), default=None, help="Output folder (default: spikedict-fit-NAME)."
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: spikedict-fit-NAME, or -2, -3, ... when taken).",
 )
 @click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted fit whose checkpoint is in --out.")
@@ -311,7 +324,8 @@ def fit(
             estimator_params[key] = text
     _check_estimator_keywords(estimator_params)
     name = Path(recording).stem if Path(recording).is_file() else Path(recording).name
-    folder = prepare_output_directory(out or Path(f"spikedict-fit-{name}"), overwrite=overwrite, resume=resume)
+    default = Path(f"spikedict-fit-{name}") if resume else _free_folder(f"spikedict-fit-{name}")
+    folder = prepare_output_directory(out or default, overwrite=overwrite, resume=resume)
     _use_agg()
     from spikedict.workflow import fit_recording
 

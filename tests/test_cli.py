@@ -242,3 +242,13 @@ def test_output_folder_that_is_a_file(tmp_path, capsys):
     Path("a-file").write_text("x")
     assert main(["demo", "--out", "a-file"]) == 1
     assert "is a file" in _error_line(capsys)
+
+
+def test_default_output_folders_are_never_overwritten(tmp_path, capsys):
+    from spikedict.cli import _free_folder
+
+    assert _free_folder("spikedict-demo") == Path("spikedict-demo")
+    Path("spikedict-demo").mkdir()
+    assert _free_folder("spikedict-demo") == Path("spikedict-demo")  # empty: usable
+    (Path("spikedict-demo") / "report.html").write_text("an earlier run")
+    assert _free_folder("spikedict-demo") == Path("spikedict-demo-2")

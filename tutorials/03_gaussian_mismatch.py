@@ -35,16 +35,16 @@ TRIALS = [2, 10] if QUICK else [2, 5, 30]
 TEMPLATE_SIZE = 20 if QUICK else 50
 SIMULATION = dict(
     templates=paper_templates(TEMPLATE_SIZE),
-    n_examples=4 if QUICK else 12,
-    n_bins=200 if QUICK else 600,
+    n_examples=4 if QUICK else 8,
+    n_bins=200 if QUICK else 500,
     event_rate=0.01,
     seed=0,
 )
 FIT = dict(
     n_templates=3,
     template_size=TEMPLATE_SIZE,
-    n_epochs=1 if QUICK else 8,
-    n_inference_iterations=30 if QUICK else 200,
+    n_epochs=1 if QUICK else 6,
+    n_inference_iterations=30 if QUICK else 150,
     progress=False,
 )
 

@@ -528,8 +528,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 1 on a failure, 2 on bad arguments, 130 when interrupted.
     """
-    from spikedict.report import OutputExistsError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("SPIKEDICT_DEBUG", "") not in ("", "0")
     try:
@@ -555,9 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, interrupted):
             click.echo(f"spikedict: {_one_line(error)}", err=True)
             return 130
-        kind = (
-            "" if isinstance(error, (ValueError, FileNotFoundError, OutputExistsError)) else f"{type(error).__name__}: "
-        )
+        # Errors of ours explain themselves; other exception types are named.
+        plain = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+        kind = "" if isinstance(error, plain) else f"{type(error).__name__}: "
         click.echo(f"spikedict: error: {kind}{_one_line(error)}", err=True)
         return 1
     return result if isinstance(result, int) else 0

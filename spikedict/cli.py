@@ -1,100 +1,564 @@
-"""The ``spikedict`` command.
+"""The ``spikedict`` command: ``demo``, ``fit``, ``simulate`` and ``info`` (built with click).
 
-``spikedict demo`` simulates spikes from the DCEA paper's three templates, learns templates from the
-counts and prints how well they match the truth.
+Errors are reported as one line on standard error with a non-zero exit status (2 for bad arguments, 1 for
+failures, 130 for an interrupted fit); ``spikedict --debug ...`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+import re
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+import click
+
+__all__ = ["cli", "main", "parse_time"]
+
+FAMILIES = ("binomial", "poisson", "gaussian")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+_TIME_PATTERN = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ]+)\s*$")
 
 
-def _demo(arguments: argparse.Namespace) -> int:
+def parse_time(text: str) -> Any:
+    """A duration from text with its unit, as a ``quantities`` quantity.
+
+    Examples
+    --------
+    >>> parse_time("5ms"), parse_time("0.005 s"), parse_time("5 ms")
+    (array(5.) * ms, array(0.005) * s, array(5.) * ms)
+    >>> parse_time("5")
+    Traceback (most recent call last):
+    ...
+    ValueError: '5' has no unit; write a duration with its unit, e.g. '5ms', '5 ms' or '0.005 s'.
+    """
+    import quantities as pq
+
+    match = _TIME_PATTERN.match(str(text))
+    if not match:
+        try:
+            float(text)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{text!r} has no unit; write a duration with its unit, e.g. '5ms', '5 ms' or '0.005 s'.")
+        raise ValueError(f"{text!r} is not a duration; write a number and a unit, e.g. '5ms', '5 ms' or '0.005 s'.")
+    number, unit = float(match.group(1)), match.group(2).replace("µ", "u").replace("μ", "u")
+    try:
+        value = pq.Quantity(number, unit)
+        value.rescale(pq.s)
+    except (LookupError, ValueError) as error:
+        raise ValueError(f"{text!r} is not a duration: {unit!r} is not a unit of time (use s, ms or us).") from error
+    if number < 0:
+        raise ValueError(f"{text!r} is negative; give a positive duration.")
+    return value
+
+
+class Duration(click.ParamType):
+    """A time with its unit: ``5ms``, ``5 ms``, ``0.005 s``."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if hasattr(value, "rescale"):
+            return value
+        try:
+            return parse_time(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class BinsOrDuration(click.ParamType):
+    """A whole number of bins (``50``) or a duration (``50ms``)."""
+
+    name = "BINS|DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or hasattr(value, "rescale"):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            if int(text) < 1:
+                self.fail(f"{text!r} must be at least 1 bin.", param, ctx)
+            return int(text)
+        try:
+            return parse_time(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither a number of bins (e.g. 50) nor a duration (e.g. 50ms).", param, ctx)
+
+
+DURATION = Duration()
+BINS_OR_DURATION = BinsOrDuration()
+
+
+def _key_values(pairs: Sequence[str], option: str) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE (e.g. n_epochs=50).", param_hint=option)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _free_folder(name: str) -> Path:
+    """``name``, or ``name-2``, ``name-3``, ... : the first that does not exist or is empty (default outputs)."""
+    candidate, number = Path(name), 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = Path(f"{name}-{number}")
+    return candidate
+
+
+def _use_agg() -> None:
+    """Figures are only written to files: no window system needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def _echo_step(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+def _progress(quiet: bool) -> bool | None:
+    return False if quiet else None
+
+
+def _threads_note() -> str:
     import torch
 
-    from spikedict.analysis import align_templates
-    from spikedict.estimator import SpikeDictionary
-    from spikedict.simulate import paper_templates, simulate_counts
-
-    true = paper_templates(50)
-    n_examples = 30 if arguments.quick else 100
-    n_trials = 30 if arguments.family == "binomial" else None
-    simulation = simulate_counts(
-        true,
-        n_examples=n_examples,
-        n_bins=2000,
-        family=arguments.family,
-        n_trials=n_trials,
-        baseline=0.0 if arguments.family == "gaussian" else -2.0,
-        noise_std=0.1 if arguments.family == "gaussian" else None,
-        seed=arguments.seed,
-    )
-    print(
-        f"simulated {arguments.family} counts: {n_examples} examples x 2000 bins, 3 templates of 50 bins"
-        + (f", M = {n_trials} trials per example" if n_trials else "")
-    )
-    model = SpikeDictionary(
-        n_templates=3,
-        template_size=50,
-        family=arguments.family,
-        n_trials=n_trials,
-        n_epochs=10 if arguments.quick else 30,
-        device=arguments.device,
-        seed=arguments.seed,
-        progress=None,
-    )
-    started = time.perf_counter()
-    model.fit(simulation.counts)
-    seconds = time.perf_counter() - started
-    initial = align_templates(model.initial_templates_, true)
-    alignment = align_templates(model.templates_, true)
-    table = alignment.table[["true_index", "learned_index", "lag", "sign", "error"]].copy()
-    table.insert(1, "shape", ["square", "triangle", "cosine"])
-    table["initial_error"] = initial.errors
-    print(f"fit: {seconds:.1f} s on {model.model_.templates.device} ({torch.get_num_threads()} threads)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    summary = f"mean recovered-template error sqrt(1 - <h, h_hat>^2): {alignment.mean_error:.3f}"
-    print(f"{summary} (initial {initial.mean_error:.3f})")
-    return 0
+    return f"{torch.get_num_threads()} CPU thread(s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``spikedict`` command."""
-    parser = argparse.ArgumentParser(
-        prog="spikedict", description="Learn firing-rate templates from spike trains (DCEA)."
-    )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="learn templates from simulated spikes and compare them with the truth",
-        description="Simulate spikes from the DCEA paper's three templates, fit, and print the template errors.",
-        epilog="examples:\n  spikedict demo\n  spikedict demo --quick --family poisson",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_argument("--family", choices=["binomial", "poisson", "gaussian"], default="binomial")
-    demo.add_argument("--quick", action="store_true", help="a smaller problem for a first look (seconds)")
-    demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(handler=_demo)
-    return parser
+# ------------------------------------------------------------------------------------------------ group
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="spikedict", prog_name="spikedict")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """Learn firing-rate templates from spike trains (DCEA, Tolooshams et al., ICML 2020).
+
+    \b
+    Examples:
+      spikedict demo                      # the paper's simulated study, report in spikedict-demo/
+      spikedict demo --quick --out first-look
+      spikedict fit locust --out locust-fit
+      spikedict simulate --out study.mat && spikedict info study.mat && spikedict fit study.mat
+
+    Run `spikedict COMMAND --help` for the options of a command.
+    """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
+# ------------------------------------------------------------------------------------------------ demo
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the report, figures, tables and models (default: spikedict-demo, or spikedict-demo-2, ... "
+    "when that one is taken).",
+)
+@click.option("--quick", is_flag=True, help="A smaller study for a first look (under 30 s).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the simulation and the fits.")
+@click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change a setting of spikedict.demo.DEMO_SETTINGS (repeatable), e.g. --set n_examples=100 "
+    "--set n_epochs=50 --set gaussian_fit.sparsity=0.5.",
+)
+def demo(
+    out: Path, quick: bool, device: str, seed: int, overwrite: bool, quiet: bool, overrides: tuple[str, ...]
+) -> None:
+    """Simulate binomial spikes from the paper's three templates, learn them back, compare with the truth.
+
+    Simulates M = 30 repeated trials per example as a Neo Block, bins and pools them, fits the binomial model
+    and the Gaussian mismatch to the same counts, aligns both to the true templates, and writes to --out a
+    self-contained report.html (figures embedded), the figures (PNG), the tables (CSV) and the fitted models.
+
+    \b
+    Examples:
+      spikedict demo
+      spikedict demo --quick --out first-look
+      spikedict demo --device cuda --seed 1 --out demo-gpu
+      spikedict demo --set n_epochs=60 --overwrite
+    """
+    from spikedict.demo import DEMO_SETTINGS, apply_overrides
+    from spikedict.report import prepare_output_directory
+
     try:
-        return arguments.handler(arguments)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
-        if arguments.debug:
-            raise
-        print(f"spikedict: error: {error}", file=sys.stderr)
+        settings = apply_overrides(DEMO_SETTINGS["quick" if quick else "default"], _key_values(overrides, "--set"))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
+    folder = prepare_output_directory(out or _free_folder("spikedict-demo"), overwrite=overwrite)
+    _use_agg()
+    from spikedict.demo import run_demo
+
+    started = time.perf_counter()
+    click.echo(f"spikedict demo{' --quick' if quick else ''}: writing to {folder}/ ({_threads_note()})", err=True)
+    result = run_demo(folder, settings=settings, device=device, seed=seed, progress=_progress(quiet), echo=_echo_step)
+    seconds = time.perf_counter() - started
+    table = result.summary[["family", "mean_initial_error", "mean_error", "max_error", "rate_rmse", "fit_seconds"]]
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    binomial, gaussian = (
+        float(result.summary.set_index("family").loc[f, "mean_error"]) for f in ("binomial", "gaussian")
+    )
+    click.echo(
+        f"mean template error sqrt(1 - <h, h_hat>^2): binomial {binomial:.3f}, Gaussian mismatch {gaussian:.3f} "
+        f"(target for the binomial fit: <= 0.1)"
+    )
+    click.echo(f"report: {folder / 'report.html'}  ({seconds:.0f} s)")
+
+
+# ------------------------------------------------------------------------------------------------- fit
+@cli.command(context_settings=CONTEXT)
+@click.argument("recording")
+@click.option(
+    "--family",
+    type=click.Choice(FAMILIES, case_sensitive=False),
+    default=None,
+    help="Observation family (default: binomial for pooled trials, else poisson; shipped data: its own).",
+)
+@click.option(
+    "--bin-size",
+    type=DURATION,
+    default=None,
+    help="Bin width with its unit, e.g. 5ms or '0.005 s' (default: the file's suggestion, else 5 ms).",
+)
+@click.option("--n-templates", type=click.IntRange(min=1), default=None, help="Number of templates (default 3).")
+@click.option(
+    "--template-size",
+    type=BINS_OR_DURATION,
+    default=None,
+    help="Template length in bins (50) or as a duration (50ms) (default 50 bins).",
+)
+@click.option(
+    "--group-by",
+    default=None,
+    metavar="ANNOTATION",
+    help="Pool the trials (segments) with equal values of this annotation into one binomial example; "
+    "'none' turns pooling off.",
+)
+@click.option(
+    "--example-duration",
+    type=DURATION,
+    default=None,
+    help="Cut each trial into examples of this duration, e.g. 500ms ('0s': no cutting).",
+)
+@click.option("--n-epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 30; locust: 20).")
+@click.option("--sparsity", default="auto", show_default=True, help="l1 weight of the codes, or 'auto'.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: spikedict-fit-NAME, or -2, -3, ... when taken).",
+)
+@click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted fit whose checkpoint is in --out.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial templates and shuffling.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A further SpikeDictionary keyword (repeatable, advanced), e.g. --set n_inference_iterations=100.",
+)
+def fit(
+    recording: str,
+    family: str | None,
+    bin_size: Any,
+    n_templates: int | None,
+    template_size: Any,
+    group_by: str | None,
+    example_duration: Any,
+    n_epochs: int | None,
+    sparsity: str,
+    out: Path | None,
+    overwrite: bool,
+    resume: bool,
+    device: str,
+    seed: int,
+    quiet: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Learn templates from RECORDING: a Neo-readable file (.mat, .nix, .nwb, ...) or a shipped data set.
+
+    Shipped data sets: paper-binomial (simulated, the paper's setting) and locust (a locust auditory receptor
+    neuron). Writes to --out the model (model.safetensors), the templates (templates.csv, templates.npz),
+    figures, tables and a self-contained report.html. Ctrl-C stops the fit after saving a checkpoint; the same
+    command with --resume continues it.
+
+    \b
+    Examples:
+      spikedict fit locust
+      spikedict fit paper-binomial --out paper-fit --n-epochs 50
+      spikedict fit study.mat --family binomial --group-by example --bin-size 1ms --template-size 50
+      spikedict fit session.nix --family poisson --bin-size "5 ms" --example-duration 1s --out session-fit
+      spikedict fit session.nix --out session-fit --resume
+    """
+    import json
+
+    from spikedict.report import prepare_output_directory
+
+    try:
+        sparsity_value: float | str = "auto" if sparsity == "auto" else float(sparsity)
+    except ValueError:
+        raise click.BadParameter(f"{sparsity!r} is neither a number nor 'auto'.", param_hint="--sparsity") from None
+    estimator_params: dict[str, Any] = {}
+    for key, text in _key_values(overrides, "--set").items():
+        try:
+            estimator_params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            estimator_params[key] = text
+    _check_estimator_keywords(estimator_params)
+    name = Path(recording).stem if Path(recording).is_file() else Path(recording).name
+    default = Path(f"spikedict-fit-{name}") if resume else _free_folder(f"spikedict-fit-{name}")
+    folder = prepare_output_directory(out or default, overwrite=overwrite, resume=resume)
+    _use_agg()
+    from spikedict.workflow import fit_recording
+
+    click.echo(f"spikedict fit {recording}: writing to {folder}/ ({_threads_note()})", err=True)
+    result = fit_recording(
+        recording,
+        folder,
+        family=family,
+        bin_size=bin_size,
+        n_templates=n_templates,
+        template_size=template_size,
+        group_by=group_by,
+        example_duration=example_duration,
+        n_epochs=n_epochs,
+        sparsity=sparsity_value,
+        seed=seed,
+        device=device,
+        resume=resume,
+        progress=_progress(quiet),
+        estimator_params=estimator_params,
+        echo=_echo_step,
+    )
+    shown = result.summary.T.rename(columns={0: "value"})
+    click.echo(shown.to_string(float_format=lambda v: f"{v:.4g}"))
+    click.echo(f"report: {folder / 'report.html'}")
+
+
+def _check_estimator_keywords(params: dict[str, Any]) -> None:
+    import inspect
+
+    from spikedict.estimator import SpikeDictionary
+
+    known = set(inspect.signature(SpikeDictionary).parameters) - {"checkpoint_path"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown SpikeDictionary keyword(s) {unknown}; known: {', '.join(sorted(known))}.", param_hint="--set"
+        )
+
+
+# -------------------------------------------------------------------------------------------- simulate
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="File to write (.mat needs nothing extra; .nix and .nwb need the nix / nwb extras).",
+)
+@click.option(
+    "--family",
+    type=click.Choice(("binomial", "poisson"), case_sensitive=False),
+    default="binomial",
+    show_default=True,
+    help="binomial: M repeated trials per example; poisson: one trial per example.",
+)
+@click.option(
+    "--templates",
+    "template_kind",
+    default="paper",
+    show_default=True,
+    help="Template shapes: paper, gaussian, sinusoid or random (spikedict.simulate.make_templates).",
+)
+@click.option("--n-templates", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--template-size", type=click.IntRange(min=2), default=50, show_default=True, help="In bins.")
+@click.option("--n-examples", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--n-bins", type=click.IntRange(min=2), default=1000, show_default=True, help="Bins per trial.")
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Repeated trials per example (binomial).",
+)
+@click.option("--bin-size", type=DURATION, default="1ms", show_default=True, help="Bin width, e.g. 1ms.")
+@click.option(
+    "--baseline",
+    type=float,
+    default=-2.0,
+    show_default=True,
+    help="Log-odds (binomial) or log expected count (poisson) per bin with no template active.",
+)
+@click.option(
+    "--event-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Events per template and bin."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def simulate(
+    out: Path,
+    family: str,
+    template_kind: str,
+    n_templates: int,
+    template_size: int,
+    n_examples: int,
+    n_bins: int,
+    n_trials: int,
+    bin_size: Any,
+    baseline: float,
+    event_rate: float,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Simulate spike trains from known templates and write them, with the ground truth, to a Neo file.
+
+    Segments are trials (annotated example and trial), groups are units; the true templates and codes are in
+    the block's annotations, so `spikedict fit FILE` reports its template errors.
+
+    \b
+    Examples:
+      spikedict simulate --out study.mat
+      spikedict simulate --out small.mat --n-examples 5 --n-bins 500 --n-trials 10 --seed 3
+      spikedict simulate --out poisson.mat --family poisson --baseline -1 --templates gaussian
+    """
+    if out.exists() and not overwrite:
+        raise click.UsageError(f"{str(out)!r} exists; choose another --out or pass --overwrite to replace it.")
+    from spikedict.io import write_recording
+    from spikedict.simulate import simulate_spikes
+
+    click.echo(
+        f"simulating {n_examples} examples x {n_trials if family == 'binomial' else 1} trial(s) x {n_bins} "
+        f"bins ({family})",
+        err=True,
+    )
+    simulation = simulate_spikes(
+        template_kind,
+        n_examples=n_examples,
+        n_bins=n_bins,
+        family=family,
+        n_trials=n_trials if family == "binomial" else None,
+        n_templates=n_templates,
+        template_size=template_size,
+        bin_size=bin_size,
+        baseline=baseline,
+        event_rate=event_rate,
+        seed=seed,
+    )
+    write_recording(simulation.block, out)
+    n_spikes = sum(len(train) for segment in simulation.block.segments for train in segment.spiketrains)
+    click.echo(
+        f"wrote {out}: {len(simulation.block.segments)} trials, {n_spikes} spikes; fit it with: spikedict fit {out}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ info
+@cli.command(context_settings=CONTEXT)
+@click.argument("recording")
+def info(recording: str) -> None:
+    """Summarise RECORDING (a Neo-readable file or a shipped data set): trials, units, durations, rates.
+
+    \b
+    Examples:
+      spikedict info locust
+      spikedict info study.mat
+    """
+    from spikedict.io import list_datasets
+    from spikedict.workflow import open_recording, recording_summary
+
+    block, label, defaults = open_recording(recording)
+    overview, units = recording_summary(block)
+    shortest, longest = overview["trial_duration_s"]
+    duration = f"{shortest:g} s" if shortest == longest else f"{shortest:g} to {longest:g} s"
+    lines = [
+        f"{label}" + (f" ({list_datasets()[label]})" if label in list_datasets() else ""),
+        f"  trials (segments): {overview['n_trials']}, each {duration}; total {overview['total_duration_s']:g} s",
+        f"  units: {overview['n_units']}, spikes: {overview['n_spikes']}",
+        f"  trial annotations: {', '.join(overview['trial_annotations']) or 'none'}",
+    ]
+    if "suggested_bin_size" in overview:
+        lines.append(f"  suggested bin size: {overview['suggested_bin_size']}")
+    if "ground_truth" in overview:
+        lines.append(f"  ground truth: {overview['ground_truth']}")
+    lines.append(
+        f"  spikedict fit defaults: family {defaults.family}, bin size {defaults.bin_size}, template size "
+        f"{defaults.template_size}"
+        + (f", pooled by {defaults.group_by!r}" if defaults.group_by else "")
+        + (f", examples of {defaults.example_duration}" if defaults.example_duration is not None else "")
+    )
+    click.echo("\n".join(lines))
+    click.echo(units.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _one_line(error: BaseException) -> str:
+    text = str(error) if str(error) else type(error).__name__
+    if isinstance(error, KeyError):
+        text = f"missing {text}"
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``spikedict`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 on a failure, 2 on bad arguments, 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SPIKEDICT_DEBUG", "") not in ("", "0")
+    try:
+        result = cli.main(args=argv, prog_name="spikedict", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.ctx.get_help() if error.ctx else str(error), err=True)
         return 2
+    except click.UsageError as error:
+        if debug:
+            raise
+        command = error.ctx.command_path if error.ctx is not None else "spikedict"
+        message = " ".join(error.format_message().split())
+        click.echo(f"{command}: error: {message} (see `{command} --help`)", err=True)
+        return 2
+    except click.Abort:
+        click.echo("spikedict: interrupted", err=True)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        # Only a fit raises FitInterrupted, and then spikedict.workflow is imported.
+        interrupted = getattr(sys.modules.get("spikedict.workflow"), "FitInterrupted", ())
+        if isinstance(error, interrupted):
+            click.echo(f"spikedict: {_one_line(error)}", err=True)
+            return 130
+        # Errors of ours explain themselves; other exception types are named.
+        plain = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+        kind = "" if isinstance(error, plain) else f"{type(error).__name__}: "
+        click.echo(f"spikedict: error: {kind}{_one_line(error)}", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

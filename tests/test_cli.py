@@ -1,68 +1,251 @@
-"""The ``spikedict`` command."""
+"""The ``spikedict`` command: every subcommand on tiny settings in a temporary folder, outputs parsed."""
 
 from __future__ import annotations
 
-import re
+import base64
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import quantities as pq
 import torch
 
-from spikedict.cli import build_parser, main
+from spikedict import SpikeDictionary
+from spikedict.cli import main, parse_time
+
+# Settings that make the demo and the fits run in seconds on one thread.
+TINY_DEMO = [
+    "--set", "n_examples=4",
+    "--set", "n_bins=300",
+    "--set", "template_size=20",
+    "--set", "n_epochs=2",
+    "--set", "n_inference_iterations=30",
+]  # fmt: skip
+TINY_FIT = ["--n-epochs", "1", "--set", "n_inference_iterations=20", "--quiet"]
 
 
-@pytest.mark.slow
-def test_demo_quick(capsys):
-    assert main(["demo", "--quick", "--device", "cpu"]) == 0
-    output = capsys.readouterr().out
-    assert "simulated binomial counts: 30 examples x 2000 bins" in output
-    assert "square" in output and "triangle" in output and "cosine" in output
-    match = re.search(r"mean recovered-template error .*: ([0-9.]+) \(initial ([0-9.]+)\)", output)
-    assert match, output
-    error, initial = float(match.group(1)), float(match.group(2))
-    assert 0 <= error <= 1 and 0 <= initial <= 1
-    assert error < initial, "the fit did not improve on its initial templates"
+def _embedded_pngs(html: str) -> list[bytes]:
+    parts = html.split("src='data:image/png;base64,")[1:]
+    return [base64.b64decode(part.split("'", 1)[0]) for part in parts]
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["demo", "--family", "nope"],
-        [],
-        ["demo", "--seed", "zero"],
-        ["fit"],
-        ["demo", "--unknown-flag"],
-    ],
-)
-def test_bad_arguments_exit_2(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    assert "usage: spikedict" in capsys.readouterr().err
+def _error_line(capsys) -> str:
+    error = capsys.readouterr().err.strip()
+    assert "Traceback" not in error
+    return error.splitlines()[-1]
 
 
-def test_bad_family_lists_choices(capsys):
-    with pytest.raises(SystemExit):
-        main(["demo", "--family", "nope"])
-    error = capsys.readouterr().err
-    assert "invalid choice: 'nope'" in error and "binomial" in error and "poisson" in error
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
 
 
-def test_help_exits_0(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--help"])
-    assert exit_info.value.code == 0
-    assert "--quick" in capsys.readouterr().out
+# ------------------------------------------------------------------------------------------------ demo
+def test_demo_writes_report_figures_tables_models(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--quiet", *TINY_DEMO]) == 0
+    printed = capsys.readouterr()
+    assert "binomial" in printed.out and "gaussian" in printed.out
+    assert "mean template error" in printed.out and "report.html" in printed.out
+    assert "[1/5] simulating binomial spikes: 4 examples x 30 trials x 300 bins" in printed.err
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["family"].tolist() == ["binomial", "gaussian"]
+    assert {"mean_initial_error", "mean_error", "max_error", "rate_rmse", "epochs", "fit_seconds"} <= set(summary)
+    assert summary["mean_error"].between(0, 1).all() and (summary["epochs"] == 2).all()
+    templates = pd.read_csv(out / "template_errors.csv")
+    assert templates["template"].tolist() == ["square", "triangle", "cosine"] * 2
+    assert {"family", "lag", "sign", "initial_error", "error"} <= set(templates)
+    assert len(pd.read_csv(out / "history_binomial.csv")) == 2
+
+    html = (out / "report.html").read_text()
+    pngs = _embedded_pngs(html)
+    names = ["templates_binomial", "templates_gaussian", "raster", "training", "codes"]
+    assert len(pngs) == len(names)
+    for name in names:
+        assert (out / f"{name}.png").read_bytes() in pngs
+    for text in ("Settings", "Timings", "Versions", "torch", "elephant", "n_examples", "Template errors"):
+        assert text in html
+    for family in ("binomial", "gaussian"):
+        model = SpikeDictionary.load(out / f"model_{family}.safetensors")
+        assert model.templates_.shape == (3, 1, 20) and model.family_.name == family
 
 
-def test_parser_defaults():
-    arguments = build_parser().parse_args(["demo"])
-    assert (arguments.family, arguments.quick, arguments.device, arguments.seed) == ("binomial", False, "auto", 0)
+def test_demo_refuses_a_non_empty_folder(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["demo", "--quick", "--out", "taken", *TINY_DEMO]) == 1
+    line = _error_line(capsys)
+    assert "not empty" in line and "--overwrite" in line
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-def test_errors_are_reported_not_raised(capsys):
-    assert main(["demo", "--quick", "--device", "cuda"]) == 2
-    error = capsys.readouterr().err
-    assert error.startswith("spikedict: error:") and "CUDA is not available" in error
+def test_missing_cuda_is_one_line_and_debug_raises(capsys):
+    assert main(["demo", "--quick", "--device", "cuda", "--out", "gpu", *TINY_DEMO]) == 1
+    assert "CUDA is not available" in _error_line(capsys)
     with pytest.raises(ValueError, match="CUDA is not available"):
-        main(["--debug", "demo", "--quick", "--device", "cuda"])
+        main(["--debug", "demo", "--quick", "--device", "cuda", "--out", "gpu2", *TINY_DEMO])
+
+
+def test_demo_settings_overrides():
+    from spikedict.demo import DEMO_SETTINGS, apply_overrides
+
+    settings = apply_overrides(DEMO_SETTINGS["default"], {"gaussian_fit.sparsity": "0.5", "fit.n_epochs": "3"})
+    assert settings.gaussian_fit["sparsity"] == 0.5 and settings.fit["n_epochs"] == 3
+    assert DEMO_SETTINGS["default"].fit["n_epochs"] != 3  # the constant is not changed
+    assert DEMO_SETTINGS["default"].n_trials == 30 and DEMO_SETTINGS["quick"].n_trials == 30
+    with pytest.raises(ValueError, match="unknown demo setting 'n_exmaples'"):
+        apply_overrides(DEMO_SETTINGS["default"], {"n_exmaples": "3"})
+
+
+# ------------------------------------------------------------------------------- simulate, info, fit
+def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
+    study = tmp_path / "study.mat"
+    simulate = ["simulate", "--out", str(study), "--n-examples", "3", "--n-bins", "200", "--n-trials", "5"]
+    assert main([*simulate, "--template-size", "20", "--seed", "3"]) == 0
+    assert "fit it with: spikedict fit" in capsys.readouterr().out
+    assert main(simulate) == 2  # the file exists
+    assert "--overwrite" in _error_line(capsys)
+
+    assert main(["info", str(study)]) == 0
+    text = capsys.readouterr().out
+    assert "trials (segments): 15, each 0.2 s" in text and "ground truth" in text and "pooled by 'example'" in text
+
+    # Interrupt the fit after its first epoch (as Ctrl-C would), then resume it.
+    import spikedict.training as training
+
+    original = training.save_checkpoint
+
+    def interrupt_after_saving(path, payload):
+        original(path, payload)
+        if payload["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", interrupt_after_saving)
+    command = ["fit", str(study), "--out", "fitted", "--n-epochs", "2", "--set", "n_inference_iterations=20", "--quiet"]
+    assert main(command) == 130
+    line = _error_line(capsys)
+    assert "interrupted after epoch 1 of 2" in line and "--resume" in line
+    assert (tmp_path / "fitted" / "checkpoint.pt").exists()
+    assert main(command) == 1  # the folder is not empty
+    assert "not empty" in _error_line(capsys)
+    monkeypatch.setattr(training, "save_checkpoint", original)
+    assert main([*command, "--resume"]) == 0
+    assert "mean_template_error" in capsys.readouterr().out
+
+    out = tmp_path / "fitted"
+    assert not (out / "checkpoint.pt").exists()
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    templates = pd.read_csv(out / "templates.csv")
+    assert list(templates.columns) == ["template", "channel", "channel_name", "bin", "time_s", "value"]
+    assert len(templates) == 3 * 1 * 20
+    arrays = np.load(out / "templates.npz")
+    assert arrays["templates"].shape == (3, 1, 20) and float(arrays["bin_size_s"]) == pytest.approx(0.001)
+    assert np.allclose(arrays["templates"][:, 0, :].ravel(), templates["value"])
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[0, "family"] == "binomial" and summary.loc[0, "n_examples"] == 3
+    assert 0 <= summary.loc[0, "mean_template_error"] <= 1
+    assert len(pd.read_csv(out / "template_errors.csv")) == 3
+    assert len(_embedded_pngs((out / "report.html").read_text())) == 4
+    assert SpikeDictionary.load(out / "model.safetensors").templates_.shape == (3, 1, 20)
+
+
+def test_fit_shipped_locust_dataset(tmp_path, capsys):
+    command = ["fit", "locust", "--out", "locust", "--example-duration", "1s", "--template-size", "20ms", *TINY_FIT]
+    assert main(command) == 0
+    printed = capsys.readouterr()
+    assert "poisson" in printed.out and "binning locust: 2 trials in bins of 2.0 ms" in printed.err
+    summary = pd.read_csv(tmp_path / "locust" / "summary.csv")
+    assert summary.loc[0, ["n_examples", "n_bins", "template_size"]].tolist() == [20, 500, 10]
+    assert np.isfinite(summary.loc[0, "log_likelihood_per_bin"])
+
+
+def test_resume_without_checkpoint_is_an_error(capsys):
+    assert main(["fit", "locust", "--out", "nothing-here", "--resume", *TINY_FIT]) == 1
+    assert "does not exist" in _error_line(capsys)
+
+
+# -------------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--seed", "zero"], "'zero' is not a valid integer"),
+        (["demo", "--unknown-flag"], "No such option '--unknown-flag'"),
+        (["demo", "--set", "n_exmaples=3"], "unknown demo setting 'n_exmaples'"),
+        (["demo", "--set", "n_examples"], "is not NAME=VALUE"),
+        (["fit"], "Missing argument 'RECORDING'"),
+        (["fit", "locust", "--family", "nope"], "'nope' is not one of 'binomial', 'poisson', 'gaussian'"),
+        (["fit", "locust", "--bin-size", "5"], "'5' has no unit"),
+        (["fit", "locust", "--bin-size", "5 kg"], "'kg' is not a unit of time"),
+        (["fit", "locust", "--n-templates", "0"], "0 is not in the range x>=1"),
+        (["fit", "locust", "--sparsity", "lots"], "'lots' is neither a number nor 'auto'"),
+        (["fit", "locust", "--set", "n_epoch=3"], "unknown SpikeDictionary keyword(s) ['n_epoch']"),
+        (["nonsense"], "No such command 'nonsense'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith("spikedict") and "error:" in line and message in line and "--help" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "no-such-recording.mat"], "neither an existing file nor a shipped data set"),
+        (["info", "no-such-recording.mat"], "['locust', 'paper-binomial']"),
+        (["fit", "locust", "--family", "binomial", "--out", "b"], "--group-by"),
+        (["fit", "locust", "--bin-size", "3ms", "--template-size", "10ms", "--out", "c"], "whole number of bins"),
+    ],
+)
+def test_failures_exit_1_with_one_line(argv, message, capsys):
+    assert main(argv) == 1
+    line = _error_line(capsys)
+    assert line.startswith("spikedict: error:") and message in line
+
+
+def test_debug_shows_the_exception():
+    with pytest.raises(FileNotFoundError, match="neither an existing file"):
+        main(["--debug", "fit", "no-such-recording.mat"])
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["simulate"], ["info"]])
+def test_help_with_examples(command, capsys):
+    assert main([*command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "Usage: spikedict" in text and "Examples:" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5ms", 5 * pq.ms), ("5 ms", 5 * pq.ms), ("0.005 s", 0.005 * pq.s), ("1e-3s", 1 * pq.ms), ("50us", 0.05 * pq.ms)],
+)
+def test_parse_time(text, expected):
+    value = parse_time(text)
+    assert float(value.rescale(pq.s).magnitude) == pytest.approx(float(expected.rescale(pq.s).magnitude))
+
+
+def test_python_dash_m_works(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "spikedict", "fit"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Missing argument 'RECORDING'" in done.stderr
+
+
+def test_output_folder_that_is_a_file(tmp_path, capsys):
+    Path("a-file").write_text("x")
+    assert main(["demo", "--out", "a-file"]) == 1
+    assert "is a file" in _error_line(capsys)
+
+
+def test_default_output_folders_are_never_overwritten(tmp_path, capsys):
+    from spikedict.cli import _free_folder
+
+    assert _free_folder("spikedict-demo") == Path("spikedict-demo")
+    Path("spikedict-demo").mkdir()
+    assert _free_folder("spikedict-demo") == Path("spikedict-demo")  # empty: usable
+    (Path("spikedict-demo") / "report.html").write_text("an earlier run")
+    assert _free_folder("spikedict-demo") == Path("spikedict-demo-2")

@@ -1,0 +1,611 @@
+"""Recordings in, reports out: what ``spikedict fit``, ``spikedict simulate`` and ``spikedict info`` do.
+
+The command-line layer (:mod:`spikedict.cli`) parses text; the functions here take typed values (quantities for
+times) and can be called from Python as well.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import quantities as pq
+
+__all__ = [
+    "DATASET_DEFAULTS",
+    "FitInterrupted",
+    "FitResult",
+    "RecordingDefaults",
+    "fit_recording",
+    "open_recording",
+    "recording_summary",
+    "select_examples",
+    "split_examples",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class RecordingDefaults:
+    """How a recording is binned and fitted unless the command line says otherwise.
+
+    Attributes
+    ----------
+    family : {"binomial", "poisson", "gaussian"}
+    bin_size : quantities.Quantity
+    template_size : int or quantities.Quantity
+        In bins, or a duration (converted with ``bin_size``).
+    n_templates : int
+    group_by : str or None
+        Trial (segment) annotation whose equal values are pooled into one binomial example.
+    example_duration : quantities.Quantity or None
+        Cut long trials into examples of this duration (None: one example per trial or group).
+    n_epochs : int
+    """
+
+    family: str = "poisson"
+    bin_size: pq.Quantity = field(default_factory=lambda: 5 * pq.ms)
+    template_size: int | pq.Quantity = 50
+    n_templates: int = 3
+    group_by: str | None = None
+    example_duration: pq.Quantity | None = None
+    n_epochs: int = 30
+
+
+# Shipped data sets: settings that fit them in seconds and make sense for the data.
+DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
+    # The paper's setting: 1 ms bins, 30 trials per example pooled into binomial counts, 50-bin templates.
+    "paper-binomial": RecordingDefaults(family="binomial", bin_size=1 * pq.ms, template_size=50, group_by="example"),
+    # One receptor neuron (~90 spikes/s), one 10 s trial per stimulus: Poisson counts in 2 ms bins, cut into
+    # 500 ms examples (40 in all), templates of 50 ms (25 bins).
+    "locust": RecordingDefaults(
+        family="poisson", bin_size=2 * pq.ms, template_size=25, example_duration=500 * pq.ms, n_epochs=20
+    ),
+}
+
+
+class FitInterrupted(RuntimeError):
+    """The fit was interrupted (Ctrl-C); the checkpoint holds the finished epochs."""
+
+
+def open_recording(source: str | Path) -> tuple[Any, str, RecordingDefaults]:
+    """Read a recording from a Neo-readable file, or load a shipped data set by name.
+
+    Parameters
+    ----------
+    source : str or path
+        A file that ``neo.io`` reads (``.mat``, ``.nix``, ``.nwb``, ...) or a shipped data set name
+        (``"paper-binomial"``, ``"locust"``).
+
+    Returns
+    -------
+    block : neo.Block
+    label : str
+        The data set name or the file name.
+    defaults : RecordingDefaults
+        For shipped data the settings above; for a file written by ``spikedict simulate`` its family, bin size
+        and template size; else generic defaults (Poisson, 5 ms bins).
+
+    Examples
+    --------
+    >>> block, label, defaults = open_recording("locust")
+    >>> label, defaults.family, len(block.segments)
+    ('locust', 'poisson', 2)
+    """
+    from spikedict.io import list_datasets, load_dataset, read_recording
+
+    path = Path(source)
+    if path.is_file():
+        block = read_recording(path)
+        label = path.name
+        defaults = RecordingDefaults()
+    elif str(source) in list_datasets():
+        block = load_dataset(str(source))
+        return block, str(source), DATASET_DEFAULTS.get(str(source), RecordingDefaults())
+    elif path.is_dir():
+        raise IsADirectoryError(
+            f"the recording {str(source)!r} is a folder; give a file neo can read (.mat, .nix, .nwb, ...) or one "
+            f"of the shipped data sets {sorted(list_datasets())}."
+        )
+    else:
+        raise FileNotFoundError(
+            f"the recording {str(source)!r} is neither an existing file nor a shipped data set; give the path of a "
+            f"file neo can read (.mat, .nix, .nwb, ...) or one of {sorted(list_datasets())}."
+        )
+    annotations = block.annotations
+    if isinstance(annotations.get("bin_size"), pq.Quantity):
+        defaults = replace(defaults, bin_size=annotations["bin_size"])
+    if annotations.get("family") in ("binomial", "poisson"):  # written by spikedict simulate
+        binomial = annotations["family"] == "binomial"
+        template_shape = np.atleast_1d(annotations.get("template_shape", [0, 0, 50]))
+        defaults = replace(
+            defaults,
+            family=str(annotations["family"]),
+            group_by="example" if binomial else None,
+            template_size=int(template_shape[-1]),
+            n_templates=int(template_shape[0]) if template_shape[0] else defaults.n_templates,
+        )
+    return block, label, defaults
+
+
+def _unit_names(block: Any) -> list[str]:
+    if block.groups:
+        return [group.name or f"unit {index}" for index, group in enumerate(block.groups)]
+    names: list[str] = []
+    for segment in block.segments:
+        for index, train in enumerate(segment.spiketrains):
+            name = str(train.annotations.get("unit", train.name or f"unit {index}"))
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def recording_summary(block: Any) -> tuple[dict[str, Any], pd.DataFrame]:
+    """What a recording holds: trials, units, durations, spike counts and firing rates.
+
+    Returns
+    -------
+    overview : dict
+        ``name``, ``n_trials`` (segments), ``n_units``, ``trial_duration_s`` (range), ``total_duration_s``,
+        ``n_spikes``, ``trial_annotations`` (names), and the suggested ``bin_size`` if the file has one.
+    units : pandas.DataFrame
+        One row per unit: ``unit``, ``n_trials`` (with spike trains), ``n_spikes``, ``duration_s``,
+        ``rate_hz`` (spikes per second over its trials), ``min_rate_hz`` / ``max_rate_hz`` over trials.
+
+    Examples
+    --------
+    >>> from spikedict.io import load_dataset
+    >>> overview, units = recording_summary(load_dataset("locust"))
+    >>> overview["n_trials"], units["n_spikes"].tolist()
+    (2, [1797])
+    """
+    names = _unit_names(block)
+    per_unit: dict[str, dict[str, list[float]]] = {name: {"spikes": [], "durations": []} for name in names}
+    durations = []
+    annotation_names: set[str] = set()
+    for segment in block.segments:
+        annotation_names.update(segment.annotations)
+        for index, train in enumerate(segment.spiketrains):
+            name = str(train.annotations.get("unit", train.name or f"unit {index}"))
+            if name not in per_unit:
+                name = names[index] if index < len(names) else name
+                per_unit.setdefault(name, {"spikes": [], "durations": []})
+            duration = float((train.t_stop - train.t_start).rescale(pq.s).magnitude)
+            per_unit[name]["spikes"].append(float(len(train)))
+            per_unit[name]["durations"].append(duration)
+            durations.append(duration)
+    rows = []
+    for name, values in per_unit.items():
+        spikes, seconds = np.asarray(values["spikes"]), np.asarray(values["durations"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rates = np.where(seconds > 0, spikes / np.where(seconds > 0, seconds, 1), np.nan)
+        rows.append(
+            {
+                "unit": name,
+                "n_trials": len(spikes),
+                "n_spikes": int(spikes.sum()),
+                "duration_s": float(seconds.sum()),
+                "rate_hz": float(spikes.sum() / seconds.sum()) if seconds.sum() > 0 else float("nan"),
+                "min_rate_hz": float(np.nanmin(rates)) if rates.size else float("nan"),
+                "max_rate_hz": float(np.nanmax(rates)) if rates.size else float("nan"),
+            }
+        )
+    units = pd.DataFrame(
+        rows, columns=["unit", "n_trials", "n_spikes", "duration_s", "rate_hz", "min_rate_hz", "max_rate_hz"]
+    )
+    overview: dict[str, Any] = {
+        "name": block.name or "",
+        "n_trials": len(block.segments),
+        "n_units": len(per_unit),
+        "trial_duration_s": (min(durations), max(durations)) if durations else (0.0, 0.0),
+        "total_duration_s": float(sum(durations) / max(len(per_unit), 1)),
+        "n_spikes": int(units["n_spikes"].sum()),
+        "trial_annotations": sorted(annotation_names),
+    }
+    if isinstance(block.annotations.get("bin_size"), pq.Quantity):
+        overview["suggested_bin_size"] = block.annotations["bin_size"]
+    if "templates" in block.annotations and "template_shape" in block.annotations:
+        overview["ground_truth"] = "templates and codes (simulated)"
+    return overview, units
+
+
+def split_examples(counts: Any, n_bins: int) -> Any:
+    """Cut every example of a :class:`~spikedict.io.SpikeCounts` into consecutive pieces of ``n_bins`` bins.
+
+    A trailing piece shorter than ``n_bins`` is dropped. The labels of each piece carry its ``source_example``
+    and ``offset_bins``.
+
+    Examples
+    --------
+    >>> import numpy as np, quantities as pq
+    >>> from spikedict.io import SpikeCounts
+    >>> counts = SpikeCounts(np.arange(10).reshape(1, 1, 10), np.array([1]), 1 * pq.ms, 0 * pq.s)
+    >>> split_examples(counts, 4).counts[:, 0].tolist()
+    [[0, 1, 2, 3], [4, 5, 6, 7]]
+    """
+    from spikedict.io import SpikeCounts
+
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}.")
+    pieces = counts.n_bins // n_bins
+    if pieces < 1:
+        raise ValueError(
+            f"examples of {n_bins} bins do not fit in trials of {counts.n_bins} bins; choose a shorter "
+            "--example-duration (or none)."
+        )
+    values = counts.counts[:, :, : pieces * n_bins].reshape(counts.n_examples, counts.n_channels, pieces, n_bins)
+    values = values.transpose(0, 2, 1, 3).reshape(counts.n_examples * pieces, counts.n_channels, n_bins)
+    labels = counts.example_labels.reset_index(drop=True).loc[np.repeat(np.arange(counts.n_examples), pieces)]
+    labels = labels.reset_index(drop=True)
+    labels.insert(0, "source_example", np.repeat(np.arange(counts.n_examples), pieces))
+    labels.insert(1, "offset_bins", np.tile(np.arange(pieces) * n_bins, counts.n_examples))
+    labels.index.name = "example"
+    return SpikeCounts(
+        values,
+        np.repeat(counts.n_trials, pieces),
+        counts.bin_size,
+        counts.t_start,
+        list(counts.channel_names),
+        labels,
+    )
+
+
+def select_examples(counts: Any, index: Any) -> Any:
+    """The examples ``index`` (a slice or integer array) of a :class:`~spikedict.io.SpikeCounts`, with their labels.
+
+    Examples
+    --------
+    >>> import numpy as np, quantities as pq
+    >>> from spikedict.io import SpikeCounts
+    >>> counts = SpikeCounts(np.zeros((4, 1, 3), dtype=np.int64), np.array([5, 6, 7, 8]), 1 * pq.ms, 0 * pq.s)
+    >>> select_examples(counts, slice(1, 3)).n_trials.tolist()
+    [6, 7]
+    """
+    rows = np.arange(counts.n_examples)[index]
+    rows = np.atleast_1d(rows)
+    labels = counts.example_labels.iloc[rows].reset_index(drop=True)
+    labels.index.name = "example"
+    return replace(counts, counts=counts.counts[rows], n_trials=counts.n_trials[rows], example_labels=labels)
+
+
+def _bins(duration: pq.Quantity, bin_size: pq.Quantity, name: str) -> int:
+    value = float((duration / bin_size).simplified.magnitude)
+    bins = int(round(value))
+    if bins < 1 or abs(value - bins) > 1e-6 * max(1.0, value):
+        raise ValueError(
+            f"{name} {duration} is not a whole number of bins of {bin_size} ({value:g} bins); give it in bins or as "
+            "a multiple of the bin size."
+        )
+    return bins
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_recording` fitted and wrote.
+
+    Attributes
+    ----------
+    model : SpikeDictionary
+    counts : SpikeCounts
+        The counts it was fitted on.
+    summary : pandas.DataFrame
+        One row: data shape, family, log-likelihoods, fit time.
+    alignment : pandas.DataFrame or None
+        Template errors against the ground truth, when the recording carries it (simulated data).
+    folder : Path
+    """
+
+    model: Any
+    counts: Any
+    summary: pd.DataFrame
+    alignment: pd.DataFrame | None
+    folder: Path
+
+
+def _ground_truth(block: Any) -> np.ndarray | None:
+    if "templates" not in block.annotations or "template_shape" not in block.annotations:
+        return None
+    from spikedict.io._simulated import ground_truth
+
+    try:
+        return ground_truth(block)["templates"]
+    except (KeyError, ValueError):
+        return None
+
+
+def _noop(message: str) -> None:
+    pass
+
+
+def fit_recording(
+    source: str | Path,
+    folder: str | Path,
+    *,
+    family: str | None = None,
+    bin_size: pq.Quantity | None = None,
+    n_templates: int | None = None,
+    template_size: int | pq.Quantity | None = None,
+    group_by: str | None = None,
+    example_duration: pq.Quantity | None = None,
+    n_epochs: int | None = None,
+    sparsity: float | str = "auto",
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool | None = None,
+    estimator_params: Mapping[str, Any] | None = None,
+    echo: Callable[[str], None] = _noop,
+) -> FitResult:
+    """Bin a recording, fit a :class:`~spikedict.SpikeDictionary`, write the model, templates, figures and report.
+
+    Settings left as None come from :func:`open_recording`'s defaults for this recording.
+
+    Parameters
+    ----------
+    source : str or path
+        A Neo-readable file or a shipped data set name.
+    folder : path
+        Output folder, already prepared (see :func:`spikedict.report.prepare_output_directory`).
+    family : {"binomial", "poisson", "gaussian"}, optional
+    bin_size : quantities.Quantity, optional
+    n_templates : int, optional
+    template_size : int or quantities.Quantity, optional
+        Bins, or a duration.
+    group_by : str, optional
+        Pool trials with equal values of this segment annotation into one example (binomial counts); ``"none"``
+        turns pooling off for a recording whose default pools.
+    example_duration : quantities.Quantity, optional
+        Cut trials into examples of this duration; a zero duration turns cutting off.
+    n_epochs, sparsity, seed, device :
+        See :class:`~spikedict.SpikeDictionary`.
+    resume : bool
+        Continue the interrupted fit whose checkpoint is in ``folder``.
+    progress : bool or None
+        Progress bar of the fit (None: only on a terminal).
+    estimator_params : mapping, optional
+        Further SpikeDictionary keywords (advanced).
+    echo : callable
+        Called with one line per step.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    FitInterrupted
+        On Ctrl-C during the fit; the checkpoint in ``folder`` lets ``resume=True`` continue.
+    """
+    from spikedict.analysis import align_templates, constant_rates, log_likelihood_per_bin
+    from spikedict.estimator import SpikeDictionary
+    from spikedict.io import bin_spiketrains
+    from spikedict.report import Report
+    from spikedict.training import resolve_device
+
+    folder = Path(folder)
+    checkpoint = folder / CHECKPOINT_NAME
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(
+            f"--resume continues an interrupted fit from {str(checkpoint)!r}, which does not exist; run without "
+            "--resume (add --overwrite to reuse the folder), or give the --out folder of the interrupted fit."
+        )
+    device_used = str(resolve_device(device))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    block, label, defaults = open_recording(source)
+    family = (family or defaults.family).lower()
+    bin_size = defaults.bin_size if bin_size is None else bin_size
+    n_templates = defaults.n_templates if n_templates is None else n_templates
+    template_size = defaults.template_size if template_size is None else template_size
+    group_by = defaults.group_by if group_by is None else (None if group_by.lower() == "none" else group_by)
+    example_duration = defaults.example_duration if example_duration is None else example_duration
+    n_epochs = defaults.n_epochs if n_epochs is None else n_epochs
+    if example_duration is not None and float(example_duration.magnitude) == 0:
+        example_duration = None
+    if family not in ("binomial", "poisson", "gaussian"):
+        raise ValueError(f"family must be 'binomial', 'poisson' or 'gaussian', got {family!r}.")
+    if family == "binomial" and group_by is None:
+        raise ValueError(
+            "the binomial family models repeated trials pooled per example: pass --group-by ANNOTATION (a segment "
+            "annotation shared by the trials of one condition, e.g. 'example'), or use --family poisson."
+        )
+    if isinstance(template_size, pq.Quantity):
+        template_size = _bins(template_size, bin_size, "template_size")
+
+    clock = time.perf_counter()
+    echo(
+        f"binning {label}: {len(block.segments)} trials in bins of {bin_size}"
+        + (f", pooling trials by {group_by!r}" if group_by else "")
+    )
+    counts = bin_spiketrains(block, bin_size, group_by=group_by)
+    if example_duration is not None:
+        counts = split_examples(counts, _bins(example_duration, bin_size, "example_duration"))
+    timings["bin"] = time.perf_counter() - clock
+
+    parameters = dict(
+        n_templates=n_templates,
+        template_size=int(template_size),
+        family=family,
+        n_epochs=n_epochs,
+        sparsity=sparsity,
+        seed=seed,
+        device=device,
+        progress=progress,
+        checkpoint_path=str(checkpoint),
+    )
+    parameters.update(estimator_params or {})
+    (folder / "settings.json").write_text(
+        json.dumps(
+            {
+                "recording": str(source),
+                "bin_size": str(bin_size),
+                "group_by": group_by,
+                "example_duration": None if example_duration is None else str(example_duration),
+                **{k: v for k, v in parameters.items() if k != "checkpoint_path"},
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    echo(
+        f"fitting {n_templates} {family} templates of {int(template_size)} bins to {counts.n_examples} examples x "
+        f"{counts.n_channels} unit(s) x {counts.n_bins} bins ({n_epochs} epochs on {device_used}"
+        + (", resuming" if resume else "")
+        + ")"
+    )
+    model = SpikeDictionary(**parameters)
+    clock = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        model.fit(counts, resume=resume)
+    for warning in caught:
+        if "fit interrupted" not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    timings["fit"] = time.perf_counter() - clock
+    if model.stop_reason_ == "interrupted":
+        raise FitInterrupted(
+            f"interrupted after epoch {len(model.history_)} of {n_epochs}; the checkpoint {str(checkpoint)!r} keeps "
+            "the finished epochs: run the same command with --resume to continue."
+        )
+
+    echo(f"writing the model, templates, figures and report to {folder}")
+    clock = time.perf_counter()
+    model.save(folder / "model.safetensors")
+    seconds = float(bin_size.rescale(pq.s).magnitude)
+    templates = model.templates_
+    rows = [
+        {
+            "template": k,
+            "channel": c,
+            "channel_name": counts.channel_names[c],
+            "bin": t,
+            "time_s": t * seconds,
+            "value": float(templates[k, c, t]),
+        }
+        for k in range(templates.shape[0])
+        for c in range(templates.shape[1])
+        for t in range(templates.shape[2])
+    ]
+    np.savez(
+        folder / "templates.npz",
+        templates=templates,
+        initial_templates=model.initial_templates_,
+        baseline=model.baseline_,
+        bin_size_s=np.float64(seconds),
+        channel_names=np.asarray(counts.channel_names),
+    )
+    rates = model.predict_rate(counts)
+    log_likelihood = float(log_likelihood_per_bin(counts, rates, model.family_))
+    constant = constant_rates(counts, "gaussian" if family == "gaussian" else family)
+    constant_log_likelihood = float(log_likelihood_per_bin(counts, constant, model.family_))
+    truth = _ground_truth(block)
+    alignment_table = None
+    summary = {
+        "recording": label,
+        "family": family,
+        "n_examples": counts.n_examples,
+        "n_channels": counts.n_channels,
+        "n_bins": counts.n_bins,
+        "bin_size_ms": float(bin_size.rescale(pq.ms).magnitude),
+        "n_templates": n_templates,
+        "template_size": int(template_size),
+        "sparsity": model.sparsity_,
+        "epochs": len(model.history_),
+        "log_likelihood_per_bin": log_likelihood,
+        "constant_rate_log_likelihood_per_bin": constant_log_likelihood,
+        "fit_seconds": timings["fit"],
+    }
+    if truth is not None and truth.shape[1:] == (counts.n_channels,) + truth.shape[2:]:
+        alignment = align_templates(templates, truth)
+        alignment_table = alignment.table
+        summary["mean_template_error"] = alignment.mean_error
+
+    report = Report(f"spikedict fit: {label}", folder)
+    report.add_text(
+        None,
+        f"{n_templates} convolutional templates of {int(template_size)} bins ({int(template_size) * seconds * 1000:g} "
+        f"ms) learned from {label} with the {family} family: {counts.n_examples} examples x {counts.n_channels} "
+        f"unit(s) x {counts.n_bins} bins of {bin_size}"
+        + (f", trials pooled by {group_by!r} (n_trials {sorted(set(counts.n_trials.tolist()))})" if group_by else "")
+        + ". Log-likelihoods are per bin on the fitted examples, with codes inferred from the same counts (an "
+        "in-sample measure), next to the constant-rate model's.",
+    )
+    report.add_table("summary", pd.DataFrame([summary]), "Summary")
+    templates_path = folder / "templates.csv"
+    pd.DataFrame(rows).to_csv(templates_path, index=False)
+    report.files.extend([templates_path, folder / "templates.npz", folder / "model.safetensors"])
+    if alignment_table is not None:
+        report.add_table(
+            "template_errors",
+            alignment_table,
+            "Template errors against the ground truth",
+            "From the file's annotations.",
+        )
+    _fit_figures(report, model, counts, block, truth, rates, bin_size, group_by, example_duration)
+    report.add_table("history", model.history_, "Training history")
+    timings["report"] = time.perf_counter() - clock
+    timings["total"] = time.perf_counter() - started
+    settings_shown = {k: v for k, v in parameters.items() if k not in ("checkpoint_path", "progress")}
+    report.add_mapping(
+        "Settings",
+        {
+            "recording": str(source),
+            "bin_size": str(bin_size),
+            "group_by": group_by,
+            "example_duration": None if example_duration is None else str(example_duration),
+            **settings_shown,
+            "device used": device_used,
+        },
+    )
+    report.add_mapping("Timings (seconds)", {k: round(v, 2) for k, v in timings.items()})
+    report.files.append(folder / "settings.json")
+    report.add_file_list()
+    report.write()
+    checkpoint.unlink(missing_ok=True)
+    return FitResult(model, counts, pd.DataFrame([summary]), alignment_table, folder)
+
+
+def _fit_figures(
+    report: Any,
+    model: Any,
+    counts: Any,
+    block: Any,
+    truth: np.ndarray | None,
+    rates: np.ndarray,
+    bin_size: pq.Quantity,
+    group_by: str | None,
+    example_duration: pq.Quantity | None,
+) -> None:
+    from spikedict.plotting import plot_codes, plot_raster, plot_templates, plot_training_curve
+
+    use_truth = truth is not None and truth.shape[1] == counts.n_channels
+    report.add_figure(
+        "templates",
+        plot_templates(model, truth if use_truth else None, bin_size=bin_size),
+        "Templates",
+        "Learned templates (red) and their initial templates (dotted)"
+        + (", true ones in black." if use_truth else "."),
+    )
+    labels = counts.example_labels
+    if group_by and example_duration is None and "trials" in labels.columns:
+        trials = [block.segments[int(i)].spiketrains[0] for i in labels["trials"].iloc[0]]
+        axis = plot_raster(trials, rates[0, 0], bin_size=bin_size)
+        caption = "The trials of example 0 (first unit) with the fitted rate per trial."
+    else:
+        axis = plot_raster(counts.counts[0, 0], rates[0, 0], bin_size=bin_size)
+        caption = "Counts of example 0 (first unit) with the fitted rate (expected count per bin)."
+    axis.set_title("example 0")
+    report.add_figure("raster", axis.figure, "Rate over the spikes", caption)
+    codes = model.transform(select_examples(counts, slice(0, 1)))
+    report.add_figure(
+        "codes", plot_codes(codes, bin_size=bin_size).figure, "Codes", "Inferred codes of example 0, per template."
+    )
+    report.add_figure("training", plot_training_curve(model).figure, "Training curve", "Loss per epoch.")

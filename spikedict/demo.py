@@ -54,24 +54,27 @@ class DemoSettings:
     """
 
     # --- simulation -------------------------------------------------------------------------------------
-    n_examples: int = 64
+    # The paper's three templates and M = 30 trials, at a rate where single events stand out of the count
+    # noise (baseline log-odds -1 per 10 ms bin, about 27 spikes/s; amplitudes in [3, 5]): there the binomial
+    # fit recovers the templates and the Gaussian mismatch visibly does not. At the benchmark's baseline -2 with
+    # amplitudes in [1, 2] neither does yet (see the README's Status).
+    n_examples: int = 100
     n_bins: int = 1000
     n_trials: int = 30
     template_size: int = 50
-    bin_size_ms: float = 1.0
-    baseline: float = -2.0
+    bin_size_ms: float = 10.0
+    baseline: float = -1.0
     event_rate: float = 0.01
-    amplitude_range: tuple[float, float] = (1.0, 2.0)
+    amplitude_range: tuple[float, float] = (3.0, 5.0)
     # --- fit (SpikeDictionary keywords) -----------------------------------------------------------------
     fit: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType(
             {
                 "n_templates": 3,
-                "n_epochs": 25,
-                "n_iterations": 30,
+                "n_epochs": 30,
+                "n_iterations": 100,
+                "n_dictionary_steps": 30,
                 "n_inference_iterations": 300,
-                "batch_size": 10,
-                "learning_rate": 0.01,
                 "sparsity": "auto",
             }
         )
@@ -84,15 +87,14 @@ DEMO_SETTINGS: Mapping[str, DemoSettings] = MappingProxyType(
     {
         "default": DemoSettings(),
         "quick": DemoSettings(
-            n_examples=20,
+            n_examples=40,
             fit=MappingProxyType(
                 {
                     "n_templates": 3,
-                    "n_epochs": 8,
-                    "n_iterations": 30,
+                    "n_epochs": 20,
+                    "n_iterations": 100,
+                    "n_dictionary_steps": 30,
                     "n_inference_iterations": 200,
-                    "batch_size": 10,
-                    "learning_rate": 0.01,
                     "sparsity": "auto",
                 }
             ),

@@ -175,3 +175,17 @@ def test_given_initial_templates_are_kept_without_spares(binomial_counts, true_t
     model = small_model(init=true_templates, n_epochs=1).fit(binomial_counts)
     np.testing.assert_allclose(model.initial_templates_, true_templates, atol=1e-6)
     assert model.templates_.shape == true_templates.shape
+
+
+@pytest.mark.slow
+def test_recovers_templates_from_binomial_counts():
+    """M = 30 trials at baseline 0 with amplitudes in [3, 5]: events stand out from the count noise."""
+    true = paper_templates(50)
+    simulation = simulate_counts(
+        true, n_examples=40, n_bins=1000, n_trials=30, baseline=0.0, amplitude_range=(3.0, 5.0), seed=0
+    )
+    model = SpikeDictionary(
+        3, 50, "binomial", n_trials=30, n_iterations=100, n_dictionary_steps=30, seed=0, progress=False, device="cpu"
+    ).fit(simulation.counts)
+    errors = align_templates(model.templates_, true).errors
+    assert np.all(errors <= 0.1), np.round(errors, 3)

@@ -62,6 +62,12 @@ def _demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _denoise(arguments: argparse.Namespace) -> int:
+    from spikedict.images import denoise_cli
+
+    return denoise_cli(arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``spikedict`` command."""
     parser = argparse.ArgumentParser(
@@ -81,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
+    denoise = commands.add_parser("denoise", help="denoise a photon-limited image (2-D DCEA, shipped models)")
+    denoise.add_argument("image", help="image file of photon counts (PNG, TIFF, JPEG or .npy)")
+    denoise.add_argument("--peak", type=float, required=True, help="expected count at the brightest pixel")
+    denoise.add_argument("--model", default=None, help="dcea-uc (default), dcea-c, dncnn or a saved model path")
+    denoise.add_argument("--out", default=None, help="output .npy or .png (default: IMAGE_denoised.npy)")
+    denoise.set_defaults(handler=_denoise)
     return parser
 
 

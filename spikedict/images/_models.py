@@ -186,6 +186,7 @@ class DnCNN(nn.Module):
         return self.peak * (x - self.net(x))
 
     def predict_rate(self, counts: Tensor) -> Tensor:
+        """Same as calling the network: estimated mean counts, shape of ``counts``."""
         return self(counts)
 
 
@@ -204,8 +205,9 @@ def shift_average(
     model : ImageDCEA
     counts : array, shape (height, width)
     shifts : int or None
-        Number of grid offsets to average (all ``stride**2`` by default; fewer are drawn evenly with
-        ``seed`` for speed).
+        Number of grid offsets to average (all ``stride**2`` by default). Fewer, for speed: a square
+        number ``m**2`` takes an evenly spaced ``m x m`` sub-grid of offsets, any other number is drawn
+        at random with ``seed``.
     chunk : int
         Offsets processed per batch (memory).
 
@@ -219,7 +221,11 @@ def shift_average(
     before = margin + s - 1
     padded = np.pad(counts, ((before, margin), (before, margin)), mode="symmetric")
     offsets = [(i, j) for i in range(s) for j in range(s)]
-    if shifts is not None and shifts < len(offsets):
+    root = math.isqrt(int(shifts)) if shifts is not None else 0
+    if shifts is not None and shifts < len(offsets) and root * root == shifts:
+        grid = sorted({int(v) for v in np.floor(np.arange(root) * s / root)})
+        offsets = [(i, j) for i in grid for j in grid]
+    elif shifts is not None and shifts < len(offsets):
         rng = np.random.default_rng(seed)
         offsets = [offsets[k] for k in np.sort(rng.choice(len(offsets), size=max(int(shifts), 1), replace=False))]
     dtype = model.templates.dtype

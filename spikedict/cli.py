@@ -515,6 +515,42 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--peak",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    help="Expected photon count of the brightest pixel (the noise level: 1, 2 or 4 in the paper).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    default=None,
+    help="Shipped model (dcea-uc, dcea-c, dncnn) or a saved model file (default: the shipped DCEA-UC).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output .npy (mean counts, float32) or .png (default: IMAGE_denoised.npy beside the input).",
+)
+def denoise(image: Path, peak: float, model_path: str | None, out_path: Path | None) -> int:
+    """Denoise a photon-limited image (2-D DCEA, Poisson noise).
+
+    IMAGE holds photon counts (PNG / TIFF / JPEG values as stored, or .npy).
+
+    \b
+    Examples:
+      spikedict denoise counts.npy --peak 4
+      spikedict denoise frame.png --peak 1 --model dcea-c --out frame_denoised.png
+    """
+    from spikedict.images import denoise_command
+
+    return denoise_command(image, peak, model_path, out_path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``spikedict`` command; returns the exit status.
 

@@ -433,6 +433,16 @@ def test_nix_round_trip(rng, tmp_path):
     assert read.segments[1].annotations["condition"] == "b"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("pynwb") is None, reason="the nwb extra is not installed")
+def test_nwb_round_trip(rng, tmp_path):
+    block = make_block(rng)
+    assert "session_start_time" not in block.annotations
+    write_recording(block, tmp_path / "recording.nwb")
+    assert "session_start_time" not in block.annotations  # the defaults NWB needs are not left on the block
+    read = read_recording(tmp_path / "recording.nwb")
+    np.testing.assert_array_equal(bin_spiketrains(read, BIN).counts, bin_spiketrains(block, BIN).counts)
+
+
 # ---------------------------------------------------------------------------- shipped data
 def test_list_and_load_shipped_data():
     assert set(list_datasets()) == {"paper-binomial", "locust"}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,7 +223,7 @@ def write_recording(
                 writer.close()
         elif key == "nwb":
             os.unlink(temporary)  # NWBIO refuses to overwrite an existing file
-            io_class(temporary, mode="w").write_all_blocks([block])
+            _write_nwb(io_class, temporary, block)
         else:
             io_class(temporary).write_block(block)
         umask = os.umask(0)
@@ -233,3 +234,30 @@ def write_recording(
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _write_nwb(io_class: Any, path: str, block: Any) -> None:
+    """Write ``block`` with NWB's required session annotations filled in where missing, then take them back.
+
+    NWB files need a session start time, description and identifier; a Block made in memory rarely has them.
+    The start time defaults to the Block's ``rec_datetime``, else the current time (UTC). NWBIO checks that
+    every segment belongs to the block it writes, so the block itself is annotated for the call (not a copy).
+    """
+    import datetime
+    import uuid
+
+    defaults = {
+        "session_start_time": block.rec_datetime or datetime.datetime.now(datetime.timezone.utc),
+        "session_description": block.description or block.name or "written by spikedict",
+        "identifier": str(uuid.uuid4()),
+    }
+    added = [name for name in defaults if name not in block.annotations]
+    block.annotations.update({name: defaults[name] for name in added})
+    try:
+        with warnings.catch_warnings():
+            # neo's NWBIO calls pynwb.validate positionally, which pynwb announces it will deprecate.
+            warnings.filterwarnings("ignore", category=FutureWarning, module="neo.io.nwbio")
+            io_class(path, mode="w").write_all_blocks([block])
+    finally:
+        for name in added:
+            block.annotations.pop(name, None)

@@ -447,7 +447,13 @@ def fit_alternating(
             if config.checkpoint_path:
                 save_checkpoint(
                     config.checkpoint_path,
-                    {"format": "spikedict-checkpoint", "version": 1, "signature": signature, "state": last_good},
+                    {
+                        "format": "spikedict-checkpoint",
+                        "version": 1,
+                        "epoch": iteration + 1,
+                        "signature": signature,
+                        "state": last_good,
+                    },
                 )
             if on_iteration_end is not None:
                 on_iteration_end(iteration, row)

@@ -116,16 +116,16 @@ def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
     assert "trials (segments): 15, each 0.2 s" in text and "ground truth" in text and "pooled by 'example'" in text
 
     # Interrupt the fit after its first epoch (as Ctrl-C would), then resume it.
-    import spikedict.training as training
+    import spikedict.alternating as alternating
 
-    original = training.save_checkpoint
+    original = alternating.save_checkpoint
 
     def interrupt_after_saving(path, payload):
         original(path, payload)
         if payload["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "save_checkpoint", interrupt_after_saving)
+    monkeypatch.setattr(alternating, "save_checkpoint", interrupt_after_saving)
     command = ["fit", str(study), "--out", "fitted", "--n-epochs", "2", "--set", "n_inference_iterations=20", "--quiet"]
     assert main(command) == 130
     line = _error_line(capsys)
@@ -133,7 +133,7 @@ def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "fitted" / "checkpoint.pt").exists()
     assert main(command) == 1  # the folder is not empty
     assert "not empty" in _error_line(capsys)
-    monkeypatch.setattr(training, "save_checkpoint", original)
+    monkeypatch.setattr(alternating, "save_checkpoint", original)
     assert main([*command, "--resume"]) == 0
     assert "mean_template_error" in capsys.readouterr().out
 

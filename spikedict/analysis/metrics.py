@@ -90,10 +90,10 @@ def _resolve(
     return data.counts, rates, family
 
 
-def _elementwise_log_likelihood(counts: np.ndarray, rates: np.ndarray, family: Family, clip: float) -> np.ndarray:
+def _per_bin(measure: str, counts: np.ndarray, rates: np.ndarray, family: Family, clip: float) -> np.ndarray:
+    """``family.log_likelihood`` or ``family.deviance`` of every bin, at the clipped rates' natural parameter."""
     eta = _natural_parameter(rates, family, counts, clip)
-    y = _tensor(counts)
-    return family.log_likelihood(y, eta).numpy()
+    return getattr(family, measure)(_tensor(counts), eta).numpy()
 
 
 def log_likelihood_per_bin(
@@ -131,13 +131,7 @@ def log_likelihood_per_bin(
         For a model fitted in the same family this equals :meth:`spikedict.SpikeDictionary.score`.
     """
     counts, rates, family = _resolve(data, rates, family, n_trials)
-    return float(_elementwise_log_likelihood(counts, rates, family, clip).mean())
-
-
-def _deviance(counts: np.ndarray, rates: np.ndarray, family: Family, clip: float) -> np.ndarray:
-    eta = _natural_parameter(rates, family, counts, clip)
-    y = _tensor(counts)
-    return family.deviance(y, eta).numpy()
+    return float(_per_bin("log_likelihood", counts, rates, family, clip).mean())
 
 
 def deviance_per_bin(
@@ -161,7 +155,7 @@ def deviance_per_bin(
     1.3863
     """
     counts, rates, family = _resolve(data, rates, family, n_trials)
-    return float(_deviance(counts, rates, family, clip).mean())
+    return float(_per_bin("deviance", counts, rates, family, clip).mean())
 
 
 def constant_rates(
@@ -257,8 +251,8 @@ def pseudo_r2(
         null_rates = constant_rates(counts, family)
     null_rates = _check_rates(null_rates, counts, "null_rates")
     axes = (0, 2) if per_channel else None
-    model = _deviance(counts, rates, family, clip).sum(axis=axes)
-    null = _deviance(counts, null_rates, family, clip).sum(axis=axes)
+    model = _per_bin("deviance", counts, rates, family, clip).sum(axis=axes)
+    null = _per_bin("deviance", counts, null_rates, family, clip).sum(axis=axes)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = 1.0 - model / null
     return r2 if per_channel else float(r2)

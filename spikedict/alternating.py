@@ -88,7 +88,6 @@ class AlternatingConfig:
     batch_size : int
         Examples encoded at once (memory bound only; every iteration covers all examples).
     device : str
-    seed : int
     progress : bool or None
         tqdm bar; None shows it on a terminal only.
     checkpoint_path : str or None
@@ -104,7 +103,6 @@ class AlternatingConfig:
     n_spare_templates: int = 0
     batch_size: int = 1000
     device: str = "auto"
-    seed: int = 0
     progress: bool | None = None
     checkpoint_path: str | None = None
 

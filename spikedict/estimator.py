@@ -487,7 +487,6 @@ class SpikeDictionary:
                 n_spare_templates=n_spare,
                 batch_size=_encoding_batch_size(model, y.shape[2:]),
                 device=self.device,
-                seed=self.seed,
                 progress=self.progress,
                 checkpoint_path=self.checkpoint_path,
             )

@@ -49,6 +49,8 @@ from tqdm.auto import tqdm
 from spikedict.families import Family
 from spikedict.model import DCEA, ConvolutionOperator
 from spikedict.training import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
     TrainingResult,
     _check_signature,
     _show_progress,
@@ -369,18 +371,17 @@ def fit_alternating(
         "signal_shape": list(signal_shape),
     }
 
-    codes = torch.zeros((y.shape[0], model.n_templates) + model.code_shape(signal_shape))
-    # Continuation starts where some events are still coded: at most half the largest useful sparsity.
-    start = max(
-        sparsity,
-        min(config.continuation * sparsity, 0.5 * largest_useful_sparsity(model, y, family, config.batch_size)),
-    )
-    extra: dict[str, Any] = {"iteration": 0, "delta": None, "history": [], "start": start}
     if resume:
         payload = load_checkpoint(config.checkpoint_path)
         _check_signature(payload.get("signature", {}), signature, config.checkpoint_path)
         codes = _restore(model, payload["state"])
         extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}
+    else:
+        codes = torch.zeros((y.shape[0], model.n_templates) + model.code_shape(signal_shape))
+        # Continuation starts where some events are still coded: at most half the largest useful sparsity.
+        largest = largest_useful_sparsity(model, y, family, config.batch_size)
+        start = max(sparsity, min(config.continuation * sparsity, 0.5 * largest))
+        extra = {"iteration": 0, "delta": None, "history": [], "start": start}
     history: list[dict[str, float]] = [dict(row) for row in extra["history"]]
     last_good = _state(model, codes, extra)
     stop_reason = "n_epochs"
@@ -446,8 +447,8 @@ def fit_alternating(
                 save_checkpoint(
                     config.checkpoint_path,
                     {
-                        "format": "spikedict-checkpoint",
-                        "version": 1,
+                        "format": CHECKPOINT_FORMAT,
+                        "version": CHECKPOINT_VERSION,
                         "epoch": iteration + 1,
                         "signature": signature,
                         "state": last_good,

@@ -56,8 +56,11 @@ def test_spare_choice_drops_shifted_copies_and_keeps_the_most_used():
     assert spare_template_choice(templates, usage, 2) == [0, 2]
     # Too few distinct ones: the most used of the rest fill the gap.
     assert spare_template_choice(templates[:2], usage[:2], 2) == [0, 1]
-    images = torch.randn(3, 1, 5, 5, generator=generator)
-    assert spare_template_choice(images, torch.tensor([1.0, 3.0, 2.0]), 1) == [1]
+    image = torch.zeros(1, 1, 6, 6)
+    image[..., :3, :3] = torch.randn(3, 3, generator=generator)
+    shifted = torch.roll(image, (2, 3), dims=(-2, -1))  # the patch moves without wrapping around
+    images = torch.cat([image, shifted, torch.randn(1, 1, 6, 6, generator=generator)])
+    assert spare_template_choice(images, torch.tensor([3.0, 2.0, 1.0]), 2) == [0, 2]  # the 2-D shifted copy goes
 
 
 def test_continuation_decays_geometrically_to_the_final_sparsity():

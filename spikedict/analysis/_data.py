@@ -135,6 +135,13 @@ def as_analysis_data(data: Any, name: str = "data") -> AnalysisData:
     )
 
 
+def _carried_n_trials(data: AnalysisData) -> Any:
+    """The trials per example the data carry, themselves or through their binomial family (None if neither)."""
+    if data.n_trials is None and isinstance(data.family, Binomial):
+        return data.family.n_trials
+    return data.n_trials
+
+
 def resolve_family(family: str | Family | None, data: AnalysisData, n_trials: Any = None) -> Family:
     """The family to evaluate ``data`` in: given, else the data's own, with ``n_trials`` from the data."""
     if family is None:
@@ -147,9 +154,7 @@ def resolve_family(family: str | Family | None, data: AnalysisData, n_trials: An
     if isinstance(family, Family):
         return family
     if str(family).strip().lower() == "binomial":
-        trials = n_trials if n_trials is not None else data.n_trials
-        if trials is None and isinstance(data.family, Binomial):
-            trials = data.family.n_trials
+        trials = n_trials if n_trials is not None else _carried_n_trials(data)
         if trials is None:
             raise ValueError(
                 "the binomial family needs n_trials, the number of repeated trials pooled per example: pass "
@@ -320,9 +325,7 @@ def split_trials(data: Any, fraction: float = 0.5, seed: int = 0) -> tuple[Analy
     (15, 15, True)
     """
     data = as_analysis_data(data)
-    trials = data.n_trials
-    if trials is None and isinstance(data.family, Binomial):
-        trials = data.family.n_trials
+    trials = _carried_n_trials(data)
     if trials is None:
         raise ValueError(
             "split_trials needs binomial counts with n_trials (the number of trials pooled per example); pass a "

@@ -27,8 +27,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from spikedict import distributed
 from spikedict.alternating import AlternatingConfig, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
+from spikedict.io._windows import RecordingWindows, stitch_cuts
 from spikedict.model import DCEA
 from spikedict.training import TrainingConfig, encode_in_batches, resolve_device, reweighted_thresholds, train
 
@@ -314,8 +316,12 @@ class SpikeDictionary:
             return get_family(name, n_trials=n_trials)
         return get_family(name)
 
-    def _prepare(self, X: Any, family: Family | None = None, *, fitting: bool = False) -> tuple[Tensor, Family]:
-        """Validate data and return it as a float tensor with the family for these examples."""
+    def _prepare(
+        self, X: Any, family: Family | None = None, *, fitting: bool = False
+    ) -> tuple[Tensor | RecordingWindows, Family]:
+        """Validate data and return it as a float tensor (or the windows of a long recording) with its family."""
+        if isinstance(X, RecordingWindows):
+            return self._prepare_windows(X, family, fitting)
         counts, n_trials = _unpack(X)
         y = _to_tensor(counts, "X")
         template_shape = self._template_shape()
@@ -353,6 +359,40 @@ class SpikeDictionary:
                 )
         family.validate(y, "X")
         return y, family
+
+    def _prepare_windows(
+        self, windows: RecordingWindows, family: Family | None, fitting: bool
+    ) -> tuple[RecordingWindows, Family]:
+        template_shape = self._template_shape()
+        if len(template_shape) != 1 or self.stride != 1:
+            raise ValueError(
+                "RecordingWindows hold 1-D spike counts; they need 1-D templates (template_size an integer) and "
+                f"stride=1, got template_size={self.template_size!r}, stride={self.stride!r}."
+            )
+        if not fitting and windows.n_channels != self.n_channels_:
+            raise ValueError(
+                f"the recording has {windows.n_channels} channel(s) but the model was fitted on {self.n_channels_}; "
+                "pass the same units (channels) in the same order."
+            )
+        size = template_shape[0]
+        if windows.window_bins < size or windows.overlap_bins < size - 1:
+            raise ValueError(
+                f"windows of {windows.window_bins} bins overlapping by {windows.overlap_bins} cannot hold "
+                f"templates of {size} bins: the window must be at least template_size long and the overlap at "
+                f"least template_size - 1 = {size - 1} bins (a few template lengths keeps the seams invisible). "
+                "Build RecordingWindows with a longer window / overlap."
+            )
+        if family is None:
+            family = self._resolve_family(None)
+        if isinstance(family, Binomial):
+            n_trials = family.n_trials
+            if not isinstance(n_trials, int) or float(windows.max()) > n_trials:
+                raise ValueError(
+                    f"binomial counts must lie in [0, n_trials]; this recording has up to {int(windows.max())} "
+                    f"spikes in a bin and n_trials={n_trials!r}. One recording is one trial: use family='poisson' "
+                    "for its counts."
+                )
+        return windows, family
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -410,7 +450,7 @@ class SpikeDictionary:
             raise ValueError("init templates must be finite and none may be all zeros.")
         return torch.as_tensor(array, dtype=torch.get_default_dtype())
 
-    def _initial_baseline(self, y: Tensor, family: Family) -> Tensor:
+    def _initial_baseline(self, y: Tensor | RecordingWindows, family: Family) -> Tensor:
         baseline = self.baseline
         n_channels = y.shape[1]
         if isinstance(baseline, str):
@@ -418,6 +458,9 @@ class SpikeDictionary:
                 raise ValueError(
                     f"baseline must be 'learn', 'estimate', a number or one number per channel, got {baseline!r}."
                 )
+            if isinstance(y, RecordingWindows):  # exact, from the spike counts of the whole recording
+                mean = torch.as_tensor(y.mean_counts(), dtype=torch.get_default_dtype()).reshape(1, -1, 1)
+                return family.link(mean).flatten()
             axes = [0] + list(range(2, y.ndim))
             mean = y.mean(dim=axes).reshape((1, -1) + (1,) * (y.ndim - 2))
             if isinstance(family, Binomial):
@@ -438,25 +481,37 @@ class SpikeDictionary:
 
         Parameters
         ----------
-        X : array or Tensor of shape (n_examples, n_channels, n_bins), or a counts object
+        X : array or Tensor of shape (n_examples, n_channels, n_bins), a counts object, or RecordingWindows
             Spike counts (for images: ``(n_examples, n_channels, height, width)``). A counts object of
             ``spikedict.io`` (anything with ``counts`` and ``n_trials`` attributes) supplies ``n_trials``.
+            :class:`spikedict.io.RecordingWindows` streams a long recording: the windows are binned a batch
+            at a time, the solver is ``"backprop"`` (stochastic), and the initial templates and the ``"auto"``
+            sparsity come from a seeded sample of 32 windows.
         resume : bool
             Continue an interrupted fit from ``checkpoint_path``.
 
         Returns
         -------
         self
+
+        Notes
+        -----
+        In a process group started by ``torchrun`` (see :mod:`spikedict.distributed`) every process calls
+        ``fit`` on the same data; each global batch is split between them and the gradients are averaged, so
+        the templates match a one-process fit with the same ``batch_size``. Distributed fits use the
+        ``"backprop"`` solver.
         """
         self._check_settings()
         y, family = self._prepare(X, fitting=True)
+        streaming = isinstance(y, RecordingWindows)
+        sample = y[torch.as_tensor(y.sample(32, seed=int(self.seed)))] if streaming else y
         generator = torch.Generator().manual_seed(int(self.seed))
         baseline = self._initial_baseline(y, family)
-        solver = self._resolved_solver()
+        solver = self._resolved_solver(streaming)
         n_spare, padding = self._learning_room(solver)
         template_shape = self._template_shape()
         initial = self._initial_templates(
-            y, family, baseline.reshape((1, -1) + (1,) * (y.ndim - 2)), generator, self.n_templates + n_spare
+            sample, family, baseline.reshape((1, -1) + (1,) * (sample.ndim - 2)), generator, self.n_templates + n_spare
         )
         if padding:
             initial = torch.nn.functional.pad(initial, (padding, padding))
@@ -469,7 +524,7 @@ class SpikeDictionary:
                 model.encoder_templates.copy_(model.templates)
                 model.decoder_templates.copy_(model.templates)
         self.initial_templates_ = _cut(model.templates.detach().cpu(), padding)[: self.n_templates].numpy().copy()
-        sparsity = self._resolve_sparsity(y, family, model, solver)
+        sparsity = self._resolve_sparsity(sample, family, model, solver)
         model.sparsity = sparsity
         if not model.tied:
             with torch.no_grad():
@@ -517,7 +572,7 @@ class SpikeDictionary:
         self.family_ = family
         if isinstance(family, Gaussian) and not isinstance(self.family, Family):
             # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
-            residual = y - self._predict_eta(y, family)
+            residual = sample - self._predict_eta(sample, family)
             self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
             model.family = self.family_
         self._set_fitted_arrays()
@@ -528,9 +583,18 @@ class SpikeDictionary:
             return float(self.sparsity)
         return AUTO_SPARSITY_NOISE_MULTIPLE[solver] * noise_level(y, family, model.baseline.detach())
 
-    def _resolved_solver(self) -> str:
+    def _resolved_solver(self, streaming: bool = False) -> str:
+        parallel = distributed.is_active()
+        if self.solver == "alternating" and (streaming or parallel):
+            raise ValueError(
+                "solver='alternating' passes over the whole data set in one process; "
+                + ("RecordingWindows stream a recording " if streaming else "a distributed fit shares the data ")
+                + "batch by batch, which needs solver='backprop' (or 'auto')."
+            )
         if self.solver != "auto":
             return self.solver
+        if streaming or parallel:
+            return "backprop"
         return "alternating" if self.tied and self.backprop == "none" else "backprop"
 
     def _learning_room(self, solver: str) -> tuple[int, int]:
@@ -595,37 +659,101 @@ class SpikeDictionary:
         with torch.no_grad():
             return self.model_.decode(codes.to(self.model_.templates.device), y.shape[2:]).cpu()
 
-    def transform(self, X: Any) -> np.ndarray:
+    # A long recording (RecordingWindows) is encoded window by window and stitched: each window's codes are
+    # kept between the middles of its overlaps with its neighbours (stitch_cuts), and the rates are decoded
+    # from the stitched codes, so they equal one decode of the whole recording's codes.
+    def _windows_per_batch(self) -> int:
+        return max(int(self.batch_size), 1) * 10
+
+    def _stitched_codes(self, windows: RecordingWindows, family: Family) -> Tensor:
+        size = self._template_shape()[0]
+        code_window, total = windows.window_bins - size + 1, windows.n_bins - size + 1
+        cuts = stitch_cuts(windows.starts, code_window, total)
+        codes = torch.zeros((1, self.model_.n_templates, total))
+        for first in range(0, windows.n_windows, self._windows_per_batch()):
+            rows = np.arange(first, min(first + self._windows_per_batch(), windows.n_windows))
+            window_codes = self._encode(windows[rows], family)
+            for i, k in enumerate(rows):
+                offset = int(windows.starts[k])
+                codes[0, :, cuts[k] : cuts[k + 1]] = window_codes[i, :, cuts[k] - offset : cuts[k + 1] - offset]
+        return codes
+
+    @torch.no_grad()
+    def _stitched_eta(self, windows: RecordingWindows, codes: Tensor) -> Any:
+        """Yield ``(first_bin, last_bin, eta)`` covering the recording, decoded from the stitched codes."""
+        size = self._template_shape()[0]
+        code_window = windows.window_bins - size + 1
+        # A bin sees the codes of the size - 1 bins before it, so a window's rates are complete from bin
+        # size - 1 on; the hand-over points are the code cuts moved by that much.
+        cuts = stitch_cuts(windows.starts, code_window, codes.shape[-1]) + size - 1
+        cuts[0], cuts[-1] = 0, windows.n_bins
+        device = self.model_.templates.device
+        for first in range(0, windows.n_windows, self._windows_per_batch()):
+            rows = np.arange(first, min(first + self._windows_per_batch(), windows.n_windows))
+            window_codes = torch.stack([codes[0, :, windows.starts[k] : windows.starts[k] + code_window] for k in rows])
+            eta = self.model_.decode(window_codes.to(device), (windows.window_bins,)).cpu()
+            for i, k in enumerate(rows):
+                offset = int(windows.starts[k])
+                yield int(cuts[k]), int(cuts[k + 1]), eta[i : i + 1, :, cuts[k] - offset : cuts[k + 1] - offset]
+
+    def transform(self, X: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Sparse codes of ``X``.
+
+        Parameters
+        ----------
+        X : array, counts object or RecordingWindows
+        out : ndarray, optional
+            Array of the result's shape to write into (e.g. ``numpy.lib.format.open_memmap`` for a recording
+            too long for memory).
 
         Returns
         -------
         ndarray, shape (n_examples, n_templates, n_code_bins)
-            ``n_code_bins = n_bins - template_size + 1`` for stride 1.
+            ``n_code_bins = n_bins - template_size + 1`` for stride 1. For RecordingWindows one example: the
+            whole recording, stitched from its windows.
         """
         self._check_fitted()
         y, family = self._prepare(X, self.family_)
-        return self._encode(y, family).numpy()
+        codes = self._stitched_codes(y, family) if isinstance(y, RecordingWindows) else self._encode(y, family)
+        return _into(codes.numpy(), out)
 
-    def predict_rate(self, X: Any) -> np.ndarray:
+    def predict_rate(self, X: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Expected counts per bin, ``mean(decode(transform(X)) + baseline)``.
+
+        Parameters
+        ----------
+        X : array, counts object or RecordingWindows
+        out : ndarray, optional
+            Array of the result's shape to write into (e.g. a memory map), filled window by window.
 
         Returns
         -------
         ndarray, shape (n_examples, n_channels, n_bins)
-            For the binomial family, the expected number of trials with a spike (``n_trials * p``).
+            For the binomial family, the expected number of trials with a spike (``n_trials * p``). For
+            RecordingWindows one example: the whole recording.
         """
         self._check_fitted()
         y, family = self._prepare(X, self.family_)
-        eta = self._predict_eta(y, family)
-        return family.to("cpu").mean(eta).numpy()
+        if not isinstance(y, RecordingWindows):
+            return _into(family.to("cpu").mean(self._predict_eta(y, family)).numpy(), out)
+        shape = (1, y.n_channels, y.n_bins)
+        rates = np.empty(shape, dtype=np.float32) if out is None else _check_out(out, shape)
+        for first, last, eta in self._stitched_eta(y, self._stitched_codes(y, family)):
+            rates[:, :, first:last] = family.to("cpu").mean(eta).numpy()
+        return rates
 
     def score(self, X: Any) -> float:
         """Mean log-likelihood per bin of ``X`` under the fitted model (higher is better)."""
         self._check_fitted()
         y, family = self._prepare(X, self.family_)
-        eta = self._predict_eta(y, family)
-        return float(family.to("cpu").log_likelihood(y, eta).mean())
+        if not isinstance(y, RecordingWindows):
+            eta = self._predict_eta(y, family)
+            return float(family.to("cpu").log_likelihood(y, eta).mean())
+        total = 0.0
+        for first, last, eta in self._stitched_eta(y, self._stitched_codes(y, family)):
+            counts = torch.as_tensor(y.counts(first_bin=first, n_bins=last - first), dtype=eta.dtype)
+            total += float(family.to("cpu").log_likelihood(counts, eta).double().sum())
+        return total / (y.n_bins * y.n_channels)
 
     def fit_transform(self, X: Any) -> np.ndarray:
         """``fit(X)`` then ``transform(X)``."""
@@ -732,6 +860,20 @@ class SpikeDictionary:
         estimator.initial_templates_ = initial.numpy()
         estimator._set_fitted_arrays()
         return estimator
+
+
+def _check_out(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}.")
+    return out
+
+
+def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``values``, or copied into ``out`` (which must have their shape) and ``out`` returned."""
+    if out is None:
+        return values
+    _check_out(out, values.shape)[...] = values
+    return out
 
 
 def _cut(templates: Tensor, padding: int) -> Tensor:

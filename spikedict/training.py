@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from spikedict import distributed
 from spikedict.model import DCEA
 
 __all__ = [
@@ -60,6 +61,8 @@ CHECKPOINT_VERSION = 1
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA if available, else CPU; anything else is checked and returned.
 
+    In a distributed run (see :mod:`spikedict.distributed`) ``"cuda"`` is this process's GPU (``LOCAL_RANK``).
+
     Raises
     ------
     ValueError
@@ -68,7 +71,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         device = str(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and distributed.is_active():  # one GPU per process
+        device = f"cuda:{distributed.local_rank()}"
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
@@ -385,9 +390,11 @@ def _warm_up(model: DCEA, y: Tensor, train_index: Tensor, family: Any, config: T
     if config.n_warmup_iterations == 0:
         return torch.zeros((len(train_index), model.n_templates) + model.code_shape(tuple(y.shape[2:])))
     model.update_step_size(y.shape[2:], y)
-    return encode_in_batches(
-        model, y, family, config.n_warmup_iterations, batch_size=config.batch_size * 10, rows=train_index
+    local = distributed.shard(torch.arange(len(train_index)))
+    codes = encode_in_batches(
+        model, y, family, config.n_warmup_iterations, batch_size=config.batch_size * 10, rows=train_index[local]
     )
+    return distributed.gather_shards(codes, len(train_index))
 
 
 def _show_progress(progress: bool | None) -> bool:
@@ -440,6 +447,7 @@ def train(
     model.family = family
     n_examples = y.shape[0]
     signal_shape = tuple(y.shape[2:])
+    is_main = distributed.rank() == 0
 
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(n_examples, generator=generator)
@@ -453,6 +461,8 @@ def train(
     validation_index = order[:n_validation].sort().values
     train_index = order[n_validation:].sort().values
 
+    step = _TrainingStep(model, config)
+    runner = _parallel(step, model, device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     codes_store: Tensor | None = None
     history: list[dict[str, float]] = []
@@ -490,7 +500,7 @@ def train(
         range(start_epoch, config.n_epochs),
         initial=start_epoch,
         total=config.n_epochs,
-        disable=not _show_progress(config.progress),
+        disable=not (is_main and _show_progress(config.progress)),
         desc="fit",
         unit="epoch",
     )
@@ -505,31 +515,44 @@ def train(
             permutation = torch.randperm(len(train_index), generator=generator)
             total, count, nonzero, entries = 0.0, 0, 0, 0
             for first in range(0, len(permutation), config.batch_size):
-                local = permutation[first : first + config.batch_size]
+                # The global batch; with several processes each takes its share and DDP averages the gradients.
+                positions = permutation[first : first + config.batch_size]
+                local = distributed.shard(positions)
                 rows = train_index[local]
                 batch = y[rows].to(device)
                 batch_family = family.select(rows.to(device))
                 initial = codes_store[local].to(device) if config.warm_start else None
-                codes = _encode(model, batch, initial, batch_family, config, grad=True)
                 batch_target = target[rows].to(device) if target is not None else None
+                weight = len(local) * distributed.world_size() / len(positions)
+                codes = None
                 for _ in range(config.n_dictionary_steps):
-                    loss = _batch_loss(model, batch, codes, batch_family, config, batch_target) + model.penalty()
-                    if not torch.isfinite(loss):
+                    loss, codes = runner(batch, batch_family, batch_target, initial, codes, weight)
+                    if not distributed.all_finite(loss):
                         raise FloatingPointError(
-                            f"the training loss became {loss.item()} at epoch {epoch + 1}. Lower learning_rate "
-                            f"(now {config.learning_rate}) or the encoder's step size; the model keeps the last "
-                            "finished epoch."
+                            f"the training loss became {loss.item()} at epoch {epoch + 1}. The likely cause is a "
+                            f"learning rate too high for this data (learning_rate={config.learning_rate}; try a "
+                            "tenth) or an encoder step size above the bound (leave step_size to the power "
+                            "iteration). The model keeps the last finished epoch"
+                            + (
+                                f"; the checkpoint {config.checkpoint_path!r} is that epoch's."
+                                if config.checkpoint_path
+                                else "."
+                            )
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     model.project_templates_()
+                    if config.backprop != "none":
+                        codes = None  # re-encoded through the updated encoder at the next step
                 if config.warm_start:
-                    codes_store[local] = codes.detach().to(codes_store.device)
-                total += float(loss.detach()) * len(rows)
-                count += len(rows)
-                nonzero += int((codes != 0).sum())
-                entries += codes.numel()
+                    gathered = distributed.gather_shards(step.last_codes.detach(), len(positions))
+                    codes_store[positions] = gathered.to(codes_store.device)
+                total += step.last_loss * len(local)
+                count += len(local)
+                nonzero += int((step.last_codes != 0).sum())
+                entries += step.last_codes.numel()
+            total, count, nonzero, entries = distributed.all_reduce_sum([total, count, nonzero, entries])
             row = {
                 "epoch": epoch + 1,
                 "learning_rate": learning_rate,
@@ -540,13 +563,7 @@ def train(
                 "seconds": 0.0,
             }
             if n_validation:
-                row["validation_loss"] = evaluate_loss(
-                    model,
-                    y[validation_index],
-                    config,
-                    family.select(validation_index.to(device)),
-                    target[validation_index] if target is not None else None,
-                )
+                row["validation_loss"] = evaluate_loss(model, y, config, family, target, rows=validation_index)
             row["seconds"] = time.perf_counter() - started
             history.append(row)
             current = row[monitored]
@@ -557,7 +574,7 @@ def train(
                 stale_epochs += 1
             last_good_state = copy.deepcopy(model.state_dict())
             bar.set_postfix({monitored: f"{current:.5g}"})
-            if config.checkpoint_path:
+            if config.checkpoint_path and is_main:
                 save_checkpoint(
                     config.checkpoint_path,
                     {
@@ -576,6 +593,7 @@ def train(
                         "best_state": best_state,
                     },
                 )
+            distributed.barrier()  # no process runs ahead of the checkpoint it may have to resume from
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
             if config.patience is not None and stale_epochs >= config.patience:
@@ -608,6 +626,56 @@ def train(
     )
 
 
+class _TrainingStep(torch.nn.Module):
+    """One optimiser step's forward pass: encode the batch (unless its codes are given) and return the loss.
+
+    Wrapping the model in this module lets DistributedDataParallel see the whole step (the encoder too, when
+    gradients flow through it), so its gradient hooks fire once per backward.
+    """
+
+    def __init__(self, model: DCEA, config: TrainingConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.last_codes: Tensor = torch.zeros(0)
+        self.last_loss = 0.0
+
+    def forward(
+        self,
+        batch: Tensor,
+        family: Any,
+        target: Tensor | None,
+        initial: Tensor | None,
+        codes: Tensor | None,
+        weight: float,
+    ) -> tuple[Tensor, Tensor]:
+        if batch.shape[0] == 0:  # a process without examples in a short last batch still joins the reduction
+            self.last_codes = batch.new_zeros((0, self.model.n_templates) + self.model.code_shape(batch.shape[2:]))
+            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            return zero + self.model.penalty(), self.last_codes
+        if codes is None:
+            codes = _encode(self.model, batch, initial, family, self.config, grad=True)
+        self.last_codes = codes
+        data_loss = _batch_loss(self.model, batch, codes, family, self.config, target)
+        penalty = self.model.penalty()
+        self.last_loss = float(data_loss.detach() + penalty.detach())
+        return data_loss * weight + penalty, codes
+
+
+def _parallel(step: _TrainingStep, model: DCEA, device: torch.device) -> torch.nn.Module:
+    """The step itself, or wrapped in DistributedDataParallel when several processes train together."""
+    if not distributed.is_active():
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        step,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,  # the step size is recomputed identically in every process
+        find_unused_parameters=not model.tied,  # DCEA-UC keeps its unused tied templates
+    )
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: DCEA,
@@ -615,17 +683,24 @@ def evaluate_loss(
     config: TrainingConfig,
     family: Any | None = None,
     target: Tensor | None = None,
+    rows: Tensor | None = None,
 ) -> float:
-    """Mean loss of ``model`` on ``y`` (encoder from zero codes), batch by batch, without gradients."""
+    """Mean loss of ``model`` on the examples ``y[rows]`` (all by default; encoder from zero codes).
+
+    Batch by batch without gradients; in a distributed run the rows are shared between the processes.
+    """
     family = model.family if family is None else family
     device = model.templates.device
+    rows = torch.arange(y.shape[0]) if rows is None else rows
+    rows = distributed.shard(rows)
     total, count = 0.0, 0
-    for first in range(0, y.shape[0], config.batch_size):
-        rows = torch.arange(first, min(first + config.batch_size, y.shape[0]))
-        batch = y[rows].to(device)
-        batch_family = family.select(rows.to(device))
+    for first in range(0, len(rows), config.batch_size):
+        batch_rows = rows[first : first + config.batch_size]
+        batch = y[batch_rows].to(device)
+        batch_family = family.select(batch_rows.to(device))
         codes = model.encode(batch, family=batch_family)
-        batch_target = target[rows].to(device) if target is not None else None
-        total += float(_batch_loss(model, batch, codes, batch_family, config, batch_target)) * len(rows)
-        count += len(rows)
+        batch_target = target[batch_rows].to(device) if target is not None else None
+        total += float(_batch_loss(model, batch, codes, batch_family, config, batch_target)) * len(batch_rows)
+        count += len(batch_rows)
+    total, count = distributed.all_reduce_sum([total, count])
     return total / max(count, 1)

@@ -16,8 +16,10 @@ SpikeCounts(n_examples=1, n_channels=2, n_bins=5, bin_size=2.0 ms, t_start=0.0 m
 from spikedict.io._counts import SpikeCounts, bin_spiketrains
 from spikedict.io._datasets import list_datasets, load_dataset
 from spikedict.io._files import read_recording, write_recording
+from spikedict.io._windows import RecordingWindows
 
 __all__ = [
+    "RecordingWindows",
     "SpikeCounts",
     "bin_spiketrains",
     "list_datasets",

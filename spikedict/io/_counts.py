@@ -517,6 +517,8 @@ def _elephant_counts(
 ) -> np.ndarray:
     from elephant.conversion import BinnedSpikeTrain
 
+    # elephant needs one unit for all trains: bin in the window's (bin_size's) units.
+    trains = [train if train.units == start.units else train.rescale(start.units) for train in trains]
     # Spikes outside an explicit window are left out (documented); elephant warns about them otherwise.
     trains = [train if _inside(train, start, stop) else train.time_slice(start, stop) for train in trains]
     binned = BinnedSpikeTrain(trains, bin_size=bin_size, t_start=start, t_stop=stop)

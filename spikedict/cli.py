@@ -269,6 +269,12 @@ def demo(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the initial templates and shuffling.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
+    "--distributed",
+    "distributed_run",
+    is_flag=True,
+    help="One of several processes started by torchrun (gloo on CPU, NCCL on GPU); needs --out. Rank 0 writes.",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -291,6 +297,7 @@ def fit(
     device: str,
     seed: int,
     quiet: bool,
+    distributed_run: bool,
     overrides: tuple[str, ...],
 ) -> None:
     """Learn templates from RECORDING: a Neo-readable file (.mat, .nix, .nwb, ...) or a shipped data set.
@@ -307,6 +314,7 @@ def fit(
       spikedict fit study.mat --family binomial --group-by example --bin-size 1ms --template-size 50
       spikedict fit session.nix --family poisson --bin-size "5 ms" --example-duration 1s --out session-fit
       spikedict fit session.nix --out session-fit --resume
+      torchrun --nproc-per-node 2 -m spikedict fit session.nix --out session-fit --distributed
     """
     import json
 
@@ -325,11 +333,26 @@ def fit(
     _check_estimator_keywords(estimator_params)
     name = Path(recording).stem if Path(recording).is_file() else Path(recording).name
     default = Path(f"spikedict-fit-{name}") if resume else _free_folder(f"spikedict-fit-{name}")
-    folder = prepare_output_directory(out or default, overwrite=overwrite, resume=resume)
     _use_agg()
-    from spikedict.workflow import fit_recording
+    from spikedict import distributed
+    from spikedict.workflow import CHECKPOINT_NAME, fit_recording
 
-    click.echo(f"spikedict fit {recording}: writing to {folder}/ ({_threads_note()})", err=True)
+    rank = 0
+    if distributed_run:
+        if out is None:
+            raise click.UsageError("--distributed needs --out: every process must know the shared output folder.")
+        rank, world = distributed.init_from_environment()
+        click.echo(f"process {rank} of {world} ({distributed.dist.get_backend()})", err=True)
+    if rank == 0:
+        folder = prepare_output_directory(out or default, overwrite=overwrite, resume=resume)
+    distributed.barrier()
+    checkpoint = (out or default) / CHECKPOINT_NAME
+    if rank != 0:  # the same fit, in lockstep; rank 0 alone writes the outputs and the checkpoint
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix=f"spikedict-rank{rank}-"))
+    else:
+        click.echo(f"spikedict fit {recording}: writing to {folder}/ ({_threads_note()})", err=True)
     result = fit_recording(
         recording,
         folder,
@@ -346,8 +369,14 @@ def fit(
         resume=resume,
         progress=_progress(quiet),
         estimator_params=estimator_params,
-        echo=_echo_step,
+        echo=_echo_step if rank == 0 else lambda message: None,
+        checkpoint_path=checkpoint,
     )
+    if rank != 0:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        return
     shown = result.summary.T.rename(columns={0: "value"})
     click.echo(shown.to_string(float_format=lambda v: f"{v:.4g}"))
     click.echo(f"report: {folder / 'report.html'}")

@@ -144,11 +144,15 @@ class ConvolutionOperator:
         if use_fft:
             self.n_fft = _fast_length(self.signal_shape[0])
             self.spectra = torch.fft.rfft(templates, n=self.n_fft)
+            self.spectra_conj = self.spectra.conj().resolve_conj()
 
     def decode(self, codes: Tensor) -> Tensor:
         """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``."""
         if self.use_fft:
-            product = torch.einsum("bcf,cpf->bpf", torch.fft.rfft(codes, n=self.n_fft), self.spectra)
+            spectrum = torch.fft.rfft(codes, n=self.n_fft)
+            # One broadcast product per template: torch's complex einsum/bmm over many tiny matrices (one per
+            # frequency) is 10-100x slower on the CPU than these element-wise passes.
+            product = sum(spectrum[:, k, None] * self.spectra[k] for k in range(self.spectra.shape[0]))
             return torch.fft.irfft(product, n=self.n_fft)[..., : self.signal_shape[0]]
         output = _CONVOLUTIONS[self.n_spatial][1](codes, self.templates, stride=self.stride)
         return output[(Ellipsis,) + tuple(slice(0, s) for s in self.signal_shape)]
@@ -156,7 +160,11 @@ class ConvolutionOperator:
     def correlate(self, signal: Tensor) -> Tensor:
         """Adjoint of :meth:`decode`: ``(n_examples, n_channels, *signal_shape) -> codes shape``."""
         if self.use_fft:
-            product = torch.einsum("bpf,cpf->bcf", torch.fft.rfft(signal, n=self.n_fft), self.spectra.conj())
+            spectrum = torch.fft.rfft(signal, n=self.n_fft)
+            if self.spectra.shape[1] == 1:  # one channel: a broadcast product, (b, 1, f) * (c, f)
+                product = spectrum * self.spectra_conj[:, 0]
+            else:
+                product = torch.stack([(spectrum * self.spectra_conj[k]).sum(1) for k in range(len(self.spectra))], 1)
             return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
         padding: list[int] = []
         for size, n_code, kernel, step in zip(

@@ -343,6 +343,7 @@ def fit_recording(
     progress: bool | None = None,
     estimator_params: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = _noop,
+    checkpoint_path: str | Path | None = None,
 ) -> FitResult:
     """Bin a recording, fit a :class:`~spikedict.SpikeDictionary`, write the model, templates, figures and report.
 
@@ -374,6 +375,8 @@ def fit_recording(
         Further SpikeDictionary keywords (advanced).
     echo : callable
         Called with one line per step.
+    checkpoint_path : path, optional
+        Checkpoint file (default: in ``folder``); a distributed run's other ranks share rank 0's.
 
     Returns
     -------
@@ -391,7 +394,7 @@ def fit_recording(
     from spikedict.training import resolve_device
 
     folder = Path(folder)
-    checkpoint = folder / CHECKPOINT_NAME
+    checkpoint = folder / CHECKPOINT_NAME if checkpoint_path is None else Path(checkpoint_path)
     if resume and not checkpoint.exists():
         raise FileNotFoundError(
             f"--resume continues an interrupted fit from {str(checkpoint)!r}, which does not exist; run without "

@@ -169,3 +169,13 @@ def test_streaming_settings_that_cannot_work_are_refused(recording):
         streaming_model(solver="alternating").fit(windows)
     with pytest.raises(ValueError, match="family='poisson'"):
         streaming_model(family="binomial", n_trials=1).fit(windows)
+
+
+def test_head_is_the_recording_up_to_its_last_window():
+    windows = RecordingWindows(edge_trains(), 1 * pq.ms, 100 * pq.ms, 10 * pq.ms)
+    head = windows.head(3)
+    assert head.n_windows == 3 and head.n_bins == windows.starts[2] + 100
+    assert np.array_equal(head.counts(), windows.counts([0, 1, 2]))
+    np.testing.assert_allclose(head.mean_counts(), windows.counts(first_bin=0, n_bins=head.n_bins)[0].mean(axis=1))
+    with pytest.raises(ValueError, match="n_windows"):
+        windows.head(0)

@@ -14,6 +14,7 @@ for the whole recording.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -326,6 +327,18 @@ class RecordingWindows:
             f"window_bins={self.window_bins}, overlap_bins={self.overlap_bins}, n_bins={self.n_bins}, "
             f"bin_size={_text(self.bin_size)})"
         )
+
+    def head(self, n_windows: int) -> RecordingWindows:
+        """The first ``n_windows`` windows as a recording of their own (to try settings on a stretch, say)."""
+        if not 1 <= n_windows <= self.n_windows:
+            raise ValueError(f"n_windows must lie in [1, {self.n_windows}], got {n_windows}.")
+        stretch = copy.copy(self)
+        stretch.starts = self.starts[:n_windows].copy()
+        stretch.n_bins = int(stretch.starts[-1] + self.window_bins)
+        stretch._spike_bins = [bins[: np.searchsorted(bins, stretch.n_bins)] for bins in self._spike_bins]
+        stretch.n_spikes = np.array([len(b) for b in stretch._spike_bins], dtype=np.int64)
+        stretch._max_count = None
+        return stretch
 
     # ------------------------------------------------------------------------------ counts
     def _rows(self, index: Any) -> np.ndarray:

@@ -1,0 +1,86 @@
+"""Two CPU processes (gloo) train the same templates as one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_model
+
+from spikedict import distributed
+
+# One process per rank, run by torchrun exactly as a user would (tests/ must not need a GPU).
+RANK_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, torch
+    torch.set_num_threads(1)
+    from spikedict import distributed
+    sys.path.insert(0, "tests"); from conftest import small_model
+    rank, world = distributed.init_from_environment()
+    counts = np.load(sys.argv[1])
+    model = small_model(solver="backprop", batch_size=4, n_epochs=3, checkpoint_path=sys.argv[2])
+    model.fit(counts)
+    np.save(sys.argv[3] + f".rank{rank}.npy", model.templates_)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def torchrun(n_processes: int, *arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={n_processes}",
+        f"--master-port={free_port()}",
+        *arguments,
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(cwd)}
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_learn_the_templates_of_one(binomial_counts, tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    data, checkpoint, output = tmp_path / "counts.npy", tmp_path / "fit.ckpt", tmp_path / "templates"
+    np.save(data, binomial_counts)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    result = torchrun(2, str(script), str(data), str(checkpoint), str(output), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = np.load(f"{output}.rank0.npy"), np.load(f"{output}.rank1.npy")
+    np.testing.assert_array_equal(rank0, rank1)  # DDP keeps the processes in lockstep
+    one = small_model(solver="backprop", batch_size=4, n_epochs=3).fit(binomial_counts)
+    # Same global batches and averaged gradients: equal up to the order of floating-point sums.
+    difference = np.abs(rank0 - one.templates_).max()
+    assert difference <= 2e-5, difference
+    assert not np.allclose(one.initial_templates_, one.templates_, atol=1e-2)  # the fit moved them
+    # Rank 0 wrote the checkpoint, after the last epoch.
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3
+
+
+def test_without_a_process_group_everything_is_one_process():
+    assert not distributed.is_active() and distributed.rank() == 0 and distributed.world_size() == 1
+    rows = torch.arange(5)
+    assert torch.equal(distributed.shard(rows), rows)
+    assert torch.equal(distributed.gather_shards(rows, 5), rows)
+    assert distributed.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_joining_outside_torchrun_says_how_to_launch(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun --nproc-per-node 2"):
+        distributed.init_from_environment()

@@ -84,3 +84,17 @@ def test_joining_outside_torchrun_says_how_to_launch(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(RuntimeError, match="torchrun --nproc-per-node 2"):
         distributed.init_from_environment()
+
+
+@pytest.mark.slow
+def test_the_command_line_fit_runs_under_torchrun(tmp_path):
+    from spikedict import SpikeDictionary
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "fit"
+    arguments = ["-m", "spikedict", "fit", "paper-binomial", "--out", str(out), "--distributed", "--quiet"]
+    result = torchrun(2, *arguments, "--n-epochs", "1", "--set", "n_iterations=10", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 1 of 2 (gloo)" in result.stderr and result.stdout.count("report:") == 1  # rank 0 reports
+    model = SpikeDictionary.load(out / "model.safetensors")
+    assert model.templates_.shape == (3, 1, 50) and model.history_.shape[0] == 1

@@ -28,7 +28,6 @@ import copy
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from spikedict._atomic import atomic_path
 from spikedict.model import DCEA
 
 __all__ = [
@@ -225,17 +225,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from spikedict._atomic import atomic_path
+from spikedict._divergence import diverged, encoder_failed, parameters_finite
 from spikedict.model import DCEA
 
 __all__ = [
@@ -506,10 +508,21 @@ def train(
                 for _ in range(config.n_dictionary_steps):
                     loss = _batch_loss(model, batch, codes, batch_family, config, batch_target) + model.penalty()
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the training loss became {loss.item()} at epoch {epoch + 1}. Lower learning_rate "
-                            f"(now {config.learning_rate}) or the encoder's step size; the model keeps the last "
-                            "finished epoch."
+                        raise diverged(
+                            "the training loss",
+                            loss.item(),
+                            f"epoch {epoch + 1}",
+                            encoder_diverged=encoder_failed(
+                                model,
+                                codes,
+                                partial(
+                                    _batch_loss, model, batch, family=batch_family, config=config, target=batch_target
+                                ),
+                            ),
+                            step_size=float(model.step_size),
+                            learning_rate=config.learning_rate,
+                            finished=len(history),
+                            checkpoint_path=config.checkpoint_path,
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -521,6 +534,17 @@ def train(
                 count += len(rows)
                 nonzero += int((codes != 0).sum())
                 entries += codes.numel()
+            if not parameters_finite(model):  # the last step of the epoch diverged: keep it out of the checkpoint
+                raise diverged(
+                    "the model's parameters",
+                    None,
+                    f"epoch {epoch + 1}",
+                    encoder_diverged=False,  # the codes gave a finite loss: an optimiser step did it
+                    step_size=float(model.step_size),
+                    learning_rate=config.learning_rate,
+                    finished=len(history),
+                    checkpoint_path=config.checkpoint_path,
+                )
             row = {
                 "epoch": epoch + 1,
                 "learning_rate": learning_rate,

@@ -17,7 +17,7 @@ Examples
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,31 +32,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary file exists (empty) when the block starts, is hidden (its name starts with a dot) and ends with
     the suffix of ``path``, so writers that pick the format from the extension, or append one when it is missing
     (``numpy.savez``, ``scipy.io.savemat``, PIL), write the same file as they would at ``path``. A writer that
-    refuses existing files may delete it first. After the block the file is flushed to disk (``fsync``), given
-    the usual permissions (``0o666`` less the umask) and renamed onto ``path``; if the block raises (including
-    ``KeyboardInterrupt``) it is deleted and ``path`` is left as it was.
+    refuses existing files may delete it first. It has the permissions of a plain new file (``0o666`` less the
+    umask). After the block the file is flushed to disk (``fsync``) and renamed onto ``path``; if the block raises
+    (including ``KeyboardInterrupt``) it is deleted and ``path`` is left as it was.
 
     The folder of ``path`` must exist.
     """
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = _create_temporary(path)
     try:
         yield temporary
-        descriptor = os.open(temporary, os.O_RDONLY)
+        descriptor = os.open(temporary, os.O_RDWR)  # Windows flushes only files open for writing
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private to its owner
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new empty file ``.STEM-RANDOM.tmpSUFFIX`` next to ``path``, with the permissions of a plain new file.
+
+    Unlike ``tempfile.mkstemp`` (owner-only permissions), the file gets ``0o666`` less the process umask, as
+    ``open(path, "w")`` would, without touching the umask (which is process-wide).
+    """
+    for _ in range(100):
+        candidate = path.parent / f".{path.stem}-{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary file next to {str(path)!r}.")  # pragma: no cover
 
 
 def _sync_folder(folder: Path) -> None:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from conftest import small_model
 
 import spikedict.training as training
 from spikedict import SpikeDictionary
+from spikedict._atomic import atomic_path
 from spikedict._divergence import diverged, encoder_failed
 from spikedict.families import get_family
 from spikedict.images import load_denoiser, save_denoiser
@@ -438,6 +440,21 @@ def test_a_crash_mid_write_leaves_the_previous_file(kind, fitted, tmp_path, monk
     first = read(path)
     write(path, 2, fitted)  # and the next write goes through
     assert read(path) != first
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_atomic_files_get_the_permissions_of_a_plain_new_file(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.json") as temporary:
+            assert temporary.parent == tmp_path and temporary.name.startswith(".a-")
+            assert temporary.name.endswith(".tmp.json") and temporary.read_bytes() == b""
+            temporary.write_text("{}")
+        (tmp_path / "b.json").write_text("{}")
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE((tmp_path / "b.json").stat().st_mode)
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "model"])

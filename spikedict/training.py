@@ -478,6 +478,8 @@ def train(
             stale_epochs += 1
 
     stop_reason = "n_epochs"
+    if config.patience is not None and stale_epochs >= config.patience:  # the checkpointed fit had stopped early
+        stop_reason, start_epoch = "early_stopping", config.n_epochs
     last_good_state = copy.deepcopy(model.state_dict())
     bar = tqdm(
         range(start_epoch, config.n_epochs),

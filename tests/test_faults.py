@@ -207,6 +207,27 @@ def test_fit_killed_while_writing_a_checkpoint_keeps_the_previous_one(binomial_c
     assert all(value == 0.0 for value in same_fit(resumed, straight).values())
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"solver": "alternating", "n_epochs": 4},
+        # Stops early after 4 of 40 epochs; resuming its last checkpoint used to run on for 5 more epochs.
+        {"solver": "backprop", "n_epochs": 40, "learning_rate": 0.05, "validation_fraction": 0.25, "patience": 2},
+    ],
+    ids=["alternating", "backprop-early-stopping"],
+)
+def test_fit_killed_after_its_last_checkpoint_resumes_to_the_same_result(settings, binomial_counts, tmp_path):
+    # A kill between the last checkpoint and the end of fit (e.g. while the model is saved) leaves the checkpoint
+    # of a finished fit: resuming it must change nothing.
+    settings = {**settings, "checkpoint_path": str(tmp_path / "checkpoint.pt")}
+    finished = small_model(**settings).fit(binomial_counts)
+    resumed = small_model(**settings).fit(binomial_counts, resume=True)
+    if "patience" in settings:
+        assert finished.stop_reason_ == "early_stopping" and len(finished.history_) < settings["n_epochs"]
+    assert resumed.stop_reason_ == finished.stop_reason_ and len(resumed.history_) == len(finished.history_)
+    assert all(value == 0.0 for value in same_fit(resumed, finished).values())
+
+
 # ------------------------------------------------------------------------------ non-finite losses
 def checkpoint_is_good(path: Path, epoch: int) -> None:
     """The checkpoint at ``path`` loads, holds ``epoch`` finished epochs and only finite numbers."""

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from spikedict._divergence import diverged, encoder_failed
 from spikedict.families import Family
 from spikedict.model import DCEA, ConvolutionOperator
 from spikedict.training import (
@@ -410,6 +411,7 @@ def fit_alternating(
             codes = encode_in_batches(
                 model, y, family, config.n_code_iterations, config.batch_size, initial=codes, thresholds=weights
             )
+            encoded = codes
             _template_step(model, y, codes, family, config)
             codes = _normalise(model, codes)
             if config.padding:
@@ -424,10 +426,18 @@ def fit_alternating(
             with torch.no_grad():
                 loss = _data_loss(model, y, codes, family, config.batch_size, backward=False)
             if not math.isfinite(loss):
-                _restore(model, last_good)
-                raise FloatingPointError(
-                    f"the loss became {loss} at iteration {iteration + 1}; the model was restored to the last "
-                    "finite iteration. Check the data for extreme counts, or lower the sparsity."
+                _restore(model, last_good)  # the templates the encoder used: did the encoder or the template step fail?
+                raise diverged(
+                    "the loss",
+                    loss,
+                    f"iteration {iteration + 1}",
+                    encoder_diverged=encoder_failed(
+                        model, encoded, lambda c: _data_loss(model, y, c, family, config.batch_size, backward=False)
+                    ),
+                    step_size=step,
+                    learning_rate=None,
+                    finished=iteration,
+                    checkpoint_path=config.checkpoint_path,
                 )
             n_values = y.numel()
             row = {

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from spikedict import distributed
+from spikedict._atomic import atomic_path
 from spikedict.alternating import AlternatingConfig, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.io._windows import RecordingWindows, stitch_cuts
@@ -761,7 +762,10 @@ class SpikeDictionary:
 
     # ------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model to one ``.safetensors`` file (tensors + JSON metadata; no pickle).
+        """Write the fitted model to one ``.safetensors`` file (tensors + JSON metadata; no pickle), atomically.
+
+        The file is written next to ``path`` under a temporary name and renamed, so an existing model at ``path``
+        is replaced only by a complete one.
 
         Returns
         -------
@@ -793,9 +797,8 @@ class SpikeDictionary:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         tensors["initial_templates"] = torch.as_tensor(self.initial_templates_)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(temporary), metadata=metadata)
-        temporary.replace(path)
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata=metadata)
         return path
 
     @classmethod

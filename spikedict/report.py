@@ -2,7 +2,8 @@
 
 A :class:`Report` collects sections (text, tables, figures, settings, timings) and writes one HTML file with
 every figure embedded as a base64 PNG, so the report can be mailed or archived on its own. Each figure is also
-written as a PNG file and each table as a CSV file next to the report.
+written as a PNG file and each table as a CSV file next to the report; every file is written atomically (a
+temporary file, then a rename).
 
 Examples
 --------
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from spikedict._atomic import atomic_path, write_bytes_atomic, write_text_atomic
 
 __all__ = ["OutputExistsError", "Report", "prepare_output_directory", "versions"]
 
@@ -147,7 +150,8 @@ class Report:
             The CSV file.
         """
         path = self.folder / f"{name}.csv"
-        table.to_csv(path, index=False)
+        with atomic_path(path) as temporary:
+            table.to_csv(temporary, index=False)
         self.files.append(path)
         shown = table.to_html(
             index=False,
@@ -171,7 +175,7 @@ class Report:
         """
         data = figure_png(figure)
         path = self.folder / f"{name}.png"
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)
         self.files.append(path)
         encoded = base64.b64encode(data).decode("ascii")
         text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
@@ -233,8 +237,4 @@ figure {{ margin: 0; }} img {{ max-width: 100%; }}
 
     def write(self, name: str = "report.html") -> Path:
         """Write the report to ``folder/name`` (atomically) and return its path."""
-        path = self.folder / name
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(self.to_html(), encoding="utf-8")
-        temporary.replace(path)
-        return path
+        return write_text_atomic(self.folder / name, self.to_html())

@@ -28,10 +28,10 @@ import copy
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +41,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from spikedict import distributed
+from spikedict._atomic import atomic_path
+from spikedict._divergence import diverged, encoder_failed, parameters_finite
 from spikedict.model import DCEA
 
 __all__ = [
@@ -230,17 +232,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -495,6 +488,8 @@ def train(
             stale_epochs += 1
 
     stop_reason = "n_epochs"
+    if config.patience is not None and stale_epochs >= config.patience:  # the checkpointed fit had stopped early
+        stop_reason, start_epoch = "early_stopping", config.n_epochs
     last_good_state = copy.deepcopy(model.state_dict())
     bar = tqdm(
         range(start_epoch, config.n_epochs),
@@ -528,16 +523,21 @@ def train(
                 for _ in range(config.n_dictionary_steps):
                     loss, codes = runner(batch, batch_family, batch_target, initial, codes, weight)
                     if not distributed.all_finite(loss):
-                        raise FloatingPointError(
-                            f"the training loss became {loss.item()} at epoch {epoch + 1}. The likely cause is a "
-                            f"learning rate too high for this data (learning_rate={config.learning_rate}; try a "
-                            "tenth) or an encoder step size above the bound (leave step_size to the power "
-                            "iteration). The model keeps the last finished epoch"
-                            + (
-                                f"; the checkpoint {config.checkpoint_path!r} is that epoch's."
-                                if config.checkpoint_path
-                                else "."
-                            )
+                        raise diverged(
+                            "the training loss",
+                            loss.item(),
+                            f"epoch {epoch + 1}",
+                            encoder_diverged=encoder_failed(
+                                model,
+                                step.last_codes,
+                                partial(
+                                    _batch_loss, model, batch, family=batch_family, config=config, target=batch_target
+                                ),
+                            ),
+                            step_size=float(model.step_size),
+                            learning_rate=config.learning_rate,
+                            finished=len(history),
+                            checkpoint_path=config.checkpoint_path,
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -553,6 +553,17 @@ def train(
                 nonzero += int((step.last_codes != 0).sum())
                 entries += step.last_codes.numel()
             total, count, nonzero, entries = distributed.all_reduce_sum([total, count, nonzero, entries])
+            if not parameters_finite(model):  # the last step of the epoch diverged: keep it out of the checkpoint
+                raise diverged(
+                    "the model's parameters",
+                    None,
+                    f"epoch {epoch + 1}",
+                    encoder_diverged=False,  # the codes gave a finite loss: an optimiser step did it
+                    step_size=float(model.step_size),
+                    learning_rate=config.learning_rate,
+                    finished=len(history),
+                    checkpoint_path=config.checkpoint_path,
+                )
             row = {
                 "epoch": epoch + 1,
                 "learning_rate": learning_rate,

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import quantities as pq
 
+from spikedict._atomic import atomic_path, write_text_atomic
+
 __all__ = [
     "DATASET_DEFAULTS",
     "FitInterrupted",
@@ -445,7 +447,8 @@ def fit_recording(
         checkpoint_path=str(checkpoint),
     )
     parameters.update(estimator_params or {})
-    (folder / "settings.json").write_text(
+    write_text_atomic(
+        folder / "settings.json",
         json.dumps(
             {
                 "recording": str(source),
@@ -456,7 +459,7 @@ def fit_recording(
             },
             indent=2,
             default=str,
-        )
+        ),
     )
     echo(
         f"fitting {n_templates} {family} templates of {int(template_size)} bins to {counts.n_examples} examples x "
@@ -497,14 +500,15 @@ def fit_recording(
         for c in range(templates.shape[1])
         for t in range(templates.shape[2])
     ]
-    np.savez(
-        folder / "templates.npz",
-        templates=templates,
-        initial_templates=model.initial_templates_,
-        baseline=model.baseline_,
-        bin_size_s=np.float64(seconds),
-        channel_names=np.asarray(counts.channel_names),
-    )
+    with atomic_path(folder / "templates.npz") as temporary:
+        np.savez(
+            temporary,
+            templates=templates,
+            initial_templates=model.initial_templates_,
+            baseline=model.baseline_,
+            bin_size_s=np.float64(seconds),
+            channel_names=np.asarray(counts.channel_names),
+        )
     rates = model.predict_rate(counts)
     log_likelihood = float(log_likelihood_per_bin(counts, rates, model.family_))
     constant = constant_rates(counts, "gaussian" if family == "gaussian" else family)
@@ -543,7 +547,8 @@ def fit_recording(
     )
     report.add_table("summary", pd.DataFrame([summary]), "Summary")
     templates_path = folder / "templates.csv"
-    pd.DataFrame(rows).to_csv(templates_path, index=False)
+    with atomic_path(templates_path) as temporary:
+        pd.DataFrame(rows).to_csv(temporary, index=False)
     report.files.extend([templates_path, folder / "templates.npz", folder / "model.safetensors"])
     if alignment_table is not None:
         report.add_table(

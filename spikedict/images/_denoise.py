@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from spikedict._atomic import atomic_path
 from spikedict.images._data import data_directory, read_image
 from spikedict.images._models import load_denoiser, predict_rate
 from spikedict.images._noise import check_image, check_peak
@@ -114,15 +115,16 @@ def denoise_command(
     estimate = denoise(counts, peak, model=model_path)
     seconds = time.perf_counter() - started
     out = Path(out_path) if out_path else image_path.with_name(image_path.stem + "_denoised.npy")
-    if out.suffix.lower() == ".npy":
-        np.save(out, estimate.astype(np.float32))
-    elif out.suffix.lower() == ".png":
-        from PIL import Image
-
-        scaled = np.clip(np.rint(estimate * (255.0 / float(peak))), 0, 255).astype(np.uint8)
-        Image.fromarray(scaled).save(out)
-    else:
+    if out.suffix.lower() not in (".npy", ".png"):
         raise ValueError(f"--out must end in .npy or .png, got {str(out)!r}.")
+    with atomic_path(out) as temporary:
+        if out.suffix.lower() == ".npy":
+            np.save(temporary, estimate.astype(np.float32))
+        else:
+            from PIL import Image
+
+            scaled = np.clip(np.rint(estimate * (255.0 / float(peak))), 0, 255).astype(np.uint8)
+            Image.fromarray(scaled).save(temporary)
     print(
         f"denoised {image_path.name} ({counts.shape[0]} x {counts.shape[1]}, peak {float(peak):g}, "
         f"{model_path or 'dcea-uc'}) in {seconds:.1f} s -> {out}",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from spikedict._atomic import atomic_path, write_text_atomic
 from spikedict.families import Poisson
 from spikedict.model import DCEA
 
@@ -275,6 +276,8 @@ def _build(settings: dict[str, Any]) -> nn.Module:
 def save_denoiser(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as ``path`` (safetensors weights) and ``path`` with suffix ``.json`` (its settings).
 
+    Each file is written atomically (a temporary file, then a rename), the weights first.
+
     Returns the path of the weights.
     """
     from safetensors.torch import save_file
@@ -282,12 +285,13 @@ def save_denoiser(model: nn.Module, path: str | Path, extra: dict[str, Any] | No
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
     settings = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **model.settings}
     settings["n_parameters"] = n_parameters(model)
     if extra:
         settings["training"] = extra
-    path.with_suffix(".json").write_text(json.dumps(settings, indent=2) + "\n")
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(settings, indent=2) + "\n")
     return path
 
 

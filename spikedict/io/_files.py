@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from spikedict._atomic import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import neo
@@ -210,30 +211,20 @@ def write_recording(
     io_class = _io_class(key, allow_pickle, path)
     if not path.parent.exists():
         raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist; create it first.")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         if key == "mat":
-            io_class(temporary).write_block(block, do_compression=True)
+            io_class(str(temporary)).write_block(block, do_compression=True)
         elif key == "nix":
-            writer = io_class(temporary, mode="ow")
+            writer = io_class(str(temporary), mode="ow")
             try:
                 writer.write_block(block)
             finally:
                 writer.close()
         elif key == "nwb":
-            os.unlink(temporary)  # NWBIO refuses to overwrite an existing file
-            _write_nwb(io_class, temporary, block)
+            temporary.unlink()  # NWBIO refuses to overwrite an existing file
+            _write_nwb(io_class, str(temporary), block)
         else:
-            io_class(temporary).write_block(block)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates the file private; give it the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+            io_class(str(temporary)).write_block(block)
 
 
 def _write_nwb(io_class: Any, path: str, block: Any) -> None:

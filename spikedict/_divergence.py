@@ -91,9 +91,9 @@ def diverged(
             )
     elif learning_rate is not None:
         cause = (
-            f"learning_rate {learning_rate:g} is too large: an optimiser step took the templates or the baseline out "
-            f"of range. Lower learning_rate (e.g. to {learning_rate / 10:g}); if that does not help, the encoder's "
-            f"step size{step} is too large for the data: check it for extreme counts"
+            f"a learning rate too high for this data (learning_rate={learning_rate:g}): an optimiser step took the "
+            f"templates or the baseline out of range. Lower learning_rate (e.g. to {learning_rate / 10:g}); if that "
+            f"does not help, the encoder's step size{step} is too large for the data: check it for extreme counts"
         )
     else:
         cause = (

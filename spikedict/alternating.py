@@ -263,13 +263,23 @@ def _template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config
         line_search_fn="strong_wolfe",
     )
 
+    # L-BFGS's line search squares gradients and loss differences, which overflows float32 once the gradients
+    # pass ~1e9 (Gaussian data in the 1e5s). The objective is divided by the l1 norm of its first gradient (when
+    # above 1): L-BFGS's iterates do not depend on that scale, since its first step is gradient / ||gradient||_1.
+    scale: list[float] = []
+
     def closure() -> Tensor:
         optimizer.zero_grad()
         total = _data_loss(model, y, codes, family, config.batch_size, backward=True)
         penalty = model.penalty()
         if penalty.requires_grad:
             penalty.backward()
-        return torch.tensor(total + float(penalty.detach()))
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        if not scale:
+            scale.append(max(1.0, sum(float(g.abs().sum()) for g in gradients)))
+        for gradient in gradients:
+            gradient.div_(scale[0])
+        return torch.tensor((total + float(penalty.detach())) / scale[0])
 
     optimizer.step(closure)
 

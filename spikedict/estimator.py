@@ -61,7 +61,8 @@ def _to_tensor(values: Any, name: str) -> Tensor:
             raise TypeError(
                 f"{name} must be an array of shape (n_examples, n_channels, n_bins), got {type(values).__name__}."
             ) from error
-        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        numeric = np.issubdtype(array.dtype, np.number) and array.dtype.kind != "m"  # timedelta64 is a number
+        if array.dtype == object or not (numeric or array.dtype == bool):
             raise TypeError(
                 f"{name} must be a numeric array of shape (n_examples, n_channels, n_bins), got dtype {array.dtype}."
             )
@@ -69,7 +70,28 @@ def _to_tensor(values: Any, name: str) -> Tensor:
         tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if tensor.is_complex():
         raise TypeError(f"{name} must be real-valued, got dtype {tensor.dtype}.")
-    return tensor.to(torch.get_default_dtype())
+    converted = tensor.to(torch.get_default_dtype())
+    overflow = torch.isinf(converted) & ~torch.isinf(tensor)
+    if bool(overflow.any()):
+        raise ValueError(
+            f"{name} holds values too large for {converted.dtype} (e.g. {tensor[overflow][0].item():g}), the dtype "
+            "spikedict computes in (torch.get_default_dtype()); spike counts are never this large: check the data."
+        )
+    return converted
+
+
+def _check_scale(y: Tensor, name: str) -> None:
+    """Raise ``ValueError`` if the sum of squares of ``y`` could overflow ``y.dtype`` (the loss would be inf)."""
+    if y.numel() == 0:
+        return
+    largest = float(y.abs().max())
+    limit = math.sqrt(torch.finfo(y.dtype).max / y.numel())
+    if largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:g} in absolute value; with {y.numel()} values the losses overflow "
+            f"{y.dtype} above {limit:.3g}. Spike counts are never this large: check the data (for real-valued "
+            "data, rescale it)."
+        )
 
 
 def _unpack(X: Any) -> tuple[Any, Any]:
@@ -139,7 +161,7 @@ class SpikeDictionary:
         ``n_templates``).
     padding : int or "auto"
         Alternating solver, 1-D: bins of room at each end of the templates while learning (``"auto"``: a fifth
-        of ``template_size``; 0 with ``zero_edges``).
+        of ``template_size``, at most what the examples leave room for; 0 with ``zero_edges``).
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the L-BFGS iterations of each template
@@ -260,8 +282,15 @@ class SpikeDictionary:
     # ---------------------------------------------------------------------------- checks
     def _template_shape(self) -> tuple[int, ...]:
         size = self.template_size
-        shape = (size,) if isinstance(size, (int, np.integer)) else tuple(size)
-        if not all(isinstance(k, (int, np.integer)) and k >= 1 for k in shape):
+        if isinstance(size, (int, np.integer)):
+            shape: tuple[Any, ...] = (size,)
+        elif isinstance(size, np.ndarray):
+            shape = tuple(size.tolist()) if size.ndim == 1 else ()
+        elif isinstance(size, Sequence) and not isinstance(size, str):
+            shape = tuple(size)
+        else:
+            shape = ()
+        if not 1 <= len(shape) <= 2 or not all(isinstance(k, (int, np.integer)) and k >= 1 for k in shape):
             raise ValueError(f"template_size must be a positive integer (bins) or (height, width), got {size!r}.")
         return tuple(int(k) for k in shape)
 
@@ -337,6 +366,8 @@ class SpikeDictionary:
             raise ValueError(f"X must have {expected_ndim} dimensions {layout}, got shape {tuple(y.shape)}.{hint}")
         if y.shape[0] == 0:
             raise ValueError("X holds no examples (its first axis has length 0).")
+        if y.shape[1] == 0:
+            raise ValueError("X holds no channels (its second axis has length 0); pass at least one channel (unit).")
         if not fitting and y.shape[1] != self.n_channels_:
             raise ValueError(
                 f"X has {y.shape[1]} channel(s) but the model was fitted on {self.n_channels_}; pass data with "
@@ -359,6 +390,7 @@ class SpikeDictionary:
                     "a counts object that carries n_trials, or refit with a single n_trials."
                 )
         family.validate(y, "X")
+        _check_scale(y, "X")
         return y, family
 
     def _prepare_windows(
@@ -509,7 +541,7 @@ class SpikeDictionary:
         generator = torch.Generator().manual_seed(int(self.seed))
         baseline = self._initial_baseline(y, family)
         solver = self._resolved_solver(streaming)
-        n_spare, padding = self._learning_room(solver)
+        n_spare, padding = self._learning_room(solver, y.shape[2:])
         template_shape = self._template_shape()
         initial = self._initial_templates(
             sample, family, baseline.reshape((1, -1) + (1,) * (sample.ndim - 2)), generator, self.n_templates + n_spare
@@ -598,8 +630,11 @@ class SpikeDictionary:
             return "backprop"
         return "alternating" if self.tied and self.backprop == "none" else "backprop"
 
-    def _learning_room(self, solver: str) -> tuple[int, int]:
-        """Spare templates and padding bins of the alternating solver (none for back-propagation)."""
+    def _learning_room(self, solver: str, signal_shape: Sequence[int]) -> tuple[int, int]:
+        """Spare templates and padding bins of the alternating solver (none for back-propagation).
+
+        ``"auto"`` padding is at most what the examples (``signal_shape``) leave room for.
+        """
         if solver != "alternating":
             return 0, 0
         given_init = not isinstance(self.init, str)
@@ -608,10 +643,18 @@ class SpikeDictionary:
             n_spare = 0 if given_init else int(self.n_templates)
         padding = self.padding
         one_dimensional = len(self._template_shape()) == 1
+        size = self._template_shape()[0]
+        room = (int(signal_shape[0]) - size) // 2
         if padding == "auto":
-            padding = self._template_shape()[0] // 5 if one_dimensional and not self.zero_edges else 0
+            padding = min(size // 5, room) if one_dimensional and not self.zero_edges else 0
         if padding and (not one_dimensional or self.zero_edges):
             raise ValueError("padding applies to 1-D templates without zero_edges; set padding=0.")
+        if padding > room:
+            raise ValueError(
+                f"padding={padding} bins at each end makes the templates {size + 2 * padding} bins long while "
+                f"learning, longer than the examples ({int(signal_shape[0])} bins); use padding <= {room} or longer "
+                "examples."
+            )
         return int(n_spare), int(padding)
 
     def _build_model(
@@ -813,6 +856,11 @@ class SpikeDictionary:
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise FileNotFoundError(
+                f"{str(path)!r} is a folder; pass the model file that SpikeDictionary.save wrote (the spikedict fit "
+                f"command writes {str(path / 'model.safetensors')!r})."
+            )
         if not path.is_file():
             raise FileNotFoundError(f"no saved model at {str(path)!r}.")
         try:

@@ -250,14 +250,20 @@ class Binomial(Family):
     name = "binomial"
 
     def __init__(self, n_trials: int | np.ndarray | Tensor = 1) -> None:
-        values = torch.as_tensor(np.asarray(n_trials.cpu() if isinstance(n_trials, Tensor) else n_trials))
+        try:
+            values = torch.as_tensor(np.asarray(n_trials.cpu() if isinstance(n_trials, Tensor) else n_trials))
+        except (TypeError, ValueError, OverflowError) as error:  # object arrays, ints beyond 64 bits, ragged lists
+            raise ValueError(
+                f"n_trials must be a positive integer or one per example (shape (n_examples,)), got {n_trials!r}."
+            ) from error
         if values.ndim > 1 or values.numel() == 0:
             raise ValueError(
                 f"n_trials must be one number or one number per example (shape (n_examples,)), "
                 f"got shape {tuple(values.shape)}."
             )
         as_float = values.to(torch.float64)
-        if not bool(torch.all(as_float >= 1)) or not bool(torch.all(as_float == torch.round(as_float))):
+        finite = bool(torch.isfinite(as_float.to(torch.get_default_dtype())).all())
+        if not finite or not bool(torch.all(as_float >= 1)) or not bool(torch.all(as_float == torch.round(as_float))):
             raise ValueError(
                 f"n_trials must be positive integers (the number of repeated trials pooled per example), "
                 f"got {values.tolist() if values.numel() < 6 else values}."

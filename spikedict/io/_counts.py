@@ -30,17 +30,24 @@ class SpikeCounts:
     ----------
     counts : ndarray of int64, shape (n_examples, n_channels, n_bins)
         Spike counts per bin. For pooled trials (binomial data): the number of trials with a spike in the bin.
+        Given as any array of whole numbers >= 0 (integer, boolean or whole-valued float), stored as int64.
     n_trials : ndarray of int64, shape (n_examples,)
-        Trials pooled into each example (1 when trials are not pooled).
+        Trials pooled into each example (1 when trials are not pooled); given as one number or one per example.
     bin_size : quantities.Quantity
-        Width of a bin (a time).
+        Width of a bin (a positive time).
     t_start : quantities.Quantity
-        Left edge of the first bin.
+        Left edge of the first bin (a time).
     channel_names : list of str, length n_channels
         One name per channel (unit).
     example_labels : pandas.DataFrame, n_examples rows
         Trial and condition annotations of each example (for pooled examples, the group keys, ``n_trials``
         and the indices of the pooled ``trials``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``counts`` are not whole numbers >= 0 of shape (n_examples, n_channels, n_bins), ``n_trials`` not whole
+        numbers >= 1 (one, or one per example), or ``bin_size`` / ``t_start`` not times.
 
     Examples
     --------
@@ -60,10 +67,18 @@ class SpikeCounts:
     example_labels: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def __post_init__(self) -> None:
-        self.counts = np.asarray(self.counts)
+        self.counts = _check_whole(self.counts, "counts", minimum=0)
         if self.counts.ndim != 3:
             raise ValueError(f"counts must have shape (n_examples, n_channels, n_bins), got shape {self.counts.shape}.")
-        self.n_trials = np.broadcast_to(np.asarray(self.n_trials, dtype=np.int64), (self.n_examples,)).copy()
+        n_trials = _check_whole(self.n_trials, "n_trials", minimum=1)
+        if n_trials.ndim > 1 or n_trials.size not in (1, self.n_examples):
+            raise ValueError(
+                f"n_trials must be one number or one per example (shape ({self.n_examples},)), got shape "
+                f"{n_trials.shape}."
+            )
+        self.n_trials = np.broadcast_to(n_trials.reshape(-1), (self.n_examples,)).copy()
+        self.bin_size = _check_time(self.bin_size, "bin_size", positive=True)
+        self.t_start = _check_time(self.t_start, "t_start")
         if not self.channel_names:
             self.channel_names = [f"channel {c}" for c in range(self.n_channels)]
         if len(self.channel_names) != self.n_channels:
@@ -101,7 +116,10 @@ class SpikeCounts:
 
     def __repr__(self) -> str:
         trials = np.unique(self.n_trials)
-        trials_text = str(int(trials[0])) if trials.size == 1 else f"{int(trials.min())}..{int(trials.max())}"
+        if trials.size == 0:
+            trials_text = "none"
+        else:
+            trials_text = str(int(trials[0])) if trials.size == 1 else f"{int(trials.min())}..{int(trials.max())}"
         return (
             f"SpikeCounts(n_examples={self.n_examples}, n_channels={self.n_channels}, n_bins={self.n_bins}, "
             f"bin_size={_text(self.bin_size)}, t_start={_text(self.t_start)}, n_trials={trials_text})"
@@ -202,6 +220,29 @@ def _check_time(value: Any, name: str, *, positive: bool = False) -> pq.Quantity
     return value
 
 
+def _check_whole(values: Any, name: str, *, minimum: int) -> np.ndarray:
+    """``values`` as an int64 array, checked to hold whole numbers >= ``minimum`` that int64 can represent."""
+    array = np.asarray(values)
+    if array.dtype == bool:
+        array = array.astype(np.int64)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must be an array of whole numbers (integers), got dtype {array.dtype}.")
+    if array.size == 0:
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} must be finite, but it holds NaN or inf.")
+        fractional = array != np.round(array)
+        if fractional.any():
+            raise ValueError(f"{name} must be whole numbers, got e.g. {array[fractional].flat[0].item()!r}.")
+    low, high = array.min().item(), array.max().item()
+    if low < minimum:
+        raise ValueError(f"{name} must be whole numbers >= {minimum}, got {low!r}.")
+    if float(high) >= 2.0**63:
+        raise ValueError(f"{name} must fit in int64 (below 2**63), got {high!r}.")
+    return array.astype(np.int64)
+
+
 def _describe_train(trial: int, channel: int, names: list[str]) -> str:
     return f"trial {trial}, channel {names[channel]!r}"
 
@@ -227,6 +268,11 @@ def _normalise(data: Any, unit_annotation: str) -> tuple[list[list[neo.SpikeTrai
             return [list(data)], [_train_name(t, c, unit_annotation) for c, t in enumerate(data)], [{"trial": 0}]
         if all(is_train_list(item) and not isinstance(item, neo.SpikeTrain) for item in data):
             sizes = {len(item) for item in data}
+            if sizes == {0}:
+                raise ValueError(
+                    f"the {len(data)} per-trial list(s) hold no spike trains (no channels); pass at least one "
+                    "neo.SpikeTrain per trial (an empty neo.SpikeTrain for a unit that did not fire)."
+                )
             if len(sizes) != 1:
                 raise ValueError(
                     "every trial must hold the same channels (units), but the per-trial lists have "
@@ -368,7 +414,20 @@ def _resolve_window(
     starts = np.array([[t.t_start.rescale(units).item() for t in row] for row in trains])
     stops = np.array([[t.t_stop.rescale(units).item() for t in row] for row in trains])
     unit_text = units.dimensionality.string
+    undefined = np.isnan(starts) | np.isnan(stops)
+    if undefined.any():
+        n, c = np.argwhere(undefined)[0]
+        raise ValueError(
+            f"{_describe_train(int(n), int(c), names)} has t_start = {starts[n, c]:g} and t_stop = {stops[n, c]:g} "
+            f"{unit_text}; a NaN end leaves its recorded interval undefined. Set the spike train's t_start and t_stop."
+        )
     common = (starts.max(), stops.min())
+    if (t_start is None and not np.isfinite(starts).all()) or (t_stop is None and not np.isfinite(stops).all()):
+        raise ValueError(
+            f"the spike trains' t_start / t_stop are not finite (t_start from {starts.min():g}, t_stop up to "
+            f"{stops.max():g} {unit_text}), so they give no window to bin. Pass a finite window explicitly, e.g. "
+            f"t_start=0 * quantities.s, t_stop=10 * quantities.s."
+        )
     if t_start is None or t_stop is None:
         spread = not (np.allclose(starts, starts.flat[0]) and np.allclose(stops, stops.flat[0]))
         if spread:
@@ -407,6 +466,11 @@ def _check_spikes(trains: list[list[neo.SpikeTrain]], names: list[str]) -> None:
             times = train.magnitude
             if times.size == 0:
                 continue
+            if np.isnan(times).any():
+                raise ValueError(
+                    f"{_describe_train(n, c, names)} has {int(np.isnan(times).sum())} spike time(s) that are NaN. "
+                    "Drop them first (e.g. train[~numpy.isnan(train.magnitude)]) or fix the source of the times."
+                )
             if np.any(np.diff(times) < 0):
                 raise ValueError(
                     f"the spike times of {_describe_train(n, c, names)} are not sorted. Sort them first "
@@ -447,8 +511,9 @@ def bin_spiketrains(
         Width of a bin, e.g. ``1 * quantities.ms``.
     t_start, t_stop : quantities.Quantity, optional
         Window to bin, inside every spike train. Default: the spike trains' own ``t_start`` / ``t_stop``, which
-        must then be the same for all trains. Spikes outside an explicit window are left out. When the window
-        is not a whole number of bins, the last partial bin is dropped.
+        must then be the same for all trains. Spikes outside an explicit window are left out. Bins are half-open
+        ``[left, right)``: a spike exactly at ``t_stop`` is left out. When the window is not a whole number of
+        bins, the last partial bin is dropped.
     pool_trials : bool, optional
         Pool repeated trials into one example per condition (binomial data): the count of a bin is the number of
         trials with a spike in it, and ``n_trials`` is the number of pooled trials. Default: pool when
@@ -486,6 +551,10 @@ def bin_spiketrains(
     """
     bin_size = _check_time(bin_size, "bin_size", positive=True)
     trains, names, labels = _normalise(data, unit_annotation)
+    if group_by is not None and not (
+        isinstance(group_by, str) or (isinstance(group_by, Sequence) and all(isinstance(k, str) for k in group_by))
+    ):
+        raise TypeError(f"group_by must name trial annotation(s): a str or a list of str, got {group_by!r}.")
     if pool_trials is None:
         pool_trials = group_by is not None
     if group_by is not None and not pool_trials:
@@ -515,24 +584,28 @@ def bin_spiketrains(
 def _elephant_counts(
     trains: list[neo.SpikeTrain], bin_size: pq.Quantity, start: pq.Quantity, stop: pq.Quantity, n_bins: int
 ) -> np.ndarray:
+    import warnings
+
+    import neo
     from elephant.conversion import BinnedSpikeTrain
 
-    # elephant needs one unit for all trains: bin in the window's (bin_size's) units.
-    trains = [train if train.units == start.units else train.rescale(start.units) for train in trains]
-    # Spikes outside an explicit window are left out (documented); elephant warns about them otherwise.
-    trains = [train if _inside(train, start, stop) else train.time_slice(start, stop) for train in trains]
-    binned = BinnedSpikeTrain(trains, bin_size=bin_size, t_start=start, t_stop=stop)
+    # elephant needs one unit and the window inside every train: give it each train's spikes in [start, stop)
+    # in the units of the window. Spikes outside the window are left out (documented); bins are half-open, so a
+    # spike at t_stop belongs to no bin.
+    units = start.units
+    low, high = float(start.magnitude), float(stop.rescale(units).magnitude)
+    windowed = []
+    for train in trains:
+        times = train.magnitude if train.dimensionality == units.dimensionality else train.rescale(units).magnitude
+        windowed.append(neo.SpikeTrain(times[(times >= low) & (times < high)] * units, t_start=start, t_stop=stop))
+    with warnings.catch_warnings():
+        # elephant's rounding moves a spike within 1e-8 bins of t_stop onto t_stop, then warns that it dropped it.
+        warnings.filterwarnings("ignore", message="Binning discarded", category=UserWarning)
+        binned = BinnedSpikeTrain(windowed, bin_size=bin_size, t_start=start, t_stop=stop)
     counts = np.asarray(binned.to_array(), dtype=np.int64)
     if counts.shape[1] != n_bins:  # pragma: no cover - guards against a change in elephant's rounding
         raise RuntimeError(f"elephant returned {counts.shape[1]} bins where {n_bins} were expected.")
     return counts
-
-
-def _inside(train: neo.SpikeTrain, start: pq.Quantity, stop: pq.Quantity) -> bool:
-    if len(train) == 0:
-        return True
-    times = train.rescale(start.units).magnitude
-    return bool(times[0] >= float(start.magnitude) and times[-1] < float(stop.magnitude))
 
 
 def _pool(

@@ -43,6 +43,8 @@ _ALIASES = {"neomatlab": "mat", "matlab": "mat", "pkl": "pickle"}
 def _resolve_format(path: Path, format: str | None) -> str | None:
     """The format key for ``path``, or None when neo should guess from the extension."""
     if format is not None:
+        if not isinstance(format, str):
+            raise TypeError(f"format must be a name such as 'mat' or 'nix' (a str) or None, got {format!r}.")
         key = _ALIASES.get(format.lower(), format.lower())
         if key not in FORMATS:
             raise ValueError(
@@ -96,8 +98,10 @@ def read_recording(path: str | os.PathLike, format: str | None = None, *, allow_
         If ``path`` does not exist.
     ImportError
         If the format needs an optional dependency that is missing (the message names the extra).
+    TypeError
+        If ``format`` is not a str.
     ValueError
-        If neo cannot read the file.
+        If neo cannot read the file, or would read it as a pickle without ``allow_pickle``.
 
     Examples
     --------
@@ -127,7 +131,11 @@ def read_recording(path: str | os.PathLike, format: str | None = None, *, allow_
                 f"{sorted(FORMATS)}, or convert the file to a format neo reads (NIX, NWB, MAT)."
             )
         if any(candidate.__name__ == "PickleIO" for candidate in candidates) and not allow_pickle:
-            _io_class("pickle", allow_pickle, path)
+            raise ValueError(
+                f"neo would read {str(path)!r} with PickleIO, and loading a pickle runs code stored in the file, so "
+                "spikedict refuses it by default. Pass allow_pickle=True only for files you created yourself, or "
+                "pass format= one of " + str(sorted(key for key in FORMATS if key != "pickle")) + "."
+            )
         reader = None
         errors = []
         for candidate in candidates:

@@ -845,3 +845,40 @@ def test_image_loaders_never_unpickle(tmp_path, payload):
     with pytest.raises(ValueError):
         load_denoiser(tmp_path / "denoiser")
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ long recordings
+@given(
+    case=recordings().filter(lambda case: len(case.rows) == 1),
+    window_fraction=st.floats(0, 1.2),
+    overlap_fraction=st.floats(0, 1.1),
+    window_unit=unit_names,
+    overlap_unit=unit_names,
+)
+@reproducible(60, HealthCheck.filter_too_much, HealthCheck.too_slow)
+def test_recording_windows_tile_the_binned_recording_or_raise(
+    case: Recording, window_fraction: float, overlap_fraction: float, window_unit: str, overlap_unit: str
+) -> None:
+    from spikedict.io import RecordingWindows
+
+    kwargs = {k: v for k, v in case.kwargs.items() if k in ("t_start", "t_stop")}
+    whole = bin_spiketrains(case.rows[0], case.bin_size, **kwargs)
+    bin_ms = float(case.bin_size.rescale(pq.ms).magnitude)
+    window_bins = max(int(round(window_fraction * whole.n_bins)), 0)
+    overlap_bins = int(round(overlap_fraction * window_bins))
+    window, overlap = as_time(window_bins * bin_ms, window_unit), as_time(overlap_bins * bin_ms, overlap_unit)
+    try:
+        windows = RecordingWindows(case.rows[0], case.bin_size, window, overlap, **kwargs)
+    except (ValueError, TypeError) as error:
+        check_message(error)
+        # Refused only for a window that does not fit, an overlap as long as the window, or an empty window.
+        assert window_bins > whole.n_bins or overlap_bins >= window_bins or window_bins == 0
+        return
+    assert windows.n_bins == whole.n_bins and windows.shape[1:] == (len(case.rows[0]), windows.window_bins)
+    # The windows are stretches of elephant's binning of the whole recording, and together they cover it.
+    covered = np.zeros(whole.n_bins, dtype=bool)
+    for k, start in enumerate(windows.starts):
+        np.testing.assert_array_equal(windows.counts([k])[0], whole.counts[0, :, start : start + windows.window_bins])
+        covered[start : start + windows.window_bins] = True
+    assert covered.all()
+    np.testing.assert_array_equal(windows.counts(first_bin=0, n_bins=whole.n_bins), whole.counts)

@@ -677,13 +677,19 @@ def _parallel(step: _TrainingStep, model: DCEA, device: torch.device) -> torch.n
     """The step itself, or wrapped in DistributedDataParallel when several processes train together."""
     if not distributed.is_active():
         return step
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
+    # The step size (the only buffer) is recomputed identically in every process: no need to sync it per step.
+    # torch >= 2.12 spells that forward_sync_buffers and deprecates broadcast_buffers.
+    parameters = inspect.signature(DistributedDataParallel).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
     return DistributedDataParallel(
         step,
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,  # the step size is recomputed identically in every process
         find_unused_parameters=not model.tied,  # DCEA-UC keeps its unused tied templates
+        **{no_sync: False},
     )
 
 

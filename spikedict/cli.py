@@ -254,6 +254,15 @@ def demo(
     default=None,
     help="Cut each trial into examples of this duration, e.g. 500ms ('0s': no cutting).",
 )
+@click.option(
+    "--window",
+    type=DURATION,
+    default=None,
+    help="Stream one long recording in windows of this duration, e.g. 10s (memory bounded by a batch of windows).",
+)
+@click.option(
+    "--overlap", type=DURATION, default=None, help="Overlap of the windows, e.g. 250ms (default: 4 template lengths)."
+)
 @click.option("--n-epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 30; locust: 20).")
 @click.option("--sparsity", default="auto", show_default=True, help="l1 weight of the codes, or 'auto'.")
 @click.option(
@@ -289,6 +298,8 @@ def fit(
     template_size: Any,
     group_by: str | None,
     example_duration: Any,
+    window: Any,
+    overlap: Any,
     n_epochs: int | None,
     sparsity: str,
     out: Path | None,
@@ -314,6 +325,7 @@ def fit(
       spikedict fit study.mat --family binomial --group-by example --bin-size 1ms --template-size 50
       spikedict fit session.nix --family poisson --bin-size "5 ms" --example-duration 1s --out session-fit
       spikedict fit session.nix --out session-fit --resume
+      spikedict fit hour.nix --family poisson --bin-size 1ms --window 10s --overlap 250ms --n-epochs 1
       torchrun --nproc-per-node 2 -m spikedict fit session.nix --out session-fit --distributed
     """
     import json
@@ -337,6 +349,8 @@ def fit(
     from spikedict import distributed
     from spikedict.workflow import CHECKPOINT_NAME, fit_recording
 
+    if overlap is not None and window is None:
+        raise click.UsageError("--overlap goes with --window (streaming a long recording in windows).")
     rank = 0
     if distributed_run:
         if out is None:
@@ -371,6 +385,8 @@ def fit(
         estimator_params=estimator_params,
         echo=_echo_step if rank == 0 else lambda message: None,
         checkpoint_path=checkpoint,
+        window=window,
+        overlap=overlap,
     )
     if rank != 0:
         import shutil

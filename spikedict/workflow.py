@@ -296,8 +296,8 @@ class FitResult:
     Attributes
     ----------
     model : SpikeDictionary
-    counts : SpikeCounts
-        The counts it was fitted on.
+    counts : SpikeCounts or RecordingWindows
+        The counts it was fitted on (the windows of a streamed long recording).
     summary : pandas.DataFrame
         One row: data shape, family, log-likelihoods, fit time.
     alignment : pandas.DataFrame or None
@@ -346,6 +346,8 @@ def fit_recording(
     estimator_params: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = _noop,
     checkpoint_path: str | Path | None = None,
+    window: pq.Quantity | None = None,
+    overlap: pq.Quantity | None = None,
 ) -> FitResult:
     """Bin a recording, fit a :class:`~spikedict.SpikeDictionary`, write the model, templates, figures and report.
 
@@ -379,6 +381,11 @@ def fit_recording(
         Called with one line per step.
     checkpoint_path : path, optional
         Checkpoint file (default: in ``folder``); a distributed run's other ranks share rank 0's.
+    window, overlap : quantities.Quantity, optional
+        Stream one long recording (a single segment) in windows of this length overlapping by ``overlap``
+        (default: four template lengths) instead of binning it whole: the fit's memory is bounded by the batch of
+        windows, and the codes of the whole recording are written to ``codes.npy``. See
+        :class:`spikedict.io.RecordingWindows`.
 
     Returns
     -------
@@ -425,16 +432,6 @@ def fit_recording(
     if isinstance(template_size, pq.Quantity):
         template_size = _bins(template_size, bin_size, "template_size")
 
-    clock = time.perf_counter()
-    echo(
-        f"binning {label}: {len(block.segments)} trials in bins of {bin_size}"
-        + (f", pooling trials by {group_by!r}" if group_by else "")
-    )
-    counts = bin_spiketrains(block, bin_size, group_by=group_by)
-    if example_duration is not None:
-        counts = split_examples(counts, _bins(example_duration, bin_size, "example_duration"))
-    timings["bin"] = time.perf_counter() - clock
-
     parameters = dict(
         n_templates=n_templates,
         template_size=int(template_size),
@@ -455,60 +452,42 @@ def fit_recording(
                 "bin_size": str(bin_size),
                 "group_by": group_by,
                 "example_duration": None if example_duration is None else str(example_duration),
+                "window": None if window is None else str(window),
+                "overlap": None if overlap is None else str(overlap),
                 **{k: v for k, v in parameters.items() if k != "checkpoint_path"},
             },
             indent=2,
             default=str,
         ),
     )
+    if window is not None:
+        return _fit_windows(
+            block, label, folder, parameters, bin_size, window, overlap, resume, echo, timings, started, device_used
+        )
+
+    clock = time.perf_counter()
+    echo(
+        f"binning {label}: {len(block.segments)} trials in bins of {bin_size}"
+        + (f", pooling trials by {group_by!r}" if group_by else "")
+    )
+    counts = bin_spiketrains(block, bin_size, group_by=group_by)
+    if example_duration is not None:
+        counts = split_examples(counts, _bins(example_duration, bin_size, "example_duration"))
+    timings["bin"] = time.perf_counter() - clock
+
     echo(
         f"fitting {n_templates} {family} templates of {int(template_size)} bins to {counts.n_examples} examples x "
         f"{counts.n_channels} unit(s) x {counts.n_bins} bins ({n_epochs} epochs on {device_used}"
         + (", resuming" if resume else "")
         + ")"
     )
-    model = SpikeDictionary(**parameters)
-    clock = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        model.fit(counts, resume=resume)
-    for warning in caught:
-        if "fit interrupted" not in str(warning.message):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    timings["fit"] = time.perf_counter() - clock
-    if model.stop_reason_ == "interrupted":
-        raise FitInterrupted(
-            f"interrupted after epoch {len(model.history_)} of {n_epochs}; the checkpoint {str(checkpoint)!r} keeps "
-            "the finished epochs: run the same command with --resume to continue."
-        )
+    model = _run_fit(SpikeDictionary(**parameters), counts, resume, timings)
 
     echo(f"writing the model, templates, figures and report to {folder}")
     clock = time.perf_counter()
-    model.save(folder / "model.safetensors")
     seconds = float(bin_size.rescale(pq.s).magnitude)
+    written = _write_model_and_templates(folder, model, counts.channel_names, seconds)
     templates = model.templates_
-    rows = [
-        {
-            "template": k,
-            "channel": c,
-            "channel_name": counts.channel_names[c],
-            "bin": t,
-            "time_s": t * seconds,
-            "value": float(templates[k, c, t]),
-        }
-        for k in range(templates.shape[0])
-        for c in range(templates.shape[1])
-        for t in range(templates.shape[2])
-    ]
-    with atomic_path(folder / "templates.npz") as temporary:
-        np.savez(
-            temporary,
-            templates=templates,
-            initial_templates=model.initial_templates_,
-            baseline=model.baseline_,
-            bin_size_s=np.float64(seconds),
-            channel_names=np.asarray(counts.channel_names),
-        )
     rates = model.predict_rate(counts)
     log_likelihood = float(log_likelihood_per_bin(counts, rates, model.family_))
     constant = constant_rates(counts, "gaussian" if family == "gaussian" else family)
@@ -546,10 +525,7 @@ def fit_recording(
         "in-sample measure), next to the constant-rate model's.",
     )
     report.add_table("summary", pd.DataFrame([summary]), "Summary")
-    templates_path = folder / "templates.csv"
-    with atomic_path(templates_path) as temporary:
-        pd.DataFrame(rows).to_csv(temporary, index=False)
-    report.files.extend([templates_path, folder / "templates.npz", folder / "model.safetensors"])
+    report.files.extend(written)
     if alignment_table is not None:
         report.add_table(
             "template_errors",
@@ -573,12 +549,149 @@ def fit_recording(
             "device used": device_used,
         },
     )
+    _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
+    return FitResult(model, counts, pd.DataFrame([summary]), alignment_table, folder)
+
+
+def _run_fit(model: Any, data: Any, resume: bool, timings: dict[str, float]) -> Any:
+    """``model.fit(data)``, timed; a Ctrl-C becomes :class:`FitInterrupted` (the checkpoint keeps the epochs)."""
+    clock = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        model.fit(data, resume=resume)
+    for warning in caught:
+        if "fit interrupted" not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    timings["fit"] = time.perf_counter() - clock
+    if model.stop_reason_ == "interrupted":
+        raise FitInterrupted(
+            f"interrupted after epoch {len(model.history_)} of {model.n_epochs}; the checkpoint "
+            f"{model.checkpoint_path!r} keeps the finished epochs: run the same command with --resume to continue."
+        )
+    return model
+
+
+def _write_model_and_templates(folder: Path, model: Any, channel_names: list[str], seconds: float) -> list[Path]:
+    """``model.safetensors``, ``templates.npz`` and ``templates.csv`` (one row per template, channel and bin)."""
+    model.save(folder / "model.safetensors")
+    templates = model.templates_
+    rows = [
+        {
+            "template": k,
+            "channel": c,
+            "channel_name": channel_names[c],
+            "bin": t,
+            "time_s": t * seconds,
+            "value": float(templates[k, c, t]),
+        }
+        for k in range(templates.shape[0])
+        for c in range(templates.shape[1])
+        for t in range(templates.shape[2])
+    ]
+    with atomic_path(folder / "templates.npz") as temporary:
+        np.savez(
+            temporary,
+            templates=templates,
+            initial_templates=model.initial_templates_,
+            baseline=model.baseline_,
+            bin_size_s=np.float64(seconds),
+            channel_names=np.asarray(channel_names),
+        )
+    with atomic_path(folder / "templates.csv") as temporary:
+        pd.DataFrame(rows).to_csv(temporary, index=False)
+    return [folder / "templates.csv", folder / "templates.npz", folder / "model.safetensors"]
+
+
+def _finish_report(report: Any, folder: Path, timings: dict[str, float], checkpoint_path: Path) -> None:
     report.add_mapping("Timings (seconds)", {k: round(v, 2) for k, v in timings.items()})
     report.files.append(folder / "settings.json")
     report.add_file_list()
     report.write()
-    checkpoint.unlink(missing_ok=True)
-    return FitResult(model, counts, pd.DataFrame([summary]), alignment_table, folder)
+    checkpoint_path.unlink(missing_ok=True)
+
+
+def _fit_windows(
+    block: Any,
+    label: str,
+    folder: Path,
+    parameters: dict[str, Any],
+    bin_size: pq.Quantity,
+    window: pq.Quantity,
+    overlap: pq.Quantity | None,
+    resume: bool,
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+    started: float,
+    device_used: str,
+) -> FitResult:
+    """The long-recording branch of :func:`fit_recording`: stream the recording in windows."""
+    from spikedict.estimator import SpikeDictionary
+    from spikedict.io import RecordingWindows
+    from spikedict.plotting import plot_codes, plot_templates, plot_training_curve
+    from spikedict.report import Report
+
+    template_size = int(parameters["template_size"])
+    overlap = 4 * template_size * bin_size if overlap is None else overlap
+    clock = time.perf_counter()
+    echo(f"indexing the spikes of {label} for windows of {window} overlapping by {overlap} (bins of {bin_size})")
+    windows = RecordingWindows(block, bin_size, window, overlap)
+    timings["index"] = time.perf_counter() - clock
+    echo(
+        f"fitting {parameters['n_templates']} {parameters['family']} templates of {template_size} bins to "
+        f"{windows.n_windows} windows of {windows.window_bins} bins x {windows.n_channels} unit(s) "
+        f"({windows.n_bins} bins in all; {parameters['n_epochs']} epochs on {device_used}"
+        + (", resuming" if resume else "")
+        + ")"
+    )
+    model = _run_fit(SpikeDictionary(**parameters), windows, resume, timings)
+
+    echo(f"writing the model, templates, the codes of the whole recording and a report to {folder}")
+    clock = time.perf_counter()
+    seconds = float(bin_size.rescale(pq.s).magnitude)
+    written = _write_model_and_templates(folder, model, windows.channel_names, seconds)
+    code_shape = (1, model.n_templates, windows.n_bins - template_size + 1)
+    with atomic_path(folder / "codes.npy") as temporary:
+        codes = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=code_shape)
+        model.transform(windows, out=codes)
+        first_window = np.array(codes[:, :, : windows.window_bins - template_size + 1])
+        codes.flush()
+        del codes
+    timings["encode"] = time.perf_counter() - clock
+    summary = {
+        "recording": label,
+        "family": parameters["family"],
+        "n_windows": windows.n_windows,
+        "window_bins": windows.window_bins,
+        "overlap_bins": windows.overlap_bins,
+        "n_channels": windows.n_channels,
+        "n_bins": windows.n_bins,
+        "n_spikes": int(windows.n_spikes.sum()),
+        "bin_size_ms": float(bin_size.rescale(pq.ms).magnitude),
+        "n_templates": model.n_templates,
+        "template_size": template_size,
+        "sparsity": model.sparsity_,
+        "epochs": len(model.history_),
+        "fit_seconds": timings["fit"],
+    }
+    report = Report(f"spikedict fit: {label}", folder)
+    report.add_text(
+        None,
+        f"{model.n_templates} convolutional templates of {template_size} bins learned from {label} with the "
+        f"{parameters['family']} family, streamed in {windows.n_windows} overlapping windows of {window} "
+        f"({windows.n_channels} unit(s), {windows.n_bins} bins of {bin_size}). codes.npy holds the codes of the "
+        "whole recording, stitched from the windows (numpy.load(..., mmap_mode='r') reads it without loading it).",
+    )
+    report.add_table("summary", pd.DataFrame([summary]), "Summary")
+    report.files.extend([*written, folder / "codes.npy"])
+    report.add_figure("templates", plot_templates(model, bin_size=bin_size), "Templates", "Learned templates (red).")
+    report.add_figure(
+        "codes", plot_codes(first_window, bin_size=bin_size).figure, "Codes", "Codes of the first window, per template."
+    )
+    report.add_figure("training", plot_training_curve(model).figure, "Training curve", "Loss per epoch.")
+    report.add_table("history", model.history_, "Training history")
+    timings["total"] = time.perf_counter() - started
+    _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
+    return FitResult(model, windows, pd.DataFrame([summary]), None, folder)
 
 
 def _fit_figures(

@@ -179,3 +179,25 @@ def test_head_is_the_recording_up_to_its_last_window():
     np.testing.assert_allclose(head.mean_counts(), windows.counts(first_bin=0, n_bins=head.n_bins)[0].mean(axis=1))
     with pytest.raises(ValueError, match="n_windows"):
         windows.head(0)
+
+
+def test_the_command_line_streams_a_long_recording(recording, tmp_path):
+    from spikedict import SpikeDictionary
+    from spikedict.cli import main
+
+    segment, _ = recording
+    block = neo.Block()
+    block.segments.append(segment)
+    path = tmp_path / "long.nix"
+    write_recording(block, path)
+    out = tmp_path / "fit"
+    arguments = ["fit", str(path), "--family", "poisson", "--bin-size", "1ms", "--template-size", "30"]
+    arguments += ["--window", "2s", "--overlap", "300ms", "--n-epochs", "1", "--out", str(out), "--quiet"]
+    assert main([*arguments, "--device", "cpu", "--set", "n_iterations=10", "--set", "n_inference_iterations=50"]) == 0
+    model = SpikeDictionary.load(out / "model.safetensors")
+    codes = np.load(out / "codes.npy", mmap_mode="r")
+    assert codes.shape == (1, 3, 12000 - 29) and np.all(np.asarray(codes) >= 0)
+    windows = RecordingWindows(segment, 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
+    np.testing.assert_allclose(codes, model.transform(windows), rtol=0, atol=1e-6)
+    assert (out / "report.html").exists() and not (out / "checkpoint.pt").exists()
+    assert main(["fit", str(path), "--overlap", "300ms", "--out", str(tmp_path / "other")]) == 2

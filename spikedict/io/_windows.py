@@ -188,10 +188,9 @@ class RecordingWindows:
             np.floor(float((stop - start).rescale(bin_size.units).magnitude) / float(bin_size.magnitude) + 1e-9)
         )
         window_bins = _bins_of(window, bin_size, "window")
-        if not isinstance(overlap, pq.Quantity) or float(overlap.magnitude) != 0:
-            overlap_bins = _bins_of(overlap, bin_size, "overlap")
-        else:
-            overlap_bins = 0
+        overlap_bins = (
+            0 if float(_check_time(overlap, "overlap").magnitude) == 0 else _bins_of(overlap, bin_size, "overlap")
+        )
         if window_bins > n_bins:
             raise ValueError(
                 f"window ({window_bins} bins) is longer than the recording ({n_bins} bins of {_text(bin_size)}); "

@@ -15,6 +15,8 @@ Methods (``--methods``):
 - ``spikedict-init``: the same, started from the shared random initial templates;
 - ``alphacsc``: ``alphacsc.learn_d_z`` (univariate CSC, ``solver_z="l-bfgs"``, ``reg=0.1`` of lambda_max at
   the initial templates, ``lmbd_max="scaled"``, 60 iterations: its defaults otherwise), encode = ``update_z``;
+- ``alphacsc-chunk`` (not run by default): the same from alphacsc's ``ds_init="chunk"`` (windows of the data,
+  like spikedict's default ``init="data"``);
 - ``sporco``: ``sporco.dictlrn.cbpdndl.ConvBPDNDictLearn`` (1-D, ADMM, 200 iterations, lambda 0.1 of the
   largest correlation of the data with the initial templates), encode = ``admm.cbpdn.ConvBPDN`` (200 iterations);
 - ``seqnmf``: ``seqnmf.seqnmf`` (K = 3, L = 50, its defaults: Lambda 0.001, 100 iterations, but
@@ -81,8 +83,11 @@ from core import (
 
 from spikedict.analysis.alignment import align_templates
 
-METHODS = ("spikedict", "spikedict-init", "alphacsc", "sporco", "seqnmf")
+METHODS = ("spikedict", "spikedict-init", "alphacsc", "alphacsc-chunk", "sporco", "seqnmf")
+DEFAULT_METHODS = ("spikedict", "spikedict-init", "alphacsc", "sporco", "seqnmf")
 PEER_MODULES = {"alphacsc": "alphacsc", "sporco": "sporco.dictlrn.cbpdndl", "seqnmf": "seqnmf"}
+# Methods that are a peer run another way: the module they need.
+PEER_OF = {"alphacsc": "alphacsc", "alphacsc-chunk": "alphacsc", "sporco": "sporco", "seqnmf": "seqnmf"}
 COLUMNS = [
     "method",
     "variant",
@@ -138,7 +143,7 @@ def peer_status() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------- peer fits
-def _fit_alphacsc(counts: np.ndarray, init: np.ndarray, seed: int) -> tuple[np.ndarray, Any, dict[str, Any]]:
+def _fit_alphacsc(counts: np.ndarray, init: np.ndarray | str, seed: int) -> tuple[np.ndarray, Any, dict[str, Any]]:
     from alphacsc import learn_d_z
     from alphacsc.update_z import update_z
 
@@ -150,7 +155,7 @@ def _fit_alphacsc(counts: np.ndarray, init: np.ndarray, seed: int) -> tuple[np.n
         reg=ALPHACSC_REG,
         lmbd_max="scaled",
         n_iter=ALPHACSC_ITERATIONS,
-        ds_init=init[:, 0, :].copy(),
+        ds_init=init if isinstance(init, str) else init[:, 0, :].copy(),
         solver_z="l-bfgs",
         random_state=seed,
         n_jobs=1,
@@ -218,7 +223,12 @@ def scorable(templates: np.ndarray) -> tuple[np.ndarray, int]:
     return templates, int(empty.sum())
 
 
-PEER_FITS = {"alphacsc": _fit_alphacsc, "sporco": _fit_sporco, "seqnmf": _fit_seqnmf}
+PEER_FITS = {
+    "alphacsc-chunk": lambda counts, init, seed: _fit_alphacsc(counts, "chunk", seed),
+    "alphacsc": _fit_alphacsc,
+    "sporco": _fit_sporco,
+    "seqnmf": _fit_seqnmf,
+}
 
 
 def peer_fit_in_child(method: str, counts: np.ndarray, init: np.ndarray, seed: int, n_threads: int) -> dict[str, Any]:
@@ -268,6 +278,7 @@ INIT_OF = {
     "spikedict": "data (default)",
     "spikedict-init": "shared",
     "alphacsc": "shared",
+    "alphacsc-chunk": "chunk (its data windows)",
     "sporco": "shared",
     "seqnmf": "|shared|",
 }
@@ -292,8 +303,8 @@ def benchmark_problem(
     for method in methods:
         row: dict[str, Any] = {"method": method, "variant": variant, "seed": seed, "floor": floor}
         row["init"] = INIT_OF[method]
-        if method in PEER_MODULES and not available[method].startswith("ok"):
-            row.update(status=f"not run: {available[method]}")
+        if method in PEER_OF and not available[PEER_OF[method]].startswith("ok"):
+            row.update(status=f"not run: {available[PEER_OF[method]]}")
         else:
             try:
                 fitted = fit_method(method, variant, seed, simulation.counts, init, params, n_threads)
@@ -354,7 +365,7 @@ def targets(summary: pd.DataFrame) -> list[str]:
     """The issue's targets, checked on the summary (means over seeds)."""
     lines = []
     spikedict = summary[summary["method"] == "spikedict"].set_index("variant")
-    peers = summary[summary["method"].isin(PEER_MODULES)]
+    peers = summary[summary["method"].isin(list(PEER_OF))]
     gaussian_peers = peers[peers["variant"] == "gaussian"]
     if "gaussian" in spikedict.index and not gaussian_peers.empty:
         ours = spikedict.loc["gaussian"]
@@ -391,7 +402,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
     parser.add_argument("--n-examples", type=int, default=N_EXAMPLES, help=f"signals per problem ({N_EXAMPLES})")
     parser.add_argument("--params", default="{}", help="extra SpikeDictionary keyword arguments as JSON")
     parser.add_argument("--threads", type=int, default=None, help="threads of every method (default os.cpu_count())")

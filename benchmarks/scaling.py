@@ -5,7 +5,7 @@ before ``fit``), all with the estimator's defaults except a fixed, short number 
 (``--epochs``, default 2) so that the time measures the cost of a pass and not a convergence criterion:
 
 - ``bins``: total bins (examples x 2000 bins, one channel, 3 templates of 50): 1e5, 3e5 and 1e6 by default;
-  ``--long`` adds 3e6 and 1e7 (about 20 minutes on 2 cores), ``--large`` also 3e7 and 1e8 (hours, GBs);
+  ``--long`` adds 3e6 and 1e7 (about 6 more minutes on 2 cores), ``--large`` also 3e7 and 1e8 (hours, GBs);
 - ``channels``: 1 to 64 channels at 5 examples x 2000 bins per channel (3 templates of 50);
 - ``templates``: 1 to 32 templates of 50 bins at 20 examples x 2000 bins (one channel; the event rate per
   template is ``0.03 / n_templates`` so that the density of events stays that of the standard problem).
@@ -27,7 +27,9 @@ Writes ``benchmarks/results/scaling[_<device>].csv`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import multiprocessing
 import os
 import platform
 import sys
@@ -39,7 +41,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import RESULTS, cpu_model, git_revision, run_fit, to_markdown
+from core import RESULTS, cpu_model, fit_in_child, git_revision, to_markdown
 
 from spikedict.simulate import paper_templates, simulate_counts
 
@@ -63,6 +65,25 @@ def fit_exponent(sizes: Any, times: Any) -> tuple[float, float]:
         raise ValueError("an exponent needs at least two different sizes")
     k, log_c = np.polyfit(x, y, 1)
     return float(k), float(np.exp(log_c))
+
+
+def _fit_on_device(counts: np.ndarray, kwargs: dict[str, Any], n_threads: int) -> dict[str, Any]:
+    """``core.fit_in_child``, with the GPU's context made before the clock starts and its peak memory read."""
+    cuda = str(kwargs.get("device", "cpu")).startswith("cuda")
+    if cuda:
+        torch.zeros(1, device=kwargs["device"])
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    fitted = fit_in_child(counts, kwargs, n_threads)
+    fitted["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else np.nan
+    return fitted
+
+
+def run_fit(counts: np.ndarray, kwargs: dict[str, Any], n_threads: int) -> dict[str, Any]:
+    """:func:`_fit_on_device` in a new spawned process (as ``core.run_fit``)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
+        return executor.submit(_fit_on_device, counts, kwargs, n_threads).result()
 
 
 def random_templates(n_templates: int, n_channels: int, size: int, seed: int) -> np.ndarray:
@@ -137,7 +158,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweeps", nargs="+", choices=["bins", "channels", "templates"], default=None)
     parser.add_argument("--bins", type=float, nargs="+", default=None, help="total bins of the bins sweep")
-    parser.add_argument("--long", action="store_true", help="add 3e6 and 1e7 total bins (~20 min on 2 cores)")
+    parser.add_argument("--long", action="store_true", help="add 3e6 and 1e7 total bins (~6 more min on 2 cores)")
     parser.add_argument("--large", action="store_true", help="add 3e6 to 1e8 total bins (hours, several GB)")
     parser.add_argument("--channels", type=int, nargs="+", default=None)
     parser.add_argument("--templates", type=int, nargs="+", default=None)
@@ -197,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     encode_bins_per_second=counts.size / fitted["encode_seconds"],
                     peak_memory_mb=fitted["peak_memory_mb"],
                     fit_memory_mb=fitted["fit_memory_mb"],
+                    gpu_peak_memory_mb=fitted["gpu_peak_memory_mb"],
                 )
             rows.append(row)
             print(
@@ -207,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = pd.DataFrame(rows)
     fitted_exponents = exponents(table, args.drop_smallest)
-    formats = {"fit_seconds_per_epoch": "{:.2f}", "encode_seconds": "{:.2f}", "total_bins": "{:.3g}"}
+    formats = {
+        "fit_seconds_per_epoch": "{:.2f}",
+        "encode_seconds": "{:.2f}",
+        "total_bins": "{:.3g}",
+        "gpu_peak_memory_mb": "{:.0f}",
+    }
     shown = table.copy()
     for column, pattern in formats.items():
         if column in shown:

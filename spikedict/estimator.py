@@ -688,7 +688,7 @@ class SpikeDictionary:
     @torch.no_grad()
     def _encode(self, y: Tensor, family: Family) -> Tensor:
         self.model_.update_step_size(y.shape[2:], y)
-        batch_size = max(int(self.batch_size), 1) * 10
+        batch_size = _encoding_batch_size(self.model_, y.shape[2:])
         codes = encode_in_batches(self.model_, y, family, self.n_inference_iterations, batch_size=batch_size)
         delta = getattr(self, "reweighting_delta_", None)
         if delta:  # the penalty the templates were learned with: reweighted l1, started from the plain solution
@@ -706,16 +706,16 @@ class SpikeDictionary:
     # A long recording (RecordingWindows) is encoded window by window and stitched: each window's codes are
     # kept between the middles of its overlaps with its neighbours (stitch_cuts), and the rates are decoded
     # from the stitched codes, so they equal one decode of the whole recording's codes.
-    def _windows_per_batch(self) -> int:
-        return max(int(self.batch_size), 1) * 10
+    def _windows_per_batch(self, windows: RecordingWindows) -> int:
+        return _encoding_batch_size(self.model_, (windows.window_bins,))
 
     def _stitched_codes(self, windows: RecordingWindows, family: Family) -> Tensor:
         size = self._template_shape()[0]
         code_window, total = windows.window_bins - size + 1, windows.n_bins - size + 1
         cuts = stitch_cuts(windows.starts, code_window, total)
         codes = torch.zeros((1, self.model_.n_templates, total))
-        for first in range(0, windows.n_windows, self._windows_per_batch()):
-            rows = np.arange(first, min(first + self._windows_per_batch(), windows.n_windows))
+        for first in range(0, windows.n_windows, self._windows_per_batch(windows)):
+            rows = np.arange(first, min(first + self._windows_per_batch(windows), windows.n_windows))
             window_codes = self._encode(windows[rows], family)
             for i, k in enumerate(rows):
                 offset = int(windows.starts[k])
@@ -732,8 +732,8 @@ class SpikeDictionary:
         cuts = stitch_cuts(windows.starts, code_window, codes.shape[-1]) + size - 1
         cuts[0], cuts[-1] = 0, windows.n_bins
         device = self.model_.templates.device
-        for first in range(0, windows.n_windows, self._windows_per_batch()):
-            rows = np.arange(first, min(first + self._windows_per_batch(), windows.n_windows))
+        for first in range(0, windows.n_windows, self._windows_per_batch(windows)):
+            rows = np.arange(first, min(first + self._windows_per_batch(windows), windows.n_windows))
             window_codes = torch.stack([codes[0, :, windows.starts[k] : windows.starts[k] + code_window] for k in rows])
             eta = self.model_.decode(window_codes.to(device), (windows.window_bins,)).cpu()
             for i, k in enumerate(rows):
@@ -933,9 +933,14 @@ def _cut(templates: Tensor, padding: int) -> Tensor:
 
 
 def _encoding_batch_size(model: DCEA, signal_shape: Sequence[int]) -> int:
-    """Examples per encoder call that keep one code tensor near 20 million entries."""
-    per_example = model.n_templates * int(np.prod(model.code_shape(signal_shape)))
-    return max(1, 20_000_000 // max(per_example, 1))
+    """Examples per encoder call that keep its largest tensor (the codes, or the counts) near 20 million entries.
+
+    Large calls keep a GPU busy and amortise the per-call overhead on a CPU; the bound keeps the memory of one
+    call near a few hundred MB whatever the number of channels or the length of the examples.
+    """
+    code_entries = model.n_templates * int(np.prod(model.code_shape(signal_shape)))
+    count_entries = model.n_channels * int(np.prod(signal_shape))
+    return max(1, 20_000_000 // max(code_entries, count_entries, 1))
 
 
 def noise_level(y: Tensor, family: Family, baseline: Tensor) -> float:

@@ -98,3 +98,51 @@ def test_the_command_line_fit_runs_under_torchrun(tmp_path):
     assert "process 1 of 2 (gloo)" in result.stderr and result.stdout.count("report:") == 1  # rank 0 reports
     model = SpikeDictionary.load(out / "model.safetensors")
     assert model.templates_.shape == (3, 1, 50) and model.history_.shape[0] == 1
+
+
+WINDOWS_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, torch, quantities as pq
+    torch.set_num_threads(1)
+    from spikedict import SpikeDictionary, distributed
+    from spikedict.io import RecordingWindows, read_recording
+    distributed.init_from_environment()
+    windows = RecordingWindows(read_recording(sys.argv[1]), 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
+    model = SpikeDictionary(3, 30, "poisson", n_epochs=2, batch_size=4, n_iterations=20, progress=False,
+                            device="cpu", seed=0).fit(windows)
+    if distributed.rank() == 0:
+        np.save(sys.argv[2], model.templates_)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_a_long_recording_like_one(tmp_path):
+    import neo
+    import quantities as pq
+
+    from spikedict import SpikeDictionary
+    from spikedict.io import RecordingWindows, write_recording
+    from spikedict.simulate import simulate_spikes
+
+    templates = np.random.default_rng(0).normal(size=(3, 3, 30))
+    templates /= np.linalg.norm(templates.reshape(3, -1), axis=1)[:, None, None]
+    simulation = simulate_spikes(
+        templates, n_examples=1, n_bins=12000, family="poisson", baseline=-1.5, amplitude_range=(2.0, 3.0), seed=3
+    )
+    block = neo.Block()
+    block.segments.append(simulation.block.segments[0])
+    write_recording(block, tmp_path / "long.nix")
+    script = tmp_path / "windows.py"
+    script.write_text(WINDOWS_SCRIPT)
+    output = tmp_path / "templates.npy"
+    result = torchrun(
+        2, str(script), str(tmp_path / "long.nix"), str(output), cwd=Path(__file__).resolve().parent.parent
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    windows = RecordingWindows(simulation.block.segments[0], 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
+    one = SpikeDictionary(
+        3, 30, "poisson", n_epochs=2, batch_size=4, n_iterations=20, progress=False, device="cpu", seed=0
+    ).fit(windows)
+    difference = np.abs(np.load(output) - one.templates_).max()
+    assert difference <= 2e-5, difference

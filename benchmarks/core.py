@@ -290,17 +290,21 @@ def benchmark_one(variant: str, seed: int, n_examples: int, params: dict[str, An
     return row
 
 
+# What every fit measures (core.py and peers.py): averaged over seeds in the summaries.
+MEASURED = [
+    "fit_seconds",
+    "template_error",
+    "floor",
+    "ratio_to_floor",
+    "encode_bins_per_second",
+    "peak_memory_mb",
+    "fit_memory_mb",
+]
+
+
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per variant; the target columns count the seeds that meet them."""
-    numeric = [
-        "fit_seconds",
-        "template_error",
-        "floor",
-        "ratio_to_floor",
-        "encode_bins_per_second",
-        "peak_memory_mb",
-        "fit_memory_mb",
-    ]
+    numeric = MEASURED
     groups = table.groupby("variant", sort=False)
     summary = groups[numeric].mean()
     summary.insert(0, "n_seeds", groups.size())

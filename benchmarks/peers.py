@@ -63,6 +63,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import (
+    MEASURED,
     N_BINS,
     N_EXAMPLES,
     N_TEMPLATES,
@@ -88,20 +89,7 @@ DEFAULT_METHODS = ("spikedict", "spikedict-init", "alphacsc", "sporco", "seqnmf"
 PEER_MODULES = {"alphacsc": "alphacsc", "sporco": "sporco.dictlrn.cbpdndl", "seqnmf": "seqnmf"}
 # Methods that are a peer run another way: the module they need.
 PEER_OF = {"alphacsc": "alphacsc", "alphacsc-chunk": "alphacsc", "sporco": "sporco", "seqnmf": "seqnmf"}
-COLUMNS = [
-    "method",
-    "variant",
-    "seed",
-    "fit_seconds",
-    "template_error",
-    "floor",
-    "ratio_to_floor",
-    "encode_bins_per_second",
-    "peak_memory_mb",
-    "fit_memory_mb",
-    "init",
-    "status",
-]
+COLUMNS = ["method", "variant", "seed", *MEASURED, "init", "status"]
 # Settings of the peers (see the module docstring).
 ALPHACSC_REG, ALPHACSC_ITERATIONS = 0.1, 60
 SPORCO_LAMBDA, SPORCO_ITERATIONS = 0.1, 200
@@ -343,15 +331,7 @@ def rotated(methods: list[str], shift: int) -> list[str]:
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per (variant, method)."""
-    numeric = [
-        "fit_seconds",
-        "template_error",
-        "floor",
-        "ratio_to_floor",
-        "encode_bins_per_second",
-        "peak_memory_mb",
-        "fit_memory_mb",
-    ]
+    numeric = MEASURED
     ok = table[table["status"].str.startswith("ok")]
     if ok.empty:
         return pd.DataFrame(columns=["variant", "method", "n_seeds", *numeric])

@@ -686,8 +686,9 @@ class SpikeDictionary:
 
     # ------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def _encode(self, y: Tensor, family: Family) -> Tensor:
-        self.model_.update_step_size(y.shape[2:], y)
+    def _encode(self, y: Tensor, family: Family, *, set_step: bool = True) -> Tensor:
+        if set_step:
+            self.model_.update_step_size(y.shape[2:], y)
         batch_size = _encoding_batch_size(self.model_, y.shape[2:])
         codes = encode_in_batches(self.model_, y, family, self.n_inference_iterations, batch_size=batch_size)
         delta = getattr(self, "reweighting_delta_", None)
@@ -714,9 +715,11 @@ class SpikeDictionary:
         code_window, total = windows.window_bins - size + 1, windows.n_bins - size + 1
         cuts = stitch_cuts(windows.starts, code_window, total)
         codes = torch.zeros((1, self.model_.n_templates, total))
+        # One step size for the whole recording (its largest count bounds the Poisson curvature), as in fit.
+        self.model_.update_step_size((windows.window_bins,), windows)
         for first in range(0, windows.n_windows, self._windows_per_batch(windows)):
             rows = np.arange(first, min(first + self._windows_per_batch(windows), windows.n_windows))
-            window_codes = self._encode(windows[rows], family)
+            window_codes = self._encode(windows[rows], family, set_step=False)
             for i, k in enumerate(rows):
                 offset = int(windows.starts[k])
                 codes[0, :, cuts[k] : cuts[k + 1]] = window_codes[i, :, cuts[k] - offset : cuts[k + 1] - offset]

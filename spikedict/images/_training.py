@@ -12,7 +12,7 @@ from torch import Tensor
 
 from spikedict.images._data import sample_patches, training_images
 from spikedict.images._models import DnCNN, ImageDCEA
-from spikedict.training import TrainingConfig, TrainingResult, train
+from spikedict.training import TrainingConfig, TrainingResult, scheduled_learning_rate, train
 
 __all__ = ["make_training_set", "train_dcea", "train_dncnn"]
 
@@ -87,13 +87,12 @@ def train_dncnn(
     """Adam on the MSE of the predicted mean counts, cosine-annealed learning rate; returns the loss per epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    schedule = TrainingConfig(n_epochs=n_epochs, learning_rate=learning_rate)  # the cosine schedule of train()
     losses = []
     model.train()
     for epoch in range(n_epochs):
         started = time.perf_counter()
-        rate = 0.01 * learning_rate + 0.99 * learning_rate * 0.5 * (
-            1 + math.cos(math.pi * epoch / max(n_epochs - 1, 1))
-        )
+        rate = scheduled_learning_rate(schedule, epoch)
         for group in optimizer.param_groups:
             group["lr"] = rate
         order = torch.randperm(counts.shape[0], generator=generator)

@@ -243,9 +243,10 @@ class RecordingWindows:
 
         path = Path(path)
         key = _resolve_format(path, format) if path.exists() else None
-        if key is not None and getattr(_io_class(key, allow_pickle, path), "support_lazy", False):
+        io_class = _io_class(key, allow_pickle, path) if key is not None else None
+        if getattr(io_class, "support_lazy", False):
             windows = cls._from_lazy_reader(
-                _io_class(key, allow_pickle, path),
+                io_class,
                 key,
                 path,
                 bin_size,

@@ -133,6 +133,10 @@ class Family(ABC):
         return self.link(y)
 
     # ---------------------------------------------------------------- what the encoder needs
+    #: True when ``residual(y, eta)`` is ``(y - eta) / residual_scale`` (identity link): the encoder then
+    #: correlates the data once and applies ``H^T H`` in the frequency domain at each iteration.
+    linear_residual: bool = False
+
     @property
     def residual_scale(self) -> float:
         """Scale that divides the residual so that step sizes do not depend on ``n_trials``."""
@@ -192,6 +196,7 @@ class Gaussian(Family):
     """
 
     name = "gaussian"
+    linear_residual = True
 
     def __init__(self, std: float = 1.0) -> None:
         std = float(std)

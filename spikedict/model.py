@@ -145,6 +145,7 @@ class ConvolutionOperator:
             self.n_fft = _fast_length(self.signal_shape[0])
             self.spectra = torch.fft.rfft(templates, n=self.n_fft)
             self.spectra_conj = self.spectra.conj().resolve_conj()
+        self._gram_spectra: Tensor | None = None
 
     def decode(self, codes: Tensor) -> Tensor:
         """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``."""
@@ -157,14 +158,46 @@ class ConvolutionOperator:
         output = _CONVOLUTIONS[self.n_spatial][1](codes, self.templates, stride=self.stride)
         return output[(Ellipsis,) + tuple(slice(0, s) for s in self.signal_shape)]
 
+    def gram(self, codes: Tensor) -> Tensor:
+        """``correlate(decode(codes))``, the normal operator ``H^T H``, with one forward and one inverse FFT.
+
+        The FFT is at least as long as the signal and ``decode`` fills exactly ``signal_shape`` bins, so the two
+        operators can be applied to the spectra in turn without leaving the frequency domain (no wrap-around).
+        With more templates than channels the spectra go through the channels, as :meth:`decode` and
+        :meth:`correlate` do; otherwise through the templates' cross-spectra ``sum_c conj(H_kc) H_lc``. Without
+        FFTs it is the two operators in turn.
+
+        Parameters
+        ----------
+        codes : Tensor, shape (n_examples, n_templates, *code_shape)
+
+        Returns
+        -------
+        Tensor, same shape as ``codes``
+        """
+        if not self.use_fft:
+            return self.correlate(self.decode(codes))
+        spectrum = torch.fft.rfft(codes, n=self.n_fft)
+        n_templates, n_channels = self.spectra.shape[:2]
+        if n_templates > n_channels:
+            signal = sum(spectrum[:, k, None] * self.spectra[k] for k in range(n_templates))
+            product = self._correlate_spectrum(signal)
+        else:
+            if self._gram_spectra is None:  # (n_templates, n_templates, n_frequencies)
+                self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra_conj, self.spectra).contiguous()
+            product = sum(spectrum[:, k, None] * self._gram_spectra[:, k] for k in range(n_templates))
+        return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
+
+    def _correlate_spectrum(self, spectrum: Tensor) -> Tensor:
+        """Spectrum of the codes from the spectrum of a signal (the frequency-domain part of :meth:`correlate`)."""
+        if self.spectra.shape[1] == 1:  # one channel: a broadcast product, (b, 1, f) * (c, f)
+            return spectrum * self.spectra_conj[:, 0]
+        return torch.stack([(spectrum * self.spectra_conj[k]).sum(1) for k in range(len(self.spectra))], 1)
+
     def correlate(self, signal: Tensor) -> Tensor:
         """Adjoint of :meth:`decode`: ``(n_examples, n_channels, *signal_shape) -> codes shape``."""
         if self.use_fft:
-            spectrum = torch.fft.rfft(signal, n=self.n_fft)
-            if self.spectra.shape[1] == 1:  # one channel: a broadcast product, (b, 1, f) * (c, f)
-                product = spectrum * self.spectra_conj[:, 0]
-            else:
-                product = torch.stack([(spectrum * self.spectra_conj[k]).sum(1) for k in range(len(self.spectra))], 1)
+            product = self._correlate_spectrum(torch.fft.rfft(signal, n=self.n_fft))
             return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
         padding: list[int] = []
         for size, n_code, kernel, step in zip(
@@ -533,13 +566,24 @@ class DCEA(nn.Module):
         n_free = 0 if n_backprop_iterations is None else max(n_iterations - n_backprop_iterations, 0)
 
         grad_enabled = torch.is_grad_enabled()
+        # Identity link (Gaussian), tied, FFT convolutions: the gradient is H^T residual(y, baseline) - H^T H codes
+        # / residual_scale; the data are correlated once and H^T H costs two FFTs per iteration instead of four.
+        normal = self.tied and family.linear_residual and dictionary.use_fft
+        nonnegative = self.nonnegative_codes
+        if normal:
+            with torch.set_grad_enabled(grad_enabled and n_free == 0):
+                correlated_data = dictionary.correlate(family.residual(y, baseline.expand_as(y)))
         momentum_codes = codes
         t = 1.0
         for iteration in range(n_iterations):
             with torch.set_grad_enabled(grad_enabled and iteration >= n_free):
-                new_codes = proximal_gradient_step(
-                    momentum_codes, y, family, baseline, dictionary, encoder, step, threshold, self.nonnegative_codes
-                )
+                if normal:
+                    gradient = correlated_data - dictionary.gram(momentum_codes) / family.residual_scale
+                    new_codes = shrink(momentum_codes + step * gradient, step * threshold, nonnegative)
+                else:
+                    new_codes = proximal_gradient_step(
+                        momentum_codes, y, family, baseline, dictionary, encoder, step, threshold, nonnegative
+                    )
                 if self.algorithm == "fista":
                     t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
                     momentum_codes = new_codes + ((t - 1.0) / t_next) * (new_codes - codes)

@@ -56,6 +56,41 @@ def test_adjointness_1d(method, template_size, n_templates, n_channels):
     assert abs(left - right) <= 1e-12 * max(1.0, abs(left)) * 100, (left, right)
 
 
+@pytest.mark.parametrize("method", ["fft", "direct"])
+@pytest.mark.parametrize("n_bins", [123, 2000])  # an FFT longer than the signal (125), and exactly as long
+@pytest.mark.parametrize(("n_templates", "n_channels"), [(1, 1), (3, 1), (3, 4), (5, 2)])
+def test_gram_is_correlate_of_decode(method, n_bins, n_templates, n_channels):
+    """H^T H in the frequency domain equals the two operators in turn: no wrap-around, either branch."""
+    templates = randn((n_templates, n_channels, 50), seed=40)
+    operator = ConvolutionOperator(templates, (n_bins,), method=method)
+    codes = randn((2, n_templates, *operator.code_shape), seed=41)
+    expected = correlate(decode(codes, templates, signal_shape=(n_bins,)), templates)
+    torch.testing.assert_close(operator.gram(codes), expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+
+
+class _GaussianWithoutNormalPath(Gaussian):
+    linear_residual = False  # the generic step: decode, residual, correlate
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gaussian_encoder_normal_path_equals_the_proximal_gradient_steps(weighted):
+    """The identity-link encoder (data correlated once, then H^T H) computes the generic FISTA iterates."""
+    model = DCEA(3, 2, 20, Gaussian(std=0.5), sparsity=0.3, n_iterations=25, generator=torch.Generator().manual_seed(4))
+    model = model.double()
+    with torch.no_grad():
+        model.baseline.copy_(torch.tensor([0.2, -0.1], dtype=DTYPE))
+    y = randn((3, 2, 150), seed=42)
+    model.update_step_size((150,), y)
+    thresholds = None
+    if weighted:
+        thresholds = 0.3 * torch.rand((3, 3, 131), generator=torch.Generator().manual_seed(43), dtype=DTYPE)
+    with torch.no_grad():
+        normal = model.encode(y, thresholds=thresholds)
+        generic = model.encode(y, thresholds=thresholds, family=_GaussianWithoutNormalPath(std=0.5))
+    assert (normal > 0).sum() >= 10
+    torch.testing.assert_close(normal, generic, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("stride", [1, 7, (3, 5)])
 def test_adjointness_2d(stride):
     signal_shape = (30, 41)  # not divisible by the strides

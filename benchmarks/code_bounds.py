@@ -1,0 +1,215 @@
+"""How well can templates be learned when the codes must be inferred? One template step from the truth.
+
+The floor of ``core.py`` knows the true codes. A learner does not: it infers codes with its current templates
+and re-estimates the templates from them. This script starts from the **true** templates and baseline, infers
+the codes of the standard problem in several ways, and takes one exact maximum-likelihood template step from
+each (``core.maximum_likelihood_floor`` with the inferred codes in place of the true ones). The error of that
+step says what each way of inferring codes costs even in the best case, where the templates are already right:
+
+- ``true codes``: the floor itself;
+- ``l1``: the l1-regularised codes (spikedict's encoder, 1000 FISTA iterations) at several sparsities;
+- ``l1 + refit``: the support of those codes with maximum-likelihood amplitudes (no shrinkage);
+- ``greedy l0``: events added where the likelihood gain of one event exceeds a penalty (local maxima at least
+  half a template apart), amplitudes refitted on the support after each round;
+- ``posterior sample``: one draw of the codes from their posterior under the true prior (event rate and
+  amplitude range of the simulation) by blocked Gibbs sampling (each template's codes in blocks of one template
+  length, at most one event a block, a quadratic approximation of the log-likelihood), after ``--sweeps``.
+
+Run::
+
+    python benchmarks/code_bounds.py                       # binomial, seed 0
+    python benchmarks/code_bounds.py --variants binomial poisson --seeds 0 1
+
+It prints a table and writes ``benchmarks/results/code_bounds.csv``. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import core
+
+from spikedict.estimator import noise_level
+from spikedict.model import DCEA, ConvolutionOperator
+from spikedict.simulate import SimulatedCounts
+from spikedict.training import encode_in_batches
+
+L1_MULTIPLES = (0.3, 0.6, 1.0)  # sparsity in noise levels (see spikedict.estimator.noise_level)
+GREEDY_PENALTIES = (3.0, 6.0, 12.0)  # nats per event
+SUPPORT_ONLY = 1e6  # l1 weight that keeps a code entry at zero
+
+
+def template_step_error(simulation: SimulatedCounts, codes: torch.Tensor) -> float:
+    """Error of the maximum-likelihood templates given ``codes`` (and the true baseline)."""
+    with_codes = dataclasses.replace(simulation, codes=codes.double().numpy())
+    return core.maximum_likelihood_floor(with_codes)[0]
+
+
+def true_model(simulation: SimulatedCounts, y: torch.Tensor) -> DCEA:
+    n_templates, n_channels, size = simulation.templates.shape
+    model = DCEA(n_templates, n_channels, size, simulation.family, learn_baseline=False)
+    with torch.no_grad():
+        model.templates.copy_(torch.as_tensor(simulation.templates))
+        model.baseline.copy_(torch.as_tensor(simulation.baseline))
+    model.update_step_size(tuple(y.shape[2:]), y)
+    return model
+
+
+def refit_on_support(model: DCEA, y: torch.Tensor, codes: torch.Tensor, n_iterations: int = 300) -> torch.Tensor:
+    """Maximum-likelihood non-negative amplitudes on the support of ``codes`` (zero l1 weight there)."""
+    weights = torch.where(codes > 0, 0.0, SUPPORT_ONLY)
+    return encode_in_batches(model, y, model.family, n_iterations, len(y), initial=codes, thresholds=weights)
+
+
+def greedy_codes(model: DCEA, y: torch.Tensor, penalty: float, n_rounds: int = 10) -> torch.Tensor:
+    """l0-penalised codes by rounds of greedy additions and refits (``penalty`` in nats per event)."""
+    family = model.family
+    templates = model.templates.detach()
+    signal_shape = tuple(y.shape[2:])
+    operator = ConvolutionOperator(templates, signal_shape)
+    squared = ConvolutionOperator(templates**2, signal_shape)
+    baseline = model.baseline.detach().reshape(1, -1, 1)
+    radius = templates.shape[-1] // 2
+    codes = torch.zeros((len(y), model.n_templates) + model.code_shape(signal_shape))
+    for _ in range(n_rounds):
+        eta = operator.decode(codes) + baseline
+        score = operator.correlate(family.residual(y, eta)) * family.residual_scale
+        curvature = squared.correlate(family.variance(eta)).clamp(min=1e-12)
+        amplitude = (score / curvature).clamp(min=0)
+        gain = torch.where(codes > 0, 0.0, 0.5 * score * amplitude)  # likelihood gain of one new event
+        best, which = gain.max(dim=1)
+        peaks = (best >= F.max_pool1d(best[:, None], 2 * radius + 1, 1, radius)[:, 0]) & (best > penalty)
+        if not bool(peaks.any()):
+            break
+        added = torch.zeros_like(codes, dtype=torch.bool).scatter_(1, which[:, None], peaks[:, None])
+        codes = refit_on_support(model, y, torch.where(added, amplitude.clamp(min=1e-3), codes), 100)
+    return codes
+
+
+def posterior_sample(
+    model: DCEA, y: torch.Tensor, event_rate: float, amplitudes: tuple[float, float], n_sweeps: int, seed: int
+) -> torch.Tensor:
+    """Codes drawn by blocked Gibbs sampling under the simulation's prior (one channel)."""
+    family = model.family
+    templates = model.templates.detach()
+    signal_shape = tuple(y.shape[2:])
+    size = templates.shape[-1]
+    baseline = model.baseline.detach().reshape(1, -1, 1)
+    operator = ConvolutionOperator(templates, signal_shape)
+    grid = torch.linspace(*amplitudes, 8)
+    block_event = 1.0 - math.exp(-event_rate * size)  # probability of an event in a block of `size` sites
+    log_none = math.log(1.0 - block_event)
+    log_each = math.log(block_event / (size * len(grid)))
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.zeros((len(y), model.n_templates) + model.code_shape(signal_shape))
+    n_sites = codes.shape[-1]
+    for _ in range(n_sweeps):
+        offset = int(torch.randint(0, size, (1,), generator=generator))
+        for parity in (0, 1):
+            starts = list(range((offset + parity * size) % (2 * size), n_sites, 2 * size))
+            if parity == 1 and offset + size > 2 * size - 1:
+                starts = [0, *starts]  # the block cut by the offset at the start
+            in_blocks = torch.zeros(n_sites, dtype=torch.bool)
+            for start in starts:
+                in_blocks[start : start + size] = True
+            for k in range(model.n_templates):
+                codes[:, k, in_blocks] = 0.0
+                eta = operator.decode(codes) + baseline
+                single = ConvolutionOperator(templates[k : k + 1], signal_shape)
+                score = single.correlate(family.residual(y, eta))[:, 0] * family.residual_scale
+                curvature = ConvolutionOperator(templates[k : k + 1] ** 2, signal_shape).correlate(family.variance(eta))
+                log_p = grid * score[..., None] - 0.5 * grid**2 * curvature[:, 0, :, None] + log_each
+                for start in starts:
+                    block = log_p[:, start : start + size].reshape(len(y), -1)
+                    logits = torch.cat([torch.full((len(y), 1), log_none), block], dim=1)
+                    choice = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator)[:, 0]
+                    rows = torch.nonzero(choice > 0)[:, 0]
+                    index = choice[rows] - 1
+                    codes[rows, k, start + index // len(grid)] = grid[index % len(grid)]
+    return codes
+
+
+def bounds(variant: str, seed: int, n_sweeps: int) -> list[dict]:
+    simulation = core.simulate(variant, seed, core.N_EXAMPLES)
+    y = torch.as_tensor(simulation.counts, dtype=torch.float32)
+    model = true_model(simulation, y)
+    true = torch.as_tensor(simulation.codes, dtype=torch.float32)
+    rows = []
+
+    def record(method: str, setting: str, codes: torch.Tensor, seconds: float) -> None:
+        rows.append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "method": method,
+                "setting": setting,
+                "code_density": float((codes > 0).float().mean()),
+                "true_density": float((true > 0).float().mean()),
+                "template_error": template_step_error(simulation, codes),
+                "inference_seconds": seconds,
+            }
+        )
+        print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
+
+    record("true codes", "", true, 0.0)
+    noise = noise_level(y, simulation.family, model.baseline.detach())
+    for multiple in L1_MULTIPLES:
+        model.sparsity = multiple * noise
+        started = time.perf_counter()
+        with torch.no_grad():
+            codes = encode_in_batches(model, y, simulation.family, 1000, len(y))
+        seconds = time.perf_counter() - started
+        record("l1", f"sparsity {multiple} x noise", codes, seconds)
+        with torch.no_grad():
+            refitted = refit_on_support(model, y, codes)
+        record("l1 + refit", f"sparsity {multiple} x noise", refitted, seconds)
+    model.sparsity = 0.0
+    for penalty in GREEDY_PENALTIES:
+        started = time.perf_counter()
+        with torch.no_grad():
+            codes = greedy_codes(model, y, penalty)
+        record("greedy l0", f"penalty {penalty} nats", codes, time.perf_counter() - started)
+    if simulation.templates.shape[1] == 1:
+        started = time.perf_counter()
+        with torch.no_grad():
+            codes = posterior_sample(model, y, core.EVENT_RATE, core.AMPLITUDE_RANGE, n_sweeps, seed)
+        record("posterior sample", f"{n_sweeps} sweeps", codes, time.perf_counter() - started)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", choices=list(core.VARIANTS), default=["binomial"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--sweeps", type=int, default=4, help="Gibbs sweeps of the posterior sample")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output-dir", type=Path, default=core.RESULTS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [row for variant in args.variants for seed in args.seeds for row in bounds(variant, seed, args.sweeps)]
+    table = pd.DataFrame(rows)
+    floors = table[table.method == "true codes"].set_index(["variant", "seed"]).template_error
+    table["ratio_to_floor"] = [
+        error / floors[(variant, seed)] for variant, seed, error in zip(table.variant, table.seed, table.template_error)
+    ]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.output_dir / "code_bounds.csv", index=False)
+    print()
+    print(table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

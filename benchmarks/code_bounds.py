@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import core
 
 from spikedict.estimator import noise_level
+from spikedict.families import Gaussian
 from spikedict.model import DCEA, ConvolutionOperator
 from spikedict.simulate import SimulatedCounts
 from spikedict.training import encode_in_batches
@@ -48,6 +49,16 @@ from spikedict.training import encode_in_batches
 L1_MULTIPLES = (0.3, 0.6, 1.0)  # sparsity in noise levels (see spikedict.estimator.noise_level)
 GREEDY_PENALTIES = (3.0, 6.0, 12.0)  # nats per event
 SUPPORT_ONLY = 1e6  # l1 weight that keeps a code entry at zero
+
+
+def dispersion(family) -> float:
+    """Factor between the family's NLL (``A(eta) - y eta``) and the negative log-likelihood in nats."""
+    return family.std**2 if isinstance(family, Gaussian) else 1.0
+
+
+def second_derivative(family, eta: torch.Tensor) -> torch.Tensor:
+    """``A''(eta)``: the variance divided by the dispersion."""
+    return family.variance(eta) / dispersion(family)
 
 
 def template_step_error(simulation: SimulatedCounts, codes: torch.Tensor) -> float:
@@ -85,9 +96,10 @@ def greedy_codes(model: DCEA, y: torch.Tensor, penalty: float, n_rounds: int = 1
     for _ in range(n_rounds):
         eta = operator.decode(codes) + baseline
         score = operator.correlate(family.residual(y, eta)) * family.residual_scale
-        curvature = squared.correlate(family.variance(eta)).clamp(min=1e-12)
+        curvature = squared.correlate(second_derivative(family, eta)).clamp(min=1e-12)
         amplitude = (score / curvature).clamp(min=0)
-        gain = torch.where(codes > 0, 0.0, 0.5 * score * amplitude)  # likelihood gain of one new event
+        # log-likelihood gain (nats) of one new event at its best amplitude, to second order
+        gain = torch.where(codes > 0, 0.0, 0.5 * score * amplitude / dispersion(family))
         best, which = gain.max(dim=1)
         peaks = (best >= F.max_pool1d(best[:, None], 2 * radius + 1, 1, radius)[:, 0]) & (best > penalty)
         if not bool(peaks.any()):
@@ -100,48 +112,62 @@ def greedy_codes(model: DCEA, y: torch.Tensor, penalty: float, n_rounds: int = 1
 def posterior_sample(
     model: DCEA, y: torch.Tensor, event_rate: float, amplitudes: tuple[float, float], n_sweeps: int, seed: int
 ) -> torch.Tensor:
-    """Codes drawn by blocked Gibbs sampling under the simulation's prior (one channel)."""
+    """Codes drawn by blocked Gibbs sampling under the simulation's prior.
+
+    Each template's shifts are cut into blocks of one template length, at an offset drawn at each sweep; every
+    other block is drawn at once given all other codes (their events cannot overlap in the data), with at most
+    one event a block, at a uniform shift, with an amplitude uniform on 8 values spanning ``amplitudes``. The
+    log-likelihood of one event is taken to second order around the rates without the block's events:
+    ``(a <h, y - mean> - a^2 / 2 <h^2, A''>) / dispersion``, exact for Gaussian data.
+    """
     family = model.family
     templates = model.templates.detach()
     signal_shape = tuple(y.shape[2:])
     size = templates.shape[-1]
     baseline = model.baseline.detach().reshape(1, -1, 1)
     operator = ConvolutionOperator(templates, signal_shape)
+    singles = [ConvolutionOperator(templates[k : k + 1], signal_shape) for k in range(model.n_templates)]
+    squares = [ConvolutionOperator(templates[k : k + 1] ** 2, signal_shape) for k in range(model.n_templates)]
     grid = torch.linspace(*amplitudes, 8)
-    block_event = 1.0 - math.exp(-event_rate * size)  # probability of an event in a block of `size` sites
+    block_event = 1.0 - math.exp(-event_rate * size)  # probability of an event in a block of `size` shifts
     log_none = math.log(1.0 - block_event)
     log_each = math.log(block_event / (size * len(grid)))
     generator = torch.Generator().manual_seed(seed)
     codes = torch.zeros((len(y), model.n_templates) + model.code_shape(signal_shape))
-    n_sites = codes.shape[-1]
+    n_examples, _, n_sites = codes.shape
     for _ in range(n_sweeps):
+        # Blocks start at offset + j * size; `lead` pads the shifts so that padded blocks start at multiples of size.
         offset = int(torch.randint(0, size, (1,), generator=generator))
+        lead = (size - offset) % size
+        n_blocks = -(-(n_sites + lead) // size)
         for parity in (0, 1):
-            starts = list(range((offset + parity * size) % (2 * size), n_sites, 2 * size))
-            if parity == 1 and offset + size > 2 * size - 1:
-                starts = [0, *starts]  # the block cut by the offset at the start
-            in_blocks = torch.zeros(n_sites, dtype=torch.bool)
-            for start in starts:
-                in_blocks[start : start + size] = True
+            chosen = torch.arange(parity, n_blocks, 2)
+            if chosen.numel() == 0:
+                continue
+            in_chosen = torch.zeros(n_blocks * size, dtype=torch.bool)
+            in_chosen.view(n_blocks, size)[chosen] = True
+            in_chosen = in_chosen[lead : lead + n_sites]
             for k in range(model.n_templates):
-                codes[:, k, in_blocks] = 0.0
+                codes[:, k, in_chosen] = 0.0
                 eta = operator.decode(codes) + baseline
-                single = ConvolutionOperator(templates[k : k + 1], signal_shape)
-                score = single.correlate(family.residual(y, eta))[:, 0] * family.residual_scale
-                curvature = ConvolutionOperator(templates[k : k + 1] ** 2, signal_shape).correlate(family.variance(eta))
-                log_p = grid * score[..., None] - 0.5 * grid**2 * curvature[:, 0, :, None] + log_each
-                for start in starts:
-                    block = log_p[:, start : start + size].reshape(len(y), -1)
-                    logits = torch.cat([torch.full((len(y), 1), log_none), block], dim=1)
-                    choice = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator)[:, 0]
-                    rows = torch.nonzero(choice > 0)[:, 0]
-                    index = choice[rows] - 1
-                    codes[rows, k, start + index // len(grid)] = grid[index % len(grid)]
+                score = singles[k].correlate(family.residual(y, eta))[:, 0] * family.residual_scale
+                curvature = squares[k].correlate(second_derivative(family, eta))[:, 0]
+                log_p = (grid * score[..., None] - 0.5 * grid**2 * curvature[..., None]) / dispersion(family) + log_each
+                padded = log_p.new_full((n_examples, n_blocks * size, len(grid)), -torch.inf)
+                padded[:, lead : lead + n_sites] = log_p
+                blocks = padded.view(n_examples, n_blocks, size * len(grid))[:, chosen]
+                logits = torch.cat([blocks.new_full(blocks.shape[:2] + (1,), log_none), blocks], dim=2)
+                gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=generator).clamp(min=1e-30)))
+                choice = (logits + gumbel).argmax(dim=2)  # 0: no event in the block
+                example, block = torch.nonzero(choice > 0, as_tuple=True)
+                index = choice[example, block] - 1
+                codes[example, k, chosen[block] * size + index // len(grid) - lead] = grid[index % len(grid)]
     return codes
 
 
-def bounds(variant: str, seed: int, n_sweeps: int) -> list[dict]:
-    simulation = core.simulate(variant, seed, core.N_EXAMPLES)
+def bounds(variant: str, seed: int, n_sweeps: int, n_examples: int = core.N_EXAMPLES) -> list[dict]:
+    """Rows of the table for one variant and seed (prints each row as it comes)."""
+    simulation = core.simulate(variant, seed, n_examples)
     y = torch.as_tensor(simulation.counts, dtype=torch.float32)
     model = true_model(simulation, y)
     true = torch.as_tensor(simulation.codes, dtype=torch.float32)
@@ -193,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(core.VARIANTS), default=["binomial"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--sweeps", type=int, default=4, help="Gibbs sweeps of the posterior sample")
+    parser.add_argument("--n-examples", type=int, default=core.N_EXAMPLES)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output-dir", type=Path, default=core.RESULTS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [row for variant in args.variants for seed in args.seeds for row in bounds(variant, seed, args.sweeps)]
+    rows = [
+        row
+        for variant in args.variants
+        for seed in args.seeds
+        for row in bounds(variant, seed, args.sweeps, args.n_examples)
+    ]
     table = pd.DataFrame(rows)
     floors = table[table.method == "true codes"].set_index(["variant", "seed"]).template_error
     table["ratio_to_floor"] = [

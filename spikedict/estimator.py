@@ -19,6 +19,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,14 @@ from spikedict.alternating import AlternatingConfig, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.io._windows import RecordingWindows, stitch_cuts
 from spikedict.model import DCEA
-from spikedict.training import TrainingConfig, encode_in_batches, resolve_device, reweighted_thresholds, train
+from spikedict.training import (
+    TrainingConfig,
+    TrainingResult,
+    encode_in_batches,
+    resolve_device,
+    reweighted_thresholds,
+    train,
+)
 
 __all__ = ["NotFittedError", "SpikeDictionary"]
 
@@ -45,6 +53,22 @@ FORMAT_VERSION = 1
 # problems (benchmarks/core.py): the alternating solver's reweighted l1 keeps events unbiased, so its
 # threshold can sit at a detection level; the back-propagation solver's plain l1 needs a lower one.
 AUTO_SPARSITY_NOISE_MULTIPLE = {"alternating": 4.0, "backprop": 2.0}
+
+
+@dataclass
+class _Start:
+    """One initialisation's fit: the model, the solver's result, the initial templates and the sparsity."""
+
+    model: DCEA
+    result: TrainingResult
+    initial_templates: np.ndarray
+    sparsity: float
+
+    @property
+    def final_loss(self) -> float:
+        """Training loss (mean NLL per bin) of the last finished epoch; inf if none finished."""
+        history = self.result.history
+        return float(history["train_loss"].iloc[-1]) if len(history) else math.inf
 
 
 class NotFittedError(RuntimeError):
@@ -153,6 +177,11 @@ class SpikeDictionary:
         ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
     reweighting : float
         Alternating solver: ``delta`` of the reweighted l1 penalty relative to the typical code (0: plain l1).
+    n_restarts : int
+        Alternating solver: fit from this many initialisations (seeds ``seed``, ``seed + 1``, ...) and keep the
+        fit with the lowest training loss (mean negative log-likelihood per bin at the final sparsity), as
+        scikit-learn's ``n_init``. Dictionary learning has local optima; where events are weak the start decides
+        much of the error. Costs ``n_restarts`` fits.
     continuation : float
         Alternating solver: the sparsity starts this many times higher and decays over the first half of the
         epochs (1: off).
@@ -216,6 +245,7 @@ class SpikeDictionary:
         smoothness: float = 0.0,
         solver: Literal["auto", "alternating", "backprop"] = "auto",
         reweighting: float = 0.3,
+        n_restarts: int = 1,
         continuation: float = 5.0,
         n_spare_templates: int | Literal["auto"] = "auto",
         padding: int | Literal["auto"] = "auto",
@@ -250,6 +280,7 @@ class SpikeDictionary:
         self.smoothness = smoothness
         self.solver = solver
         self.reweighting = reweighting
+        self.n_restarts = n_restarts
         self.continuation = continuation
         self.n_spare_templates = n_spare_templates
         self.padding = padding
@@ -302,6 +333,8 @@ class SpikeDictionary:
                 "tied=False (DCEA-UC) learns its encoder weights and thresholds by back-propagation through the "
                 "encoder; use backprop='truncated' or backprop='full' with it."
             )
+        if not isinstance(self.n_restarts, (int, np.integer)) or self.n_restarts < 1:
+            raise ValueError(f"n_restarts must be an integer >= 1, got {self.n_restarts!r}.")
         if self.solver not in ("auto", "alternating", "backprop"):
             raise ValueError(f"solver must be 'auto', 'alternating' or 'backprop', got {self.solver!r}.")
         if self.solver == "alternating" and (not self.tied or self.backprop != "none"):
@@ -538,9 +571,67 @@ class SpikeDictionary:
         y, family = self._prepare(X, fitting=True)
         streaming = isinstance(y, RecordingWindows)
         sample = y[torch.as_tensor(y.sample(32, seed=int(self.seed)))] if streaming else y
-        generator = torch.Generator().manual_seed(int(self.seed))
         baseline = self._initial_baseline(y, family)
         solver = self._resolved_solver(streaming)
+        if self.n_restarts > 1 and solver != "alternating":
+            raise ValueError(
+                f"n_restarts={self.n_restarts} restarts the alternating solver; the {solver!r} solver runs one "
+                "initialisation (streamed, distributed, untied or back-propagated fits). Use n_restarts=1."
+            )
+        starts: list[_Start] = []
+        for restart in range(int(self.n_restarts)):
+            seed = int(self.seed) + restart
+            # A restart that had not started when the fit was interrupted has no checkpoint yet: it starts afresh.
+            checkpoint = self._checkpoint_of(restart)
+            resume_this = resume and (restart == 0 or (checkpoint is not None and Path(checkpoint).exists()))
+            starts.append(self._fit_from(y, sample, family, baseline, solver, seed, restart, resume_this))
+            if starts[-1].result.stop_reason == "interrupted":
+                break
+        finished = [start for start in starts if start.result.stop_reason != "interrupted"] or starts
+        chosen = min(finished, key=lambda start: start.final_loss)
+        model, result, sparsity = chosen.model, chosen.result, chosen.sparsity
+        self.initial_templates_ = chosen.initial_templates
+        self.restart_losses_ = [start.final_loss for start in starts]
+        self.best_restart_ = starts.index(chosen)
+        if starts[-1].result.stop_reason == "interrupted":
+            epochs = f"epoch {len(starts[-1].result.history)} of {self.n_epochs}"
+            if self.n_restarts > 1:
+                epochs = f"restart {len(starts)} of {self.n_restarts} at {epochs}"
+            kept = "the best finished restart" if finished is not starts else f"the parameters after {epochs}"
+            warnings.warn(
+                f"fit interrupted ({epochs}): the model holds {kept}"
+                + (f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.model_ = model
+        self.sparsity_ = float(sparsity)
+        self.reweighting_delta_ = result.reweighting_delta
+        self.n_channels_ = int(y.shape[1])
+        self.history_ = result.history
+        self.stop_reason_ = result.stop_reason
+        self.family_ = family
+        if isinstance(family, Gaussian) and not isinstance(self.family, Family):
+            # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
+            residual = sample - self._predict_eta(sample, family)
+            self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
+            model.family = self.family_
+        self._set_fitted_arrays()
+        return self
+
+    def _fit_from(
+        self,
+        y: Tensor | RecordingWindows,
+        sample: Tensor,
+        family: Family,
+        baseline: Tensor,
+        solver: str,
+        seed: int,
+        restart: int,
+        resume: bool,
+    ) -> _Start:
+        """One fit from the initialisation drawn with ``seed`` (restart number ``restart``)."""
+        generator = torch.Generator().manual_seed(seed)
         n_spare, padding = self._learning_room(solver, y.shape[2:])
         template_shape = self._template_shape()
         initial = self._initial_templates(
@@ -556,7 +647,7 @@ class SpikeDictionary:
             if not model.tied:
                 model.encoder_templates.copy_(model.templates)
                 model.decoder_templates.copy_(model.templates)
-        self.initial_templates_ = _cut(model.templates.detach().cpu(), padding)[: self.n_templates].numpy().copy()
+        initial_templates = _cut(model.templates.detach().cpu(), padding)[: self.n_templates].numpy().copy()
         sparsity = self._resolve_sparsity(sample, family, model, solver)
         model.sparsity = sparsity
         if not model.tied:
@@ -576,7 +667,7 @@ class SpikeDictionary:
                 batch_size=_encoding_batch_size(model, y.shape[2:]),
                 device=self.device,
                 progress=self.progress,
-                checkpoint_path=self.checkpoint_path,
+                checkpoint_path=self._checkpoint_of(restart),
             )
             result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
             if padding:  # the learned templates without their room to move
@@ -589,27 +680,13 @@ class SpikeDictionary:
                 model.to(learned.templates.device)
         else:
             result = train(model, y, self._training_config(), resume=resume)
-        if result.stop_reason == "interrupted":
-            warnings.warn(
-                f"fit interrupted: the model holds the parameters after epoch {len(result.history)} of {self.n_epochs}"
-                + (f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."),
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self.model_ = model
-        self.sparsity_ = float(sparsity)
-        self.reweighting_delta_ = result.reweighting_delta
-        self.n_channels_ = int(y.shape[1])
-        self.history_ = result.history
-        self.stop_reason_ = result.stop_reason
-        self.family_ = family
-        if isinstance(family, Gaussian) and not isinstance(self.family, Family):
-            # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
-            residual = sample - self._predict_eta(sample, family)
-            self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
-            model.family = self.family_
-        self._set_fitted_arrays()
-        return self
+        return _Start(model, result, initial_templates, float(sparsity))
+
+    def _checkpoint_of(self, restart: int) -> str | None:
+        """Checkpoint file of a restart: ``checkpoint_path`` for the first, ``<checkpoint_path>.restart<r>`` after."""
+        if not self.checkpoint_path or restart == 0:
+            return self.checkpoint_path
+        return f"{self.checkpoint_path}.restart{restart}"
 
     def _resolve_sparsity(self, y: Tensor, family: Family, model: DCEA, solver: str) -> float:
         if self.sparsity != "auto":
@@ -836,6 +913,8 @@ class SpikeDictionary:
                     "n_channels_": self.n_channels_,
                     "stop_reason_": self.stop_reason_,
                     "reweighting_delta_": self.reweighting_delta_,
+                    "restart_losses_": getattr(self, "restart_losses_", None),
+                    "best_restart_": getattr(self, "best_restart_", None),
                 }
             ),
             "history": self.history_.to_json(orient="split", double_precision=15),
@@ -910,6 +989,8 @@ class SpikeDictionary:
         estimator.n_channels_ = int(fitted["n_channels_"])
         estimator.stop_reason_ = fitted.get("stop_reason_", "")
         estimator.reweighting_delta_ = fitted.get("reweighting_delta_")
+        estimator.restart_losses_ = fitted.get("restart_losses_")
+        estimator.best_restart_ = fitted.get("best_restart_")
         estimator.history_ = history
         estimator.initial_templates_ = initial.numpy()
         estimator._set_fitted_arrays()

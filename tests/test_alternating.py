@@ -163,6 +163,53 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(binomial_counts, tm
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-5)
 
 
+def test_restarts_keep_the_fit_with_the_lowest_training_loss(binomial_counts):
+    best = small_model(n_restarts=3).fit(binomial_counts)
+    singles = [small_model(seed=seed).fit(binomial_counts) for seed in range(3)]
+    losses = [single.history_["train_loss"].iloc[-1] for single in singles]
+    assert len(set(losses)) == 3  # the starts differ, so choosing among them means something
+    assert best.restart_losses_ == losses  # restart r is the fit with seed + r
+    assert best.best_restart_ == int(np.argmin(losses))
+    chosen = singles[best.best_restart_]
+    np.testing.assert_array_equal(best.templates_, chosen.templates_)
+    np.testing.assert_array_equal(best.initial_templates_, chosen.initial_templates_)
+    assert best.history_.drop(columns="seconds").equals(chosen.history_.drop(columns="seconds"))
+
+
+def test_interrupted_restarts_keep_the_best_finished_one_and_resume(binomial_counts, tmp_path, monkeypatch):
+    path = str(tmp_path / "fit.pt")
+    real = estimator_module.fit_alternating
+    checkpoints = []
+
+    def interrupt_the_second_restart(model, y, sparsity, config, **kwargs):
+        checkpoints.append(config.checkpoint_path)
+        if len(checkpoints) == 2:
+            kwargs["on_iteration_end"] = lambda iteration, row: (_ for _ in ()).throw(KeyboardInterrupt())
+        return real(model, y, sparsity, config, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "fit_alternating", interrupt_the_second_restart)
+    model = small_model(n_restarts=3, checkpoint_path=path)
+    with pytest.warns(RuntimeWarning, match=r"restart 2 of 3 at epoch 1 of 3.*best finished restart.*resume=True"):
+        model.fit(binomial_counts)
+    assert checkpoints == [path, path + ".restart1"]
+    assert model.best_restart_ == 0 and len(model.restart_losses_) == 2
+    np.testing.assert_array_equal(model.templates_, small_model().fit(binomial_counts).templates_)
+
+    monkeypatch.undo()
+    model.fit(binomial_counts, resume=True)  # restart 0 is done, 1 goes on from its checkpoint, 2 starts afresh
+    straight = small_model(n_restarts=3).fit(binomial_counts)
+    assert model.best_restart_ == straight.best_restart_
+    np.testing.assert_allclose(model.restart_losses_, straight.restart_losses_, rtol=1e-5)
+    np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-5)
+
+
+def test_restarts_are_checked(binomial_counts):
+    with pytest.raises(ValueError, match="n_restarts must be an integer >= 1, got 0"):
+        small_model(n_restarts=0).fit(binomial_counts)
+    with pytest.raises(ValueError, match="n_restarts=2 restarts the alternating solver; the 'backprop' solver"):
+        small_model(n_restarts=2, solver="backprop").fit(binomial_counts)
+
+
 def test_solver_settings_are_checked(binomial_counts):
     with pytest.raises(ValueError, match="solver must be 'auto', 'alternating' or 'backprop'"):
         small_model(solver="adam").fit(binomial_counts)

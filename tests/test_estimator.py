@@ -148,6 +148,7 @@ def test_save_load_round_trip(fitted, held_out, tmp_path):
     np.testing.assert_array_equal(loaded.initial_templates_, fitted.initial_templates_)
     assert loaded.sparsity_ == fitted.sparsity_
     assert loaded.family_ == fitted.family_
+    assert loaded.restart_losses_ == fitted.restart_losses_ and loaded.best_restart_ == fitted.best_restart_ == 0
     assert loaded.get_params() == {**fitted.get_params(), "device": "cpu"}
     pd.testing.assert_frame_equal(loaded.history_, fitted.history_, check_exact=False, rtol=1e-6)
     x = held_out.counts
@@ -440,8 +441,10 @@ def _recovery_errors(family: str) -> np.ndarray:
     strict=True,
     reason="open gap of the core issue: on the standard problem (baseline -2, amplitudes in [1, 2]) an event moves "
     "the counts by about 2.7 (binomial M = 30) or 0.6 (Poisson) standard deviations, and the default fit ends "
-    "near 0.63 (binomial) and 0.95 (Poisson). Recovery where events stand out is tested in test_alternating.py. "
-    "This test turns into a failure (XPASS) once the fit recovers them, and the marker must then be removed.",
+    "near 0.63 (binomial) and 0.95 (Poisson). Even from the true templates, l1 codes cost 4.7x the floor in one "
+    "template step, and stochastic EM settles near 4x the floor (benchmarks/code_bounds.py). Recovery where "
+    "events stand out is tested in test_alternating.py. This test turns into a failure (XPASS) once the fit "
+    "recovers them, and the marker must then be removed.",
 )
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
 def test_recovers_paper_templates(family):

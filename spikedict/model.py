@@ -150,10 +150,7 @@ class ConvolutionOperator:
     def decode(self, codes: Tensor) -> Tensor:
         """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``."""
         if self.use_fft:
-            spectrum = torch.fft.rfft(codes, n=self.n_fft)
-            # One broadcast product per template: torch's complex einsum/bmm over many tiny matrices (one per
-            # frequency) is 10-100x slower on the CPU than these element-wise passes.
-            product = sum(spectrum[:, k, None] * self.spectra[k] for k in range(self.spectra.shape[0]))
+            product = self._decode_spectrum(torch.fft.rfft(codes, n=self.n_fft))
             return torch.fft.irfft(product, n=self.n_fft)[..., : self.signal_shape[0]]
         output = _CONVOLUTIONS[self.n_spatial][1](codes, self.templates, stride=self.stride)
         return output[(Ellipsis,) + tuple(slice(0, s) for s in self.signal_shape)]
@@ -180,13 +177,18 @@ class ConvolutionOperator:
         spectrum = torch.fft.rfft(codes, n=self.n_fft)
         n_templates, n_channels = self.spectra.shape[:2]
         if n_templates > n_channels:
-            signal = sum(spectrum[:, k, None] * self.spectra[k] for k in range(n_templates))
-            product = self._correlate_spectrum(signal)
+            product = self._correlate_spectrum(self._decode_spectrum(spectrum))
         else:
             if self._gram_spectra is None:  # (n_templates, n_templates, n_frequencies)
                 self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra_conj, self.spectra).contiguous()
             product = sum(spectrum[:, k, None] * self._gram_spectra[:, k] for k in range(n_templates))
         return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
+
+    def _decode_spectrum(self, spectrum: Tensor) -> Tensor:
+        """Spectrum of the signal from the spectrum of the codes (the frequency-domain part of :meth:`decode`)."""
+        # One broadcast product per template: torch's complex einsum/bmm over many tiny matrices (one per
+        # frequency) is 10-100x slower on the CPU than these element-wise passes.
+        return sum(spectrum[:, k, None] * self.spectra[k] for k in range(self.spectra.shape[0]))
 
     def _correlate_spectrum(self, spectrum: Tensor) -> Tensor:
         """Spectrum of the codes from the spectrum of a signal (the frequency-domain part of :meth:`correlate`)."""

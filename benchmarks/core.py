@@ -402,15 +402,31 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the tables are written")
     args = parser.parse_args(argv)
-    try:
-        args.params = json.loads(args.params)
-    except json.JSONDecodeError as error:
-        parser.error(f"--params must be a JSON object, e.g. '{{\"n_epochs\": 40}}': {error}")
-    if not isinstance(args.params, dict):
-        parser.error(f"--params must be a JSON object of SpikeDictionary keyword arguments, got {args.params!r}")
+    args.params = parse_params(parser, args.params)
     if args.quick:
         args.seeds = args.seeds[:1]
     return args
+
+
+def parse_params(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
+    """``--params``: a JSON object of ``SpikeDictionary`` keyword arguments (``parser.error`` otherwise)."""
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"--params must be a JSON object, e.g. '{{\"n_epochs\": 40}}': {error}")
+    if not isinstance(params, dict):
+        parser.error(f"--params must be a JSON object of SpikeDictionary keyword arguments, got {params!r}")
+    return params
+
+
+def write_results(output_dir: Path, stem: str, tables: dict[str, pd.DataFrame], markdown: str) -> None:
+    """Write ``<stem><suffix>.csv`` for each table (suffix "" for the main one) and ``<stem>.md``; say so."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, table in tables.items():
+        table.to_csv(output_dir / f"{stem}{suffix}.csv", index=False)
+    (output_dir / f"{stem}.md").write_text(markdown)
+    names = [f"{stem}{suffix}.csv" for suffix in tables]
+    print(f"wrote {output_dir / names[0]}, {', '.join(names[1:] + [f'{stem}.md'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,10 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nPer seed:\n" + formatted(table).to_string(index=False))
     print("\nSummary (mean over seeds):\n" + formatted(summary).to_string(index=False))
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = "core_quick" if args.quick else "core"
-    table.to_csv(args.output_dir / f"{stem}.csv", index=False)
-    summary.to_csv(args.output_dir / f"{stem}_summary.csv", index=False)
     markdown = [
         "# spikedict core benchmark",
         "",
@@ -466,8 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         to_markdown(summary),
         "",
     ]
-    (args.output_dir / f"{stem}.md").write_text("\n".join(markdown))
-    print(f"\nwrote {args.output_dir / stem}.csv, {stem}_summary.csv and {stem}.md")
+    write_results(args.output_dir, stem, {"": table, "_summary": summary}, "\n".join(markdown))
     return 0
 
 

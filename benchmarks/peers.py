@@ -77,9 +77,11 @@ from core import (
     estimator_kwargs,
     git_revision,
     maximum_likelihood_floor,
+    parse_params,
     run_fit,
     simulate,
     to_markdown,
+    write_results,
 )
 
 from spikedict.analysis.alignment import align_templates
@@ -389,12 +391,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--name", default="peers", help="stem of the output files")
     args = parser.parse_args(argv)
-    try:
-        args.params = json.loads(args.params)
-    except json.JSONDecodeError as error:
-        parser.error(f"--params must be a JSON object: {error}")
-    if not isinstance(args.params, dict):
-        parser.error("--params must be a JSON object of SpikeDictionary keyword arguments")
+    args.params = parse_params(parser, args.params)
     return args
 
 
@@ -455,11 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(markdown)
     print("\n" + text)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.output_dir / f"{args.name}.csv", index=False)
-    summary.to_csv(args.output_dir / f"{args.name}_summary.csv", index=False)
-    (args.output_dir / f"{args.name}.md").write_text(text)
-    print(f"wrote {args.output_dir / args.name}.csv, {args.name}_summary.csv and {args.name}.md")
+    write_results(args.output_dir, args.name, {"": table, "_summary": summary}, text)
     return 0
 
 

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import RESULTS, cpu_model, fit_in_child, git_revision, to_markdown
+from core import RESULTS, cpu_model, fit_in_child, git_revision, to_markdown, write_results
 
 from spikedict.simulate import paper_templates, simulate_counts
 
@@ -257,12 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(markdown)
     print("\n" + text)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or ("scaling" if args.device == "cpu" else f"scaling_{args.device.split(':')[0]}")
-    table.to_csv(args.output_dir / f"{stem}.csv", index=False)
-    fitted_exponents.to_csv(args.output_dir / f"{stem}_exponents.csv", index=False)
-    (args.output_dir / f"{stem}.md").write_text(text)
-    print(f"wrote {args.output_dir / stem}.csv, {stem}_exponents.csv and {stem}.md")
+    write_results(args.output_dir, stem, {"": table, "_exponents": fitted_exponents}, text)
     return 0
 
 

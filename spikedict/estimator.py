@@ -587,8 +587,8 @@ class SpikeDictionary:
             starts.append(self._fit_from(y, sample, family, baseline, solver, seed, restart, resume_this))
             if starts[-1].result.stop_reason == "interrupted":
                 break
-        finished = [start for start in starts if start.result.stop_reason != "interrupted"] or starts
-        chosen = min(finished, key=lambda start: start.final_loss)
+        finished = [start for start in starts if start.result.stop_reason != "interrupted"]
+        chosen = min(finished or starts, key=lambda start: start.final_loss)
         model, result, sparsity = chosen.model, chosen.result, chosen.sparsity
         self.initial_templates_ = chosen.initial_templates
         self.restart_losses_ = [start.final_loss for start in starts]
@@ -597,7 +597,7 @@ class SpikeDictionary:
             epochs = f"epoch {len(starts[-1].result.history)} of {self.n_epochs}"
             if self.n_restarts > 1:
                 epochs = f"restart {len(starts)} of {self.n_restarts} at {epochs}"
-            kept = "the best finished restart" if finished is not starts else f"the parameters after {epochs}"
+            kept = "the best finished restart" if finished else f"the parameters after {epochs}"
             warnings.warn(
                 f"fit interrupted ({epochs}): the model holds {kept}"
                 + (f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."),

@@ -181,14 +181,19 @@ class ConvolutionOperator:
         else:
             if self._gram_spectra is None:  # (n_templates, n_templates, n_frequencies)
                 self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra_conj, self.spectra).contiguous()
-            product = sum(spectrum[:, k, None] * self._gram_spectra[:, k] for k in range(n_templates))
+            product = spectrum[:, 0, None] * self._gram_spectra[:, 0]
+            for k in range(1, n_templates):
+                product = product + spectrum[:, k, None] * self._gram_spectra[:, k]
         return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
 
     def _decode_spectrum(self, spectrum: Tensor) -> Tensor:
         """Spectrum of the signal from the spectrum of the codes (the frequency-domain part of :meth:`decode`)."""
         # One broadcast product per template: torch's complex einsum/bmm over many tiny matrices (one per
         # frequency) is 10-100x slower on the CPU than these element-wise passes.
-        return sum(spectrum[:, k, None] * self.spectra[k] for k in range(self.spectra.shape[0]))
+        total = spectrum[:, 0, None] * self.spectra[0]
+        for k in range(1, self.spectra.shape[0]):
+            total = total + spectrum[:, k, None] * self.spectra[k]
+        return total
 
     def _correlate_spectrum(self, spectrum: Tensor) -> Tensor:
         """Spectrum of the codes from the spectrum of a signal (the frequency-domain part of :meth:`correlate`)."""
@@ -304,11 +309,16 @@ def operator_norm_squared(
 def shrink(values: Tensor, threshold: Tensor | float, nonnegative: bool) -> Tensor:
     """Proximal operator of ``threshold * ||x||_1`` (plus the constraint ``x >= 0`` if nonnegative).
 
-    One-sided: ``relu(v - threshold)``; two-sided (soft threshold): ``sign(v) * relu(|v| - threshold)``.
+    One-sided: ``relu(v - threshold)``; two-sided (soft threshold): ``sign(v) * relu(|v| - threshold)``,
+    computed as ``v - clamp(v, -threshold, threshold)`` (two passes over the codes instead of four) unless the
+    threshold is a learned tensor, which may turn negative while it trains.
     """
     if nonnegative:
         return F.relu(values - threshold)
-    return torch.sign(values) * F.relu(values.abs() - threshold)
+    if isinstance(threshold, Tensor) and threshold.requires_grad:
+        return torch.sign(values) * F.relu(values.abs() - threshold)
+    lower = -threshold
+    return values - torch.clamp(values, lower, threshold)
 
 
 def proximal_gradient_step(
@@ -574,21 +584,24 @@ class DCEA(nn.Module):
         nonnegative = self.nonnegative_codes
         if normal:
             with torch.set_grad_enabled(grad_enabled and n_free == 0):
-                correlated_data = dictionary.correlate(family.residual(y, baseline.expand_as(y)))
+                stepped_data = step * dictionary.correlate(family.residual(y, baseline.expand_as(y)))
+                step_threshold = step * threshold
         momentum_codes = codes
         t = 1.0
         for iteration in range(n_iterations):
             with torch.set_grad_enabled(grad_enabled and iteration >= n_free):
                 if normal:
-                    gradient = correlated_data - dictionary.gram(momentum_codes) / family.residual_scale
-                    new_codes = shrink(momentum_codes + step * gradient, step * threshold, nonnegative)
+                    update = torch.add(momentum_codes, stepped_data)
+                    update = torch.sub(update, dictionary.gram(momentum_codes), alpha=step / family.residual_scale)
+                    new_codes = shrink(update, step_threshold, nonnegative)
                 else:
                     new_codes = proximal_gradient_step(
                         momentum_codes, y, family, baseline, dictionary, encoder, step, threshold, nonnegative
                     )
                 if self.algorithm == "fista":
                     t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-                    momentum_codes = new_codes + ((t - 1.0) / t_next) * (new_codes - codes)
+                    # new + (t - 1) / t_next * (new - codes), in one pass
+                    momentum_codes = torch.lerp(codes, new_codes, 1.0 + (t - 1.0) / t_next)
                     t = t_next
                 else:
                     momentum_codes = new_codes

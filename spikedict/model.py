@@ -298,7 +298,7 @@ def operator_norm_squared(
     operator = ConvolutionOperator(templates, shape, stride)
     value = 0.0
     for _ in range(n_iterations):
-        y = operator.correlate(operator.decode(x))
+        y = operator.gram(x)
         value = float(y.norm())
         if value == 0.0:
             return 0.0

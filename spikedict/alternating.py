@@ -8,8 +8,9 @@ for the interpretable model. Each iteration over the whole data set
 1. **codes**: runs the same unrolled encoder (FISTA, warm-started from the previous codes) with the current
    templates;
 2. **templates**: solves the convex problem in the templates (and the baseline, if learned) with the codes held
-   fixed, by L-BFGS, then rescales each template to unit norm and its codes by the inverse factor, which leaves
-   the model's rates unchanged.
+   fixed: exactly, by least squares, for an identity link (Gaussian data, 1-D templates;
+   :func:`least_squares_template_step`), else by L-BFGS; then rescales each template to unit norm and its codes
+   by the inverse factor, which leaves the model's rates unchanged.
 
 Four devices turn the plain scheme into one that finds the templates from a random start:
 
@@ -62,7 +63,14 @@ from spikedict.training import (
     save_checkpoint,
 )
 
-__all__ = ["AlternatingConfig", "crop_templates", "fit_alternating", "shift_codes", "spare_template_choice"]
+__all__ = [
+    "AlternatingConfig",
+    "crop_templates",
+    "fit_alternating",
+    "least_squares_template_step",
+    "shift_codes",
+    "spare_template_choice",
+]
 
 
 @dataclass
@@ -76,7 +84,7 @@ class AlternatingConfig:
     n_code_iterations : int
         Encoder (FISTA) iterations per outer iteration, warm-started.
     n_dictionary_iterations : int
-        L-BFGS iterations of the template step.
+        L-BFGS iterations of the template step (the exact Gaussian step needs none).
     continuation : float
         Initial sparsity as a multiple of the final one (1 disables continuation).
     n_continuation_iterations : int

@@ -2,7 +2,7 @@
 
 The message names the likely cause from what the caller found still finite: if the encoder's output (its codes, or
 the loss at them) is not, the encoder diverged and its step size is too large for the data; otherwise a template
-update stepped too far (the learning rate of back-propagation, the L-BFGS step of the alternating solver). It
+update stepped too far (the learning rate of back-propagation, the template step of the alternating solver). It
 then says what the model holds and how to continue from the last good checkpoint.
 """
 
@@ -97,7 +97,7 @@ def diverged(
         )
     else:
         cause = (
-            "the template step (L-BFGS) took the templates or the baseline out of range (the encoder's codes were "
+            "the template step took the templates or the baseline out of range (the encoder's codes were "
             "fine). Check the data for extreme counts or outliers, or use fewer n_dictionary_steps"
         )
     if finished:

@@ -8,8 +8,9 @@ for the interpretable model. Each iteration over the whole data set
 1. **codes**: runs the same unrolled encoder (FISTA, warm-started from the previous codes) with the current
    templates;
 2. **templates**: solves the convex problem in the templates (and the baseline, if learned) with the codes held
-   fixed: exactly, by least squares, for an identity link (Gaussian data, 1-D templates;
-   :func:`least_squares_template_step`), else by L-BFGS; then rescales each template to unit norm and its codes
+   fixed: for 1-D templates exactly by least squares for an identity link (Gaussian data;
+   :func:`least_squares_template_step`) and by Newton iterations on the Gram matrix of the codes for counts
+   (:func:`newton_template_step`), else by L-BFGS; then rescales each template to unit norm and its codes
    by the inverse factor, which leaves the model's rates unchanged.
 
 Four devices turn the plain scheme into one that finds the templates from a random start:
@@ -48,8 +49,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from spikedict._divergence import diverged, encoder_failed
+from spikedict._template_steps import _chunks, least_squares_template_step, newton_template_step
 from spikedict.families import Family
-from spikedict.model import DCEA, ConvolutionOperator, _fast_length
+from spikedict.model import DCEA, ConvolutionOperator
 from spikedict.training import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -68,6 +70,7 @@ __all__ = [
     "crop_templates",
     "fit_alternating",
     "least_squares_template_step",
+    "newton_template_step",
     "shift_codes",
     "spare_template_choice",
 ]
@@ -84,7 +87,8 @@ class AlternatingConfig:
     n_code_iterations : int
         Encoder (FISTA) iterations per outer iteration, warm-started.
     n_dictionary_iterations : int
-        L-BFGS iterations of the template step (the exact Gaussian step needs none).
+        Iterations of the template step (Newton for 1-D count templates, L-BFGS for 2-D or strided ones; the
+        exact Gaussian step needs none).
     continuation : float
         Initial sparsity as a multiple of the final one (1 disables continuation).
     n_continuation_iterations : int
@@ -239,10 +243,6 @@ def largest_useful_sparsity(model: DCEA, y: Tensor, family: Family, batch_size: 
 
 
 # -------------------------------------------------------------------------------------------- steps
-def _chunks(n_examples: int, batch_size: int) -> list[Tensor]:
-    return [torch.arange(a, min(a + batch_size, n_examples)) for a in range(0, n_examples, batch_size)]
-
-
 def _data_loss(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int, backward: bool) -> float:
     """Mean NLL per bin (divided by the family's residual scale), gradients accumulated chunk by chunk."""
     device = model.templates.device
@@ -262,11 +262,21 @@ def _data_loss(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size
 def _template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config: AlternatingConfig) -> None:
     """Minimise the data loss plus the smoothness penalty over the templates (and a learned baseline).
 
-    Exactly, by least squares, for an identity link with 1-D templates at stride 1; else by L-BFGS.
+    1-D templates at stride 1: exactly by least squares for an identity link (Gaussian), else by Newton
+    iterations on the Gram matrix of the codes (:mod:`spikedict._template_steps`); 2-D or strided templates:
+    L-BFGS.
     """
-    if family.linear_residual and model.templates.ndim == 3 and tuple(model.stride) == (1,):
-        least_squares_template_step(model, y, codes, family, config.batch_size)
+    if model.templates.ndim == 3 and tuple(model.stride) == (1,):
+        if family.linear_residual:
+            least_squares_template_step(model, y, codes, family, config.batch_size)
+        else:
+            newton_template_step(model, y, codes, family, config.n_dictionary_iterations, config.batch_size)
         return
+    _lbfgs_template_step(model, y, codes, family, config)
+
+
+def _lbfgs_template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config: AlternatingConfig) -> None:
+    """The template step by ``torch.optim.LBFGS`` (strong Wolfe line search), any templates."""
     parameters = [p for p in (model.templates, model.baseline) if p.requires_grad]
     optimizer = torch.optim.LBFGS(
         parameters,
@@ -297,88 +307,6 @@ def _template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config
         return torch.tensor((total + float(penalty.detach())) / scale[0], dtype=parameters[0].dtype)
 
     optimizer.step(closure)
-
-
-@torch.no_grad()
-def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int = 1000) -> None:
-    """Exact template step for an identity link (Gaussian): solve the normal equations of the templates.
-
-    With the codes ``x`` fixed, ``0.5 ||y - b - sum_k h_k * x_k||^2 + mu ||diff(h)||^2`` (``mu`` the model's
-    ``smoothness`` times the number of values and the family's residual scale, the scale of the solver's
-    mean loss) is quadratic in the
-    templates ``h`` and a learned baseline ``b``. The Gram matrix of the shifted codes is block Toeplitz: entry
-    ``((k, s), (l, t))`` is the correlation of codes ``k`` and ``l`` at lag ``s - t``, and the right-hand
-    side is the correlation of the codes with the data; both come from one FFT of the codes and one of the
-    data (batches of ``batch_size`` examples, accumulated in float64). The channels share the matrix and are
-    solved together. A ridge of 1e-10 of the largest diagonal entry toward the current templates keeps a
-    template whose codes are all zero where it was (as a gradient step would).
-
-    Parameters
-    ----------
-    model : DCEA
-        Tied, 1-D templates, stride 1; its templates (and baseline, if it requires grad) are replaced.
-    y : Tensor, shape (n_examples, n_channels, n_bins)
-    codes : Tensor, shape (n_examples, n_templates, n_bins - template_size + 1)
-    family : Family
-        With an identity link (``linear_residual``); its ``residual_scale`` divides the data loss.
-    batch_size : int
-        Examples transformed at once (memory bound only).
-    """
-    if not family.linear_residual:
-        raise ValueError(f"the least-squares template step needs an identity link (Gaussian), got {family!r}.")
-    templates = model.templates
-    device = templates.device
-    n_templates, n_channels, size = templates.shape
-    n_bins = y.shape[-1]
-    n_fft = _fast_length(n_bins)  # >= the code length + size - 1: no circular wrap of the lags used
-    learn_baseline = model.baseline.requires_grad
-    baseline = model.baseline.detach().to(torch.float64)
-    lags = torch.zeros((n_templates, n_templates, 2 * size - 1), dtype=torch.float64, device=device)
-    right = torch.zeros((n_channels, n_templates, size), dtype=torch.float64, device=device)
-    code_sums = torch.zeros(n_templates, dtype=torch.float64, device=device)
-    data_sums = torch.zeros(n_channels, dtype=torch.float64, device=device)
-    for rows in _chunks(y.shape[0], batch_size):
-        x = codes[rows].to(device=device, dtype=torch.float64)
-        data = y[rows].to(device=device, dtype=torch.float64)
-        if not learn_baseline:
-            data = data - baseline.reshape(1, -1, 1)
-        spectra = torch.fft.rfft(x, n=n_fft)
-        conjugate = spectra.conj()
-        data_spectra = torch.fft.rfft(data, n=n_fft)
-        # Products summed over examples, one template at a time (complex einsum over many tiny matrices is
-        # slow on CPUs). correlation[k, l, d] = sum_n sum_s x_k[s] x_l[s + d], lags d = -(size - 1) .. size - 1
-        correlation = torch.fft.irfft(
-            torch.stack([(conjugate[:, k, None] * spectra).sum(0) for k in range(n_templates)]), n=n_fft
-        )
-        lags += torch.cat([correlation[..., n_fft - size + 1 :], correlation[..., :size]], dim=-1)
-        # right[c, k, t] = sum_n sum_s x_k[s] y_c[s + t]
-        cross = torch.stack([(conjugate[:, k, None] * data_spectra).sum(0) for k in range(n_templates)], dim=1)
-        right += torch.fft.irfft(cross, n=n_fft)[..., :size]
-        code_sums += x.sum(dim=(0, 2))
-        data_sums += data.sum(dim=(0, 2))
-    shift = torch.arange(size, device=device)
-    lag_index = shift[:, None] - shift[None, :] + size - 1  # (s, t) -> lag s - t
-    # gram[(k, s), (l, t)] = correlation of codes k and l at lag s - t
-    gram = lags[:, :, lag_index].permute(0, 2, 1, 3).reshape(n_templates * size, n_templates * size)
-    if model.smoothness:
-        difference = torch.diff(torch.eye(size, dtype=torch.float64, device=device), dim=0)
-        roughness = 2.0 * model.smoothness * y.numel() * family.residual_scale * (difference.T @ difference)
-        gram += torch.block_diag(*[roughness] * n_templates)
-    right = right.reshape(n_channels, n_templates * size).T  # (n_unknowns, n_channels)
-    current = templates.detach().to(torch.float64).permute(0, 2, 1).reshape(n_templates * size, n_channels)
-    if learn_baseline:
-        total = float(y.shape[0] * n_bins)
-        border = code_sums.repeat_interleave(size)[:, None]
-        gram = torch.cat([torch.cat([gram, border], 1), torch.cat([border.T, gram.new_full((1, 1), total)], 1)])
-        right = torch.cat([right, data_sums[None, :]])
-        current = torch.cat([current, baseline[None, :].to(device)])
-    ridge = 1e-10 * float(gram.diagonal().max().clamp(min=1e-30))
-    gram += ridge * torch.eye(gram.shape[0], dtype=torch.float64, device=device)
-    solution = torch.linalg.solve(gram, right + ridge * current)
-    new_templates = solution[: n_templates * size].reshape(n_templates, size, n_channels).permute(0, 2, 1)
-    templates.copy_(new_templates.to(templates.dtype))
-    if learn_baseline:
-        model.baseline.copy_(solution[-1].to(model.baseline.dtype))
 
 
 @torch.no_grad()

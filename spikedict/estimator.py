@@ -170,11 +170,11 @@ class SpikeDictionary:
         Weight of the squared-difference smoothness penalty on the templates.
     solver : {"auto", "alternating", "backprop"}
         How the templates are learned. ``"alternating"``: alternating minimisation over the whole data set
-        (encoder, then a template step: exact least squares for Gaussian data, L-BFGS otherwise), with sparsity
-        continuation, spare templates, room for the templates to re-centre and reweighted l1 (see
-        :mod:`spikedict.alternating`); the fast and accurate choice for the interpretable tied model.
-        ``"backprop"``: stochastic training through the unrolled encoder (:func:`spikedict.training.train`),
-        as in the DCEA paper; required for ``tied=False``.
+        (encoder, then a template step: exact least squares for Gaussian data, Newton iterations for 1-D count
+        templates, L-BFGS for 2-D ones), with sparsity continuation, spare templates, room for the templates to
+        re-centre and reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate choice for the
+        interpretable tied model. ``"backprop"``: stochastic training through the unrolled encoder
+        (:func:`spikedict.training.train`), as in the DCEA paper; required for ``tied=False``.
         ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
     reweighting : float
         Alternating solver: ``delta`` of the reweighted l1 penalty relative to the typical code (0: plain l1).
@@ -194,8 +194,9 @@ class SpikeDictionary:
         of ``template_size``, at most what the examples leave room for; 0 with ``zero_edges``).
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
-        ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the L-BFGS iterations of each template
-        step (``"auto"``: 10; unused by the exact Gaussian step; 1 Adam step per batch for backprop),
+        ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the iterations of each template
+        step (``"auto"``: 10, fewer once converged; unused by the exact Gaussian step; 1 Adam step per batch
+        for backprop),
         ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``, ``validation_fraction`` and
         ``patience`` do not apply.
     device : str

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,17 +16,19 @@ from spikedict import SpikeDictionary
 from spikedict.alternating import (
     AlternatingConfig,
     _data_loss,
+    _lbfgs_template_step,
     _sparsity_at,
     _template_step,
     crop_templates,
     fit_alternating,
     largest_useful_sparsity,
     least_squares_template_step,
+    newton_template_step,
     shift_codes,
     spare_template_choice,
 )
 from spikedict.analysis import align_templates
-from spikedict.families import Binomial, Gaussian
+from spikedict.families import Binomial, Gaussian, Poisson
 from spikedict.model import DCEA, decode
 from spikedict.simulate import paper_templates, simulate_counts
 
@@ -175,25 +181,104 @@ def test_least_squares_template_step_meets_the_optimality_conditions(learn_basel
         torch.testing.assert_close(model.templates.detach()[2], before[2])
 
 
+def _template_problem(family, n_templates=2, n_channels=1, size=12, n_bins=100, n_examples=4, seed=1, **model_args):
+    """A float64 model, data drawn from ``family`` around a known dictionary, and sparse positive codes."""
+    generator = torch.Generator().manual_seed(seed)
+    model = DCEA(n_templates, n_channels, size, family, generator=generator, **model_args).double()
+    n_codes = n_bins - size + 1
+    codes = torch.rand((n_examples, n_templates, n_codes), generator=generator, dtype=torch.float64) * 2
+    codes *= torch.rand((n_examples, n_templates, n_codes), generator=generator, dtype=torch.float64) < 0.05
+    with torch.no_grad():
+        eta = decode(codes, model.templates.double(), signal_shape=(n_bins,)) - 1.0
+        y = family.sample(eta, generator=generator).double()
+        model.baseline.fill_(-0.5)
+    return model, y, codes
+
+
+def _objective_gradient(model, y, codes, family):
+    model.zero_grad()
+    value = _data_loss(model, y, codes, family, 1000, backward=True)
+    penalty = model.penalty()
+    if penalty.requires_grad:
+        penalty.backward()
+    largest = float(model.templates.grad.abs().max())
+    if model.baseline.grad is not None:
+        largest = max(largest, float(model.baseline.grad.abs().max()))
+    return value + float(penalty.detach()), largest
+
+
 def test_gaussian_template_step_is_the_least_squares_step_and_matches_lbfgs():
     """The alternating solver's Gaussian step is exact: long L-BFGS on the same objective lands on it."""
-    generator = torch.Generator().manual_seed(1)
-    family = Gaussian()
-    model = DCEA(2, 1, 12, family, generator=generator).double()
-    y = torch.randn((4, 1, 100), generator=generator, dtype=torch.float64)
-    codes = torch.randn((4, 2, 89), generator=generator, dtype=torch.float64)
-    codes *= torch.rand((4, 2, 89), generator=generator, dtype=torch.float64) < 0.1
-    exact = DCEA(2, 1, 12, family).double()
-    exact.load_state_dict(model.state_dict())
-    _template_step(exact, y, codes, family, AlternatingConfig())
-
-    # the L-BFGS path, reached by a family object that does not declare its identity link
-    class Unmarked(Gaussian):
-        linear_residual = False
-
-    _template_step(model, y, codes, Unmarked(), AlternatingConfig(n_dictionary_iterations=200))
+    model, y, codes = _template_problem(Gaussian())
+    y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = copy.deepcopy(model)
+    _template_step(exact, y, codes, Gaussian(), AlternatingConfig())
+    _lbfgs_template_step(model, y, codes, Gaussian(), AlternatingConfig(n_dictionary_iterations=200))
     torch.testing.assert_close(model.templates, exact.templates, atol=1e-6, rtol=0)
     torch.testing.assert_close(model.baseline, exact.baseline, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("family", "learn_baseline", "smoothness"),
+    [
+        (Binomial(np.array([20, 30, 25, 30])), True, 0.0),  # per-example trials: family.select per batch
+        (Binomial(30), False, 1e-3),
+        (Poisson(), True, 1e-3),
+    ],
+)
+def test_newton_template_step_meets_the_optimality_conditions(family, learn_baseline, smoothness):
+    """Count families: the Newton iterations reach the minimiser (zero gradient), lowering the objective every time."""
+    model, y, codes = _template_problem(family, n_channels=2, learn_baseline=learn_baseline, smoothness=smoothness)
+    values = [_objective_gradient(model, y, codes, family)[0]]
+    for _ in range(3):  # each call a few iterations, batches of 3 examples: the objective falls each time
+        newton_template_step(model, y, codes, family, n_iterations=2, batch_size=3, tolerance=0.0)
+        values.append(_objective_gradient(model, y, codes, family)[0])
+    assert all(after < before for before, after in itertools.pairwise(values)), values
+    newton_template_step(model, y, codes, family, n_iterations=40, batch_size=3, tolerance=0.0)
+    _, largest_gradient = _objective_gradient(model, y, codes, family)
+    assert largest_gradient < 1e-9
+    if not learn_baseline:
+        assert torch.all(model.baseline == -0.5)
+
+
+def test_newton_template_step_matches_lbfgs_and_keeps_unused_templates():
+    family = Binomial(30)
+    model, y, codes = _template_problem(family, n_templates=3)
+    codes[:, 2] = 0.0  # no events for the third template
+    before = model.templates.detach().clone()
+    reference = copy.deepcopy(model)
+    precise = copy.deepcopy(model)
+    iterations = newton_template_step(model, y, codes, family)  # the solver's defaults: 10 iterations at most
+    assert 1 <= iterations <= 10
+    newton_template_step(precise, y, codes, family, n_iterations=40, tolerance=0.0)
+    _lbfgs_template_step(reference, y, codes, family, AlternatingConfig(n_dictionary_iterations=300))
+    torch.testing.assert_close(model.templates, reference.templates, atol=1e-4, rtol=0)
+    torch.testing.assert_close(precise.templates, reference.templates, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.templates.detach()[2], before[2])
+
+
+def test_newton_template_step_survives_steps_that_overflow():
+    """Poisson at high rates: the full Newton step overflows exp(eta); the search halves it instead of failing."""
+    family = Poisson()
+    model, _, codes = _template_problem(family)
+    with torch.no_grad():
+        eta = decode(codes * 40, model.templates, signal_shape=(100,)) + 3.0
+    y = family.sample(eta.clamp(max=8.0), generator=torch.Generator().manual_seed(3)).double()
+    newton_template_step(model, y, codes * 40, family, n_iterations=20, tolerance=0.0)
+    value, _ = _objective_gradient(model, y, codes * 40, family)
+    assert torch.isfinite(model.templates).all() and math.isfinite(value)
+
+
+def test_gram_template_steps_check_their_input(binomial_counts):
+    family = Binomial(N_TRIALS)
+    model, y, codes = _template_problem(family)
+    with pytest.raises(ValueError, match="codes must have shape"):
+        newton_template_step(model, y, codes[:, :, :-1], family)
+    with pytest.raises(ValueError, match="identity link"):
+        least_squares_template_step(model, y, codes, family)
+    strided = DCEA(2, 1, 12, family, stride=2).double()
+    with pytest.raises(ValueError, match="stride 1"):
+        newton_template_step(strided, y, codes, family)
 
 
 def _interrupting_fit(at_iteration: int):

@@ -346,7 +346,7 @@ def test_encoder_failed_tells_the_encoder_from_the_parameters():
             checkpoint_path=None,
         )
     )
-    assert message.startswith("the loss became inf at iteration 1. Likely cause: the template step (L-BFGS)")
+    assert message.startswith("the loss became inf at iteration 1. Likely cause: the template step took the templates")
     assert message.endswith("No epoch finished; the model holds its initial parameters.")
 
 

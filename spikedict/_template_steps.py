@@ -1,0 +1,384 @@
+"""Template steps of the alternating solver for 1-D templates at stride 1, built on the Gram matrix of the codes.
+
+With the codes ``x`` held fixed, the linear predictor ``eta = b + sum_k h_k * x_k`` is linear in the templates
+``h`` and the baseline ``b``, and the Gram matrix of the shifted codes, ``G[(k, s), (l, t)] = sum_n sum_u
+x_k[n, u] x_l[n, u + s - t]``, is block Toeplitz: it takes one FFT of the codes to compute.
+
+- :func:`least_squares_template_step` (identity link, Gaussian): the step is a linear system in ``G``, solved
+  exactly.
+- :func:`newton_template_step` (binomial, Poisson): each iteration solves the Newton system with the data's
+  curvature ``A''(eta)`` replaced by its mean over the bins of each channel (``G`` times a number: the exact
+  Hessian for a constant curvature, a close one where events move the rates only a little) and then searches
+  the step length along that direction exactly. No ``torch.optim``: nothing to import, no line search that
+  squares float32 numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from spikedict.families import Family
+from spikedict.model import DCEA, _fast_length
+
+__all__ = ["least_squares_template_step", "newton_template_step"]
+
+#: Code spectra are kept between the iterations of a step while they take less memory than this.
+_SPECTRA_CACHE_BYTES = 1 << 28
+
+
+def _chunks(n_examples: int, batch_size: int) -> list[Tensor]:
+    return [torch.arange(a, min(a + batch_size, n_examples)) for a in range(0, n_examples, batch_size)]
+
+
+class _ShiftedCodes:
+    """The codes as the design matrix of the templates: its Gram matrix, its adjoint and its product.
+
+    Parameters
+    ----------
+    codes : Tensor, shape (n_examples, n_templates, n_code_bins)
+    n_bins : int
+        Length of the signals.
+    size : int
+        Template length.
+    batch_size : int
+        Examples transformed at once.
+    device : torch.device
+    dtype : torch.dtype
+        Real dtype of the transforms (float64 for exact steps, the model's for iterative ones); the Gram matrix
+        and the correlations are accumulated in float64.
+    """
+
+    def __init__(
+        self, codes: Tensor, n_bins: int, size: int, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.codes = codes
+        self.dtype = dtype
+        self.n_bins = n_bins
+        self.size = size
+        self.device = device
+        self.n_templates = codes.shape[1]
+        self.n_fft = _fast_length(n_bins)  # >= the code length + size - 1: no circular wrap of the lags used
+        self.chunks = _chunks(codes.shape[0], batch_size)
+        n_frequencies = self.n_fft // 2 + 1
+        self._cache: list[Tensor] | None = (
+            []
+            if codes.shape[0] * self.n_templates * n_frequencies * 2 * dtype.itemsize <= _SPECTRA_CACHE_BYTES
+            else None
+        )
+
+    def spectra(self, index: int) -> Tensor:
+        """rfft of chunk ``index`` of the codes, shape (n_chunk, n_templates, n_frequencies)."""
+        if self._cache is not None and index < len(self._cache):
+            return self._cache[index]
+        x = self.codes[self.chunks[index]].to(device=self.device, dtype=self.dtype)
+        spectra = torch.fft.rfft(x, n=self.n_fft)
+        if self._cache is not None:
+            self._cache.append(spectra)
+        return spectra
+
+    def gram(self) -> tuple[Tensor, Tensor]:
+        """``(G, code_sums)``: G of shape (n_templates * size, n_templates * size), ``code_sums[k] = sum x_k``."""
+        k, size = self.n_templates, self.size
+        lags = torch.zeros((k, k, 2 * size - 1), dtype=torch.float64, device=self.device)
+        code_sums = torch.zeros(k, dtype=torch.float64, device=self.device)
+        for index, rows in enumerate(self.chunks):
+            spectra = self.spectra(index)
+            conjugate = spectra.conj()
+            # Products summed over examples, one template at a time (complex einsum over many tiny matrices is
+            # slow on CPUs). correlation[k, l, d] = sum_n sum_u x_k[u] x_l[u + d], d = -(size - 1) .. size - 1
+            products = torch.stack([(conjugate[:, j, None] * spectra).sum(0) for j in range(k)])
+            correlation = torch.fft.irfft(products, n=self.n_fft).to(torch.float64)
+            lags += torch.cat([correlation[..., self.n_fft - size + 1 :], correlation[..., :size]], dim=-1)
+            code_sums += self.codes[rows].to(device=self.device).sum(dim=(0, 2), dtype=torch.float64)
+        shift = torch.arange(size, device=self.device)
+        lag_index = shift[:, None] - shift[None, :] + size - 1  # (s, t) -> lag s - t
+        return lags[:, :, lag_index].permute(0, 2, 1, 3).reshape(k * size, k * size), code_sums
+
+    def correlate(self, signals: list[Tensor]) -> Tensor:
+        """Adjoint: ``out[c, k, t] = sum_n sum_u x_k[n, u] signal_c[n, u + t]``, float64, (n_channels, k, size).
+
+        ``signals`` holds one tensor (n_chunk, n_channels, n_bins) per chunk.
+        """
+        total = None
+        for index, signal in enumerate(signals):
+            conjugate = self.spectra(index).conj()
+            signal_spectra = torch.fft.rfft(signal.to(self.dtype), n=self.n_fft)
+            cross = torch.stack([(conjugate[:, j, None] * signal_spectra).sum(0) for j in range(self.n_templates)], 1)
+            part = torch.fft.irfft(cross, n=self.n_fft)[..., : self.size].to(torch.float64)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    def decode(self, templates: Tensor, index: int) -> Tensor:
+        """``sum_k templates_k * x_k`` for chunk ``index``: (n_chunk, n_channels, n_bins), in the design's dtype."""
+        template_spectra = torch.fft.rfft(templates.to(self.dtype), n=self.n_fft)  # (k, c, f)
+        spectra = self.spectra(index)
+        product = spectra[:, 0, None] * template_spectra[0]
+        for j in range(1, self.n_templates):
+            product = product + spectra[:, j, None] * template_spectra[j]
+        return torch.fft.irfft(product, n=self.n_fft)[..., : self.n_bins]
+
+
+def _roughness(model: DCEA, size: int, scale: float, device: torch.device) -> Tensor:
+    """``2 * scale * smoothness * D^T D`` (size x size), the Hessian of the smoothness penalty per template."""
+    difference = torch.diff(torch.eye(size, dtype=torch.float64, device=device), dim=0)
+    return 2.0 * scale * model.smoothness * (difference.T @ difference)
+
+
+def _with_baseline(gram: Tensor, code_sums: Tensor, size: int, n_values_per_channel: float) -> Tensor:
+    """The Gram matrix of the templates' design extended by a constant column (the baseline)."""
+    border = code_sums.repeat_interleave(size)[:, None]
+    corner = gram.new_full((1, 1), n_values_per_channel)
+    return torch.cat([torch.cat([gram, border], 1), torch.cat([border.T, corner], 1)])
+
+
+def _unknowns(model: DCEA) -> Tensor:
+    """Current templates (and learned baseline) as columns per channel: (n_templates * size [+ 1], n_channels)."""
+    n_templates, n_channels, size = model.templates.shape
+    columns = model.templates.detach().to(torch.float64).permute(0, 2, 1).reshape(n_templates * size, n_channels)
+    if model.baseline.requires_grad:
+        columns = torch.cat([columns, model.baseline.detach().to(torch.float64)[None, :]])
+    return columns
+
+
+def _write_back(model: DCEA, columns: Tensor) -> None:
+    n_templates, n_channels, size = model.templates.shape
+    templates = columns[: n_templates * size].reshape(n_templates, size, n_channels).permute(0, 2, 1)
+    model.templates.copy_(templates.to(model.templates.dtype))
+    if model.baseline.requires_grad:
+        model.baseline.copy_(columns[-1].to(model.baseline.dtype))
+
+
+def _ridge(matrix: Tensor) -> float:
+    """1e-10 of the largest diagonal entry: keeps a template without events where it was."""
+    return 1e-10 * float(matrix.diagonal(dim1=-2, dim2=-1).max().clamp(min=1e-30))
+
+
+def _check(model: DCEA, y: Tensor, codes: Tensor) -> None:
+    if not (model.tied and model.templates.ndim == 3 and tuple(model.stride) == (1,)):
+        raise ValueError("the Gram-matrix template steps need tied 1-D templates at stride 1.")
+    expected = y.shape[-1] - model.templates.shape[-1] + 1
+    if codes.shape[0] != y.shape[0] or codes.shape[1] != model.n_templates or codes.shape[-1] != expected:
+        raise ValueError(
+            f"codes must have shape ({y.shape[0]}, {model.n_templates}, {expected}) for data of shape "
+            f"{tuple(y.shape)}, got {tuple(codes.shape)}."
+        )
+
+
+@torch.no_grad()
+def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int = 1000) -> None:
+    """Exact template step for an identity link (Gaussian): solve the normal equations of the templates.
+
+    With the codes ``x`` fixed, ``0.5 ||y - b - sum_k h_k * x_k||^2 + mu ||diff(h)||^2`` (``mu`` the model's
+    ``smoothness`` times the number of values and the family's residual scale, the scale of the solver's
+    mean loss) is quadratic in the templates ``h`` and a learned baseline ``b``: ``G h = X^T (y - b)`` with
+    the block-Toeplitz Gram matrix ``G`` of the shifted codes. The channels share ``G`` and are solved
+    together. A ridge of 1e-10 of the largest diagonal entry toward the current templates keeps a template
+    whose codes are all zero where it was (as a gradient step would).
+
+    Parameters
+    ----------
+    model : DCEA
+        Tied, 1-D templates, stride 1; its templates (and baseline, if it requires grad) are replaced.
+    y : Tensor, shape (n_examples, n_channels, n_bins)
+    codes : Tensor, shape (n_examples, n_templates, n_bins - template_size + 1)
+    family : Family
+        With an identity link (``linear_residual``); its ``residual_scale`` divides the data loss.
+    batch_size : int
+        Examples transformed at once (memory bound only; sums are accumulated in float64).
+    """
+    if not family.linear_residual:
+        raise ValueError(f"the least-squares template step needs an identity link (Gaussian), got {family!r}.")
+    _check(model, y, codes)
+    device = model.templates.device
+    n_templates, n_channels, size = model.templates.shape
+    design = _ShiftedCodes(codes, y.shape[-1], size, batch_size, device, torch.float64)
+    gram, code_sums = design.gram()
+    learn_baseline = model.baseline.requires_grad
+    baseline = model.baseline.detach().to(torch.float64).reshape(1, -1, 1)
+    targets = [y[rows].to(device=device, dtype=torch.float64) for rows in design.chunks]
+    if not learn_baseline:
+        targets = [target - baseline for target in targets]
+    right = design.correlate(targets).reshape(n_channels, n_templates * size).T  # (n_unknowns, n_channels)
+    if model.smoothness:
+        gram += torch.block_diag(*[_roughness(model, size, y.numel() * family.residual_scale, device)] * n_templates)
+    if learn_baseline:
+        gram = _with_baseline(gram, code_sums, size, float(y.shape[0] * y.shape[-1]))
+        data_sums = torch.stack([target.sum(dim=(0, 2)) for target in targets]).sum(0)
+        right = torch.cat([right, data_sums[None, :]])
+    ridge = _ridge(gram)
+    gram += ridge * torch.eye(gram.shape[0], dtype=torch.float64, device=device)
+    _write_back(model, torch.linalg.solve(gram, right + ridge * _unknowns(model)))
+
+
+@torch.no_grad()
+def newton_template_step(
+    model: DCEA,
+    y: Tensor,
+    codes: Tensor,
+    family: Family,
+    n_iterations: int = 10,
+    batch_size: int = 1000,
+    tolerance: float = 1e-10,
+) -> int:
+    """Template step for count families: Newton with the curvature averaged over the bins, exact line search.
+
+    Minimises ``sum NLL(y, b + sum_k h_k * x_k) / (n_values * residual_scale) + smoothness * ||diff(h)||^2``
+    (the alternating solver's template objective) over the templates ``h`` and a learned baseline ``b``, with
+    the codes ``x`` fixed. Each iteration
+
+    1. takes the gradient (the codes correlated with the residuals ``y - mean(eta)``);
+    2. solves, per channel, the Newton system whose Hessian ``X^T diag(A''(eta)) X`` has ``A''(eta)`` (the
+       family's ``variance``) replaced by its mean over that channel's bins: ``mean(A'') * G``, with the Gram
+       matrix ``G`` of the shifted codes computed once per step, plus the penalty's Hessian;
+    3. minimises the objective along that direction by one-dimensional Newton on the step length (the
+       predictor moves along ``eta + a * delta``, so a trial costs element-wise passes only), halving the
+       step until the objective decreases if Newton's does not.
+
+    It stops after ``n_iterations``, or once the decrease that the Newton model predicts is below ``tolerance``
+    times the objective, or when no step lowers it. An identity link (Gaussian) gets the exact
+    :func:`least_squares_template_step` instead.
+
+    Parameters
+    ----------
+    model : DCEA
+        Tied, 1-D templates, stride 1; its templates (and baseline, if it requires grad) are replaced.
+    y : Tensor, shape (n_examples, n_channels, n_bins)
+    codes : Tensor, shape (n_examples, n_templates, n_bins - template_size + 1)
+    family : Family
+        A family whose ``variance`` is ``A''`` (binomial, Poisson); ``family.select(rows)`` gives the family
+        of a batch of examples (per-example binomial trials).
+    n_iterations : int
+    batch_size : int
+        Examples transformed at once (memory bound only).
+    tolerance : float
+        Relative predicted decrease at which to stop (0: run all ``n_iterations``).
+
+    Returns
+    -------
+    int
+        Iterations run.
+    """
+    if family.linear_residual:
+        least_squares_template_step(model, y, codes, family, batch_size)
+        return 1
+    _check(model, y, codes)
+    device = model.templates.device
+    n_templates, n_channels, size = model.templates.shape
+    n_bins = y.shape[-1]
+    dtype = model.templates.dtype  # element-wise work in the model's precision, sums in float64
+    design = _ShiftedCodes(codes, n_bins, size, batch_size, device, dtype)
+    gram, code_sums = design.gram()
+    learn_baseline = model.baseline.requires_grad
+    scale = y.numel() * family.residual_scale
+    n_unknowns = n_templates * size + int(learn_baseline)
+    if learn_baseline:
+        gram = _with_baseline(gram, code_sums, size, float(y.shape[0] * n_bins))
+    penalty_hessian = torch.zeros((n_unknowns, n_unknowns), dtype=torch.float64, device=device)
+    if model.smoothness:
+        penalty_hessian[: n_templates * size, : n_templates * size] = torch.block_diag(
+            *[_roughness(model, size, 1.0, device)] * n_templates
+        )
+    chunks = range(len(design.chunks))
+    families = [family.select(rows).to(device) for rows in design.chunks]
+    data = [y[rows].to(device=device, dtype=dtype) for rows in design.chunks]
+    fixed_baseline = model.baseline.detach().reshape(1, -1, 1)
+
+    def linear(columns: Tensor, index: int) -> Tensor:
+        """``sum_k h_k * x_k (+ b)`` of chunk ``index`` for unknowns ``columns``."""
+        templates = columns[: n_templates * size].reshape(n_templates, size, n_channels).permute(0, 2, 1)
+        eta = design.decode(templates, index)
+        return eta + columns[-1].to(dtype).reshape(1, -1, 1) if learn_baseline else eta
+
+    columns = _unknowns(model)  # (n_unknowns, n_channels)
+    etas = [linear(columns, index) + (0.0 if learn_baseline else fixed_baseline) for index in chunks]
+    search = _LineSearch(families, data, penalty_hessian, scale)
+    value = search.value(etas, columns)
+    iterations_run = 0
+    for _ in range(n_iterations):
+        iterations_run += 1
+        residuals = [d - f.mean(e) for f, d, e in zip(families, data, etas)]
+        gradient = -design.correlate(residuals).reshape(n_channels, n_templates * size).T / scale
+        if learn_baseline:
+            sums = torch.stack([r.sum(dim=(0, 2), dtype=torch.float64) for r in residuals]).sum(0)
+            gradient = torch.cat([gradient, -sums[None, :] / scale])
+        gradient = gradient + penalty_hessian @ columns
+        curvature = torch.stack([f.variance(e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(families, etas)])
+        curvature = curvature.sum(0)
+        curvature = curvature / (y.shape[0] * n_bins * scale)  # mean A'' per channel, on the objective's scale
+        hessians = curvature.reshape(-1, 1, 1) * gram + penalty_hessian  # (n_channels, n_unknowns, n_unknowns)
+        hessians = hessians + _ridge(hessians) * torch.eye(n_unknowns, dtype=torch.float64, device=device)
+        direction = -torch.linalg.solve(hessians, gradient.T.unsqueeze(-1)).squeeze(-1).T  # (n_unknowns, c)
+        # The decrease the Newton model predicts (half the Newton decrement): robust to the rounding of the
+        # objective's value, which in float32 hides changes below about 1e-8 of it.
+        if -0.5 * float((gradient * direction).sum()) <= tolerance * max(abs(value), 1e-30):
+            break
+        deltas = [linear(direction, index) for index in chunks]
+        step, new_value = search.minimise(etas, deltas, columns, direction, value)
+        if step == 0.0:
+            break
+        columns = columns + step * direction
+        etas = [e + step * delta for e, delta in zip(etas, deltas)]
+        value = new_value
+    _write_back(model, columns)
+    return iterations_run
+
+
+class _LineSearch:
+    """The template objective along ``unknowns + a * direction`` (predictor ``eta + a * delta``), and its minimum."""
+
+    def __init__(self, families: list[Family], data: list[Tensor], penalty_hessian: Tensor, scale: float) -> None:
+        self.families = families
+        self.data = data
+        self.penalty_hessian = penalty_hessian
+        self.scale = scale
+
+    def value(self, etas: list[Tensor], columns: Tensor) -> float:
+        total = sum(
+            float(f.negative_log_likelihood(d, e).sum(dtype=torch.float64))
+            for f, d, e in zip(self.families, self.data, etas)
+        )
+        return total / self.scale + 0.5 * float((columns * (self.penalty_hessian @ columns)).sum())
+
+    def _at(
+        self, step: float, etas: list[Tensor], deltas: list[Tensor], columns: Tensor, direction: Tensor
+    ) -> tuple[float, float, float]:
+        """Objective and its first two derivatives in the step length at ``step``."""
+        value = first = second = 0.0
+        for family, data, eta, delta in zip(self.families, self.data, etas, deltas):
+            moved = eta + step * delta
+            value += float(family.negative_log_likelihood(data, moved).sum(dtype=torch.float64))
+            first += float(((family.mean(moved) - data) * delta).sum(dtype=torch.float64))
+            second += float((family.variance(moved) * delta * delta).sum(dtype=torch.float64))
+        moved_columns = columns + step * direction
+        bent = self.penalty_hessian @ direction
+        value = value / self.scale + 0.5 * float((moved_columns * (self.penalty_hessian @ moved_columns)).sum())
+        first = first / self.scale + float((moved_columns * bent).sum())
+        second = second / self.scale + float((direction * bent).sum())
+        return value, first, second
+
+    def minimise(
+        self, etas: list[Tensor], deltas: list[Tensor], columns: Tensor, direction: Tensor, start_value: float
+    ) -> tuple[float, float]:
+        """``(step, value)`` of the lowest objective found: the full step 1 and one Newton correction of it in the
+        step length, else halving from 1/2; ``(0, start_value)`` if no step lowers the objective."""
+        best_step, best_value = 0.0, start_value
+        value, first, second = self._at(1.0, etas, deltas, columns, direction)
+        if math.isfinite(value) and math.isfinite(first) and math.isfinite(second):
+            if value < best_value:
+                best_step, best_value = 1.0, value
+            if second > 0:
+                step = min(max(1.0 - first / second, 0.25), 4.0)
+                value = self.value([e + step * d for e, d in zip(etas, deltas)], columns + step * direction)
+                if math.isfinite(value) and value < best_value:
+                    best_step, best_value = step, value
+        step = 1.0
+        while best_step == 0.0 and step > 1e-8:
+            step *= 0.5
+            value = self.value([e + step * d for e, d in zip(etas, deltas)], columns + step * direction)
+            if math.isfinite(value) and value < best_value:
+                best_step, best_value = step, value
+        return best_step, best_value

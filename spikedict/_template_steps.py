@@ -260,7 +260,7 @@ def newton_template_step(
     Returns
     -------
     int
-        Iterations run.
+        Iterations that moved the templates.
     """
     if family.linear_residual:
         least_squares_template_step(model, y, codes, family, batch_size)
@@ -299,16 +299,15 @@ def newton_template_step(
     value = search.value(etas, columns)
     iterations_run = 0
     for _ in range(n_iterations):
-        iterations_run += 1
         residuals = [d - f.mean(e) for f, d, e in zip(families, data, etas)]
         gradient = -design.correlate(residuals).reshape(n_channels, n_templates * size).T / scale
         if learn_baseline:
             sums = torch.stack([r.sum(dim=(0, 2), dtype=torch.float64) for r in residuals]).sum(0)
             gradient = torch.cat([gradient, -sums[None, :] / scale])
         gradient = gradient + penalty_hessian @ columns
-        curvature = torch.stack([f.variance(e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(families, etas)])
-        curvature = curvature.sum(0)
-        curvature = curvature / (y.shape[0] * n_bins * scale)  # mean A'' per channel, on the objective's scale
+        # mean A'' per channel, on the objective's scale
+        curvature = sum(f.variance(e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(families, etas))
+        curvature = curvature / (y.shape[0] * n_bins * scale)
         hessians = curvature.reshape(-1, 1, 1) * gram + penalty_hessian  # (n_channels, n_unknowns, n_unknowns)
         hessians = hessians + _ridge(hessians) * torch.eye(n_unknowns, dtype=torch.float64, device=device)
         direction = -torch.linalg.solve(hessians, gradient.T.unsqueeze(-1)).squeeze(-1).T  # (n_unknowns, c)
@@ -323,6 +322,7 @@ def newton_template_step(
         columns = columns + step * direction
         etas = [e + step * delta for e, delta in zip(etas, deltas)]
         value = new_value
+        iterations_run += 1
     _write_back(model, columns)
     return iterations_run
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from spikedict import distributed
 from spikedict._atomic import atomic_path
-from spikedict.alternating import AlternatingConfig, fit_alternating
+from spikedict.alternating import AlternatingConfig, default_template_iterations, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.io._windows import RecordingWindows, stitch_cuts
 from spikedict.model import DCEA
@@ -195,8 +195,8 @@ class SpikeDictionary:
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the iterations of each template
-        step (``"auto"``: 10, fewer once converged; unused by the exact Gaussian step; 1 Adam step per batch
-        for backprop),
+        step (``"auto"``: 5 Newton iterations for 1-D templates, 10 L-BFGS iterations for 2-D ones; unused by
+        the exact Gaussian step; 1 Adam step per batch for backprop),
         ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``, ``validation_fraction`` and
         ``patience`` do not apply.
     device : str
@@ -661,7 +661,11 @@ class SpikeDictionary:
             config = AlternatingConfig(
                 n_iterations=self.n_epochs,
                 n_code_iterations=self.n_iterations,
-                n_dictionary_iterations=10 if self.n_dictionary_steps == "auto" else int(self.n_dictionary_steps),
+                n_dictionary_iterations=(
+                    default_template_iterations(model)
+                    if self.n_dictionary_steps == "auto"
+                    else int(self.n_dictionary_steps)
+                ),
                 continuation=self.continuation,
                 n_continuation_iterations=self.n_epochs // 2,
                 reweighting=self.reweighting,

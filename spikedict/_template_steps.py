@@ -63,20 +63,17 @@ class _ShiftedCodes:
         self.n_fft = _fast_length(n_bins)  # >= the code length + size - 1: no circular wrap of the lags used
         self.chunks = _chunks(codes.shape[0], batch_size)
         n_frequencies = self.n_fft // 2 + 1
-        self._cache: list[Tensor] | None = (
-            []
-            if codes.shape[0] * self.n_templates * n_frequencies * 2 * dtype.itemsize <= _SPECTRA_CACHE_BYTES
-            else None
-        )
+        cache_bytes = codes.shape[0] * self.n_templates * n_frequencies * 2 * dtype.itemsize
+        self._cache: dict[int, Tensor] | None = {} if cache_bytes <= _SPECTRA_CACHE_BYTES else None
 
     def spectra(self, index: int) -> Tensor:
         """rfft of chunk ``index`` of the codes, shape (n_chunk, n_templates, n_frequencies)."""
-        if self._cache is not None and index < len(self._cache):
+        if self._cache is not None and index in self._cache:
             return self._cache[index]
         x = self.codes[self.chunks[index]].to(device=self.device, dtype=self.dtype)
         spectra = torch.fft.rfft(x, n=self.n_fft)
         if self._cache is not None:
-            self._cache.append(spectra)
+            self._cache[index] = spectra
         return spectra
 
     def gram(self) -> tuple[Tensor, Tensor]:
@@ -97,20 +94,15 @@ class _ShiftedCodes:
         lag_index = shift[:, None] - shift[None, :] + size - 1  # (s, t) -> lag s - t
         return lags[:, :, lag_index].permute(0, 2, 1, 3).reshape(k * size, k * size), code_sums
 
-    def correlate(self, signals: list[Tensor]) -> Tensor:
-        """Adjoint: ``out[c, k, t] = sum_n sum_u x_k[n, u] signal_c[n, u + t]``, float64, (n_channels, k, size).
+    def correlate(self, signal: Tensor, index: int) -> Tensor:
+        """Adjoint, chunk ``index``: ``out[c, k, t] = sum_n sum_u x_k[n, u] signal_c[n, u + t]``, float64.
 
-        ``signals`` holds one tensor (n_chunk, n_channels, n_bins) per chunk.
+        ``signal`` has shape (n_chunk, n_channels, n_bins); the result (n_channels, n_templates, size).
         """
-        total = None
-        for index, signal in enumerate(signals):
-            conjugate = self.spectra(index).conj()
-            signal_spectra = torch.fft.rfft(signal.to(self.dtype), n=self.n_fft)
-            cross = torch.stack([(conjugate[:, j, None] * signal_spectra).sum(0) for j in range(self.n_templates)], 1)
-            part = torch.fft.irfft(cross, n=self.n_fft)[..., : self.size].to(torch.float64)
-            total = part if total is None else total + part
-        assert total is not None
-        return total
+        conjugate = self.spectra(index).conj()
+        signal_spectra = torch.fft.rfft(signal.to(self.dtype), n=self.n_fft)
+        cross = torch.stack([(conjugate[:, j, None] * signal_spectra).sum(0) for j in range(self.n_templates)], 1)
+        return torch.fft.irfft(cross, n=self.n_fft)[..., : self.size].to(torch.float64)
 
     def decode(self, templates: Tensor, index: int) -> Tensor:
         """``sum_k templates_k * x_k`` for chunk ``index``: (n_chunk, n_channels, n_bins), in the design's dtype."""
@@ -157,6 +149,24 @@ def _ridge(matrix: Tensor) -> float:
     return 1e-10 * float(matrix.diagonal(dim1=-2, dim2=-1).max().clamp(min=1e-30))
 
 
+def _hold_unused(matrix: Tensor, vector: Tensor, gram: Tensor, n_templates: int, size: int, value: Tensor) -> None:
+    """Make the unknowns of templates without events solve to ``value`` (in place): identity rows and columns.
+
+    A template whose codes are all zero (zero energy: its diagonal in ``gram``) is not determined by the data;
+    the smoothness penalty alone would flatten it. It keeps its current values instead, as a gradient step
+    would leave it. ``matrix`` is (..., n_unknowns, n_unknowns), ``vector`` and ``value`` (n_unknowns, ...).
+    """
+    energy = gram.diagonal()[: n_templates * size : size]  # sum of squared codes of each template
+    unused = torch.nonzero(energy == 0).flatten()
+    if not unused.numel():
+        return
+    index = (unused[:, None] * size + torch.arange(size, device=unused.device)).flatten()
+    matrix[..., index, :] = 0.0
+    matrix[..., :, index] = 0.0
+    matrix[..., index, index] = 1.0
+    vector[index] = value[index]
+
+
 def _check(model: DCEA, y: Tensor, codes: Tensor) -> None:
     if not (model.tied and model.templates.ndim == 3 and tuple(model.stride) == (1,)):
         raise ValueError("the Gram-matrix template steps need tied 1-D templates at stride 1.")
@@ -176,8 +186,8 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
     ``smoothness`` times the number of values and the family's residual scale, the scale of the solver's
     mean loss) is quadratic in the templates ``h`` and a learned baseline ``b``: ``G h = X^T (y - b)`` with
     the block-Toeplitz Gram matrix ``G`` of the shifted codes. The channels share ``G`` and are solved
-    together. A ridge of 1e-10 of the largest diagonal entry toward the current templates keeps a template
-    whose codes are all zero where it was (as a gradient step would).
+    together. A template whose codes are all zero keeps its values (as a gradient step would leave it), and a
+    ridge of 1e-10 of the largest diagonal entry toward the current templates keeps the system regular.
 
     Parameters
     ----------
@@ -188,7 +198,8 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
     family : Family
         With an identity link (``linear_residual``); its ``residual_scale`` divides the data loss.
     batch_size : int
-        Examples transformed at once (memory bound only; sums are accumulated in float64).
+        Examples transformed at once; sums are accumulated in float64. Besides one batch, the step holds the
+        codes' spectra (up to 256 MiB, else they are recomputed).
     """
     if not family.linear_residual:
         raise ValueError(f"the least-squares template step needs an identity link (Gaussian), got {family!r}.")
@@ -199,19 +210,26 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
     gram, code_sums = design.gram()
     learn_baseline = model.baseline.requires_grad
     baseline = model.baseline.detach().to(torch.float64).reshape(1, -1, 1)
-    targets = [y[rows].to(device=device, dtype=torch.float64) for rows in design.chunks]
-    if not learn_baseline:
-        targets = [target - baseline for target in targets]
-    right = design.correlate(targets).reshape(n_channels, n_templates * size).T  # (n_unknowns, n_channels)
+    right = torch.zeros((n_channels, n_templates, size), dtype=torch.float64, device=device)
+    data_sums = torch.zeros(n_channels, dtype=torch.float64, device=device)
+    for index, rows in enumerate(design.chunks):
+        target = y[rows].to(device=device, dtype=torch.float64)
+        if not learn_baseline:
+            target = target - baseline
+        right += design.correlate(target, index)
+        data_sums += target.sum(dim=(0, 2))
+    right = right.reshape(n_channels, n_templates * size).T  # (n_unknowns, n_channels)
+    system = gram.clone()
     if model.smoothness:
-        gram += torch.block_diag(*[_roughness(model, size, y.numel() * family.residual_scale, device)] * n_templates)
+        system += torch.block_diag(*[_roughness(model, size, y.numel() * family.residual_scale, device)] * n_templates)
     if learn_baseline:
-        gram = _with_baseline(gram, code_sums, size, float(y.shape[0] * y.shape[-1]))
-        data_sums = torch.stack([target.sum(dim=(0, 2)) for target in targets]).sum(0)
+        system = _with_baseline(system, code_sums, size, float(y.shape[0] * y.shape[-1]))
         right = torch.cat([right, data_sums[None, :]])
-    ridge = _ridge(gram)
-    gram += ridge * torch.eye(gram.shape[0], dtype=torch.float64, device=device)
-    _write_back(model, torch.linalg.solve(gram, right + ridge * _unknowns(model)))
+    current = _unknowns(model)
+    _hold_unused(system, right, gram, n_templates, size, current)
+    ridge = _ridge(system)
+    system += ridge * torch.eye(system.shape[0], dtype=torch.float64, device=device)
+    _write_back(model, torch.linalg.solve(system, right + ridge * current))
 
 
 @torch.no_grad()
@@ -253,14 +271,16 @@ def newton_template_step(
         of a batch of examples (per-example binomial trials).
     n_iterations : int
     batch_size : int
-        Examples transformed at once (memory bound only).
+        Examples transformed at once. The step keeps the linear predictor and the direction of every example
+        (twice the data's size, in the model's dtype) and the codes' spectra (up to 256 MiB) on the model's
+        device.
     tolerance : float
         Relative predicted decrease at which to stop (0: run all ``n_iterations``).
 
     Returns
     -------
     int
-        Iterations that moved the templates.
+        Iterations that moved the templates (1 for an identity link, solved exactly).
     """
     if family.linear_residual:
         least_squares_template_step(model, y, codes, family, batch_size)
@@ -300,7 +320,8 @@ def newton_template_step(
     iterations_run = 0
     for _ in range(n_iterations):
         residuals = [d - f.mean(e) for f, d, e in zip(families, data, etas)]
-        gradient = -design.correlate(residuals).reshape(n_channels, n_templates * size).T / scale
+        correlation = sum(design.correlate(residual, index) for index, residual in enumerate(residuals))
+        gradient = -correlation.reshape(n_channels, n_templates * size).T / scale
         if learn_baseline:
             sums = torch.stack([r.sum(dim=(0, 2), dtype=torch.float64) for r in residuals]).sum(0)
             gradient = torch.cat([gradient, -sums[None, :] / scale])
@@ -309,6 +330,7 @@ def newton_template_step(
         curvature = sum(f.variance(e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(families, etas))
         curvature = curvature / (y.shape[0] * n_bins * scale)
         hessians = curvature.reshape(-1, 1, 1) * gram + penalty_hessian  # (n_channels, n_unknowns, n_unknowns)
+        _hold_unused(hessians, gradient, gram, n_templates, size, torch.zeros_like(gradient))
         hessians = hessians + _ridge(hessians) * torch.eye(n_unknowns, dtype=torch.float64, device=device)
         direction = -torch.linalg.solve(hessians, gradient.T.unsqueeze(-1)).squeeze(-1).T  # (n_unknowns, c)
         # The decrease the Newton model predicts (half the Newton decrement): robust to the rounding of the

@@ -102,7 +102,8 @@ class AlternatingConfig:
     n_spare_templates : int
         Extra templates learned during continuation and dropped at its end.
     batch_size : int
-        Examples encoded at once (memory bound only; every iteration covers all examples).
+        Examples encoded at once (every iteration covers all examples). The 1-D template steps also keep
+        about twice the data on the model's device (see :mod:`spikedict._template_steps`).
     device : str
     progress : bool or None
         tqdm bar; None shows it on a terminal only.
@@ -429,7 +430,9 @@ def fit_alternating(
         codes = _restore(model, payload["state"])
         extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}
     else:
-        codes = torch.zeros((y.shape[0], model.n_templates) + model.code_shape(signal_shape))
+        codes = torch.zeros(
+            (y.shape[0], model.n_templates) + model.code_shape(signal_shape), dtype=model.templates.dtype
+        )
         # Continuation starts where some events are still coded: at most half the largest useful sparsity.
         largest = largest_useful_sparsity(model, y, family, config.batch_size)
         start = max(sparsity, min(config.continuation * sparsity, 0.5 * largest))

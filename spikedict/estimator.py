@@ -171,9 +171,9 @@ class SpikeDictionary:
     solver : {"auto", "alternating", "backprop"}
         How the templates are learned. ``"alternating"``: alternating minimisation over the whole data set
         (encoder, then a template step: exact least squares for Gaussian data, Newton iterations for 1-D count
-        templates, L-BFGS for 2-D ones), with sparsity continuation, spare templates, room for the templates to
-        re-centre and reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate choice for the
-        interpretable tied model. ``"backprop"``: stochastic training through the unrolled encoder
+        templates, L-BFGS for 2-D or strided ones), with sparsity continuation, spare templates, room for the
+        templates to re-centre and reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate
+        choice for the interpretable tied model. ``"backprop"``: stochastic training through the unrolled encoder
         (:func:`spikedict.training.train`), as in the DCEA paper; required for ``tied=False``.
         ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
     reweighting : float
@@ -195,8 +195,8 @@ class SpikeDictionary:
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the iterations of each template
-        step (``"auto"``: 5 Newton iterations for 1-D templates, 10 L-BFGS iterations for 2-D ones; unused by
-        the exact Gaussian step; 1 Adam step per batch for backprop),
+        step (``"auto"``: 5 Newton iterations for 1-D templates, 10 L-BFGS iterations for 2-D or strided ones;
+        unused by the exact Gaussian step; 1 Adam step per batch for backprop),
         ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``, ``validation_fraction`` and
         ``patience`` do not apply.
     device : str

@@ -306,19 +306,32 @@ def operator_norm_squared(
     return value
 
 
-def shrink(values: Tensor, threshold: Tensor | float, nonnegative: bool) -> Tensor:
+def shrink(
+    values: Tensor, threshold: Tensor | float, nonnegative: bool, *, nonnegative_threshold: bool | None = None
+) -> Tensor:
     """Proximal operator of ``threshold * ||x||_1`` (plus the constraint ``x >= 0`` if nonnegative).
 
-    One-sided: ``relu(v - threshold)``; two-sided (soft threshold): ``sign(v) * relu(|v| - threshold)``,
-    computed as ``v - clamp(v, -threshold, threshold)`` (two passes over the codes instead of four) unless the
-    threshold is a learned tensor, which may turn negative while it trains.
+    One-sided: ``relu(v - threshold)``; two-sided (soft threshold): ``sign(v) * relu(|v| - threshold)``.
+
+    Parameters
+    ----------
+    values : Tensor
+    threshold : float or Tensor broadcastable to ``values``
+    nonnegative : bool
+        One-sided shrinkage (``x >= 0``).
+    nonnegative_threshold : bool, optional
+        Whether ``threshold >= 0`` everywhere. Then the soft threshold is computed as
+        ``v - clamp(v, -threshold, threshold)``: the same values in two passes over the codes instead of four.
+        The two formulas differ where a threshold is negative (a learned threshold may turn negative while it
+        trains), so the default is True only for a Python number that is >= 0.
     """
     if nonnegative:
         return F.relu(values - threshold)
-    if isinstance(threshold, Tensor) and threshold.requires_grad:
-        return torch.sign(values) * F.relu(values.abs() - threshold)
-    lower = -threshold
-    return values - torch.clamp(values, lower, threshold)
+    if nonnegative_threshold is None:
+        nonnegative_threshold = not isinstance(threshold, Tensor) and threshold >= 0
+    if nonnegative_threshold:
+        return values - torch.clamp(values, -threshold, threshold)
+    return torch.sign(values) * F.relu(values.abs() - threshold)
 
 
 def proximal_gradient_step(
@@ -331,6 +344,7 @@ def proximal_gradient_step(
     step_size: float,
     threshold: Tensor | float,
     nonnegative: bool = True,
+    nonnegative_threshold: bool | None = None,
 ) -> Tensor:
     """One proximal-gradient (ISTA) iteration of the DCEA encoder.
 
@@ -352,6 +366,8 @@ def proximal_gradient_step(
     threshold : float or Tensor of shape (n_templates,)
         The sparsity (tied) or one learned threshold per template (untied).
     nonnegative : bool
+    nonnegative_threshold : bool, optional
+        Whether every threshold is >= 0 (see :func:`shrink`).
 
     Returns
     -------
@@ -362,7 +378,7 @@ def proximal_gradient_step(
     update = codes + step_size * encoder.correlate(residual)
     if isinstance(threshold, Tensor) and threshold.ndim == 1:
         threshold = threshold.reshape((1, -1) + (1,) * (codes.ndim - 2))
-    return shrink(update, step_size * threshold, nonnegative)
+    return shrink(update, step_size * threshold, nonnegative, nonnegative_threshold=nonnegative_threshold)
 
 
 class DCEA(nn.Module):
@@ -564,8 +580,11 @@ class DCEA(nn.Module):
         family = self.family if family is None else family
         n_iterations = self.n_iterations if n_iterations is None else int(n_iterations)
         signal_shape = tuple(y.shape[2:])
+        dtype = torch.promote_types(y.dtype, self.templates.dtype)
         if codes is None:
-            codes = y.new_zeros((y.shape[0], self.n_templates) + self.code_shape(signal_shape))
+            codes = y.new_zeros((y.shape[0], self.n_templates) + self.code_shape(signal_shape), dtype=dtype)
+        elif codes.dtype != dtype:  # a warm start of another precision: compute in the wider one
+            codes = codes.to(dtype)
         baseline = self._baseline(len(signal_shape))
         dictionary = ConvolutionOperator(self.templates, signal_shape, self.stride)
         encoder = dictionary if self.tied else ConvolutionOperator(self.encoder_templates, signal_shape, self.stride)
@@ -593,10 +612,20 @@ class DCEA(nn.Module):
                 if normal:
                     update = torch.add(momentum_codes, stepped_data)
                     update = torch.sub(update, dictionary.gram(momentum_codes), alpha=step / family.residual_scale)
-                    new_codes = shrink(update, step_threshold, nonnegative)
+                    new_codes = shrink(update, step_threshold, nonnegative, nonnegative_threshold=True)
                 else:
+                    # Tied thresholds (the sparsity, or reweighted-l1 weights) are >= 0; learned ones may not be.
                     new_codes = proximal_gradient_step(
-                        momentum_codes, y, family, baseline, dictionary, encoder, step, threshold, nonnegative
+                        momentum_codes,
+                        y,
+                        family,
+                        baseline,
+                        dictionary,
+                        encoder,
+                        step,
+                        threshold,
+                        nonnegative,
+                        nonnegative_threshold=True if self.tied else None,
                     )
                 if self.algorithm == "fista":
                     t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0

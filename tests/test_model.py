@@ -251,6 +251,35 @@ def test_shrink_closed_forms():
     torch.testing.assert_close(shrink(pair, thresholds, nonnegative=True), torch.relu(pair - thresholds))
 
 
+def test_shrink_formulas_agree_where_thresholds_are_nonnegative_and_follow_the_sign_form_elsewhere():
+    values = randn((6, 50), seed=22) * 2
+    thresholds = torch.rand((6, 50), generator=torch.Generator().manual_seed(23), dtype=DTYPE)
+    sign_form = torch.sign(values) * torch.relu(values.abs() - thresholds)
+    fast = shrink(values, thresholds, nonnegative=False, nonnegative_threshold=True)
+    torch.testing.assert_close(fast, sign_form, atol=0, rtol=0)
+    torch.testing.assert_close(shrink(values, thresholds, nonnegative=False), sign_form, atol=0, rtol=0)
+    # A negative threshold (a learned one may turn negative): the sign form, whatever the formula's default.
+    negative = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0], dtype=DTYPE)
+    expected = torch.tensor([-3.0, -1.5, 0.0, 1.5, 3.0], dtype=DTYPE)
+    torch.testing.assert_close(shrink(negative, -1.0, nonnegative=False), expected)
+    torch.testing.assert_close(shrink(negative, torch.tensor(-1.0, dtype=DTYPE), nonnegative=False), expected)
+
+
+def test_untied_encoder_with_negative_thresholds_is_the_same_with_and_without_autograd():
+    generator = torch.Generator().manual_seed(24)
+    model = DCEA(2, 1, 9, Poisson(), tied=False, nonnegative_codes=False, generator=generator).double()
+    with torch.no_grad():
+        model.thresholds.fill_(-0.05)
+    y = torch.poisson(torch.full((2, 1, 60), 2.0, dtype=DTYPE), generator=generator)
+    model.update_step_size((60,), y)
+    with_grad = model.encode(y)
+    truncated = model.encode(y, n_backprop_iterations=1)
+    with torch.no_grad():
+        without = model.encode(y)
+    torch.testing.assert_close(with_grad.detach(), without, atol=0, rtol=0)
+    torch.testing.assert_close(truncated.detach(), without, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("nonnegative", [True, False])
 def test_shrink_is_the_proximal_operator_of_the_l1_norm(nonnegative):
     threshold = 0.8

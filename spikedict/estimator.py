@@ -30,7 +30,7 @@ from torch import Tensor
 
 from spikedict import distributed
 from spikedict._atomic import atomic_path
-from spikedict.alternating import AlternatingConfig, default_template_iterations, fit_alternating
+from spikedict.alternating import AlternatingConfig, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.io._windows import RecordingWindows, stitch_cuts
 from spikedict.model import DCEA
@@ -170,9 +170,9 @@ class SpikeDictionary:
         Weight of the squared-difference smoothness penalty on the templates.
     solver : {"auto", "alternating", "backprop"}
         How the templates are learned. ``"alternating"``: alternating minimisation over the whole data set
-        (encoder, then a template step: exact least squares for Gaussian data, Newton iterations for 1-D count
-        templates, L-BFGS for 2-D or strided ones), with sparsity continuation, spare templates, room for the
-        templates to re-centre and reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate
+        (encoder, then a template step: exact least squares for Gaussian data with 1-D templates, L-BFGS
+        otherwise), with sparsity continuation, spare templates, room for the templates to re-centre and
+        reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate
         choice for the interpretable tied model. ``"backprop"``: stochastic training through the unrolled encoder
         (:func:`spikedict.training.train`), as in the DCEA paper; required for ``tied=False``.
         ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
@@ -195,8 +195,8 @@ class SpikeDictionary:
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the iterations of each template
-        step (``"auto"``: 5 Newton iterations for 1-D templates, 10 L-BFGS iterations for 2-D or strided ones;
-        unused by the exact Gaussian step; 1 Adam step per batch for backprop),
+        step (``"auto"``: 10 L-BFGS iterations; unused by the exact Gaussian step; 1 Adam step per batch for
+        backprop),
         ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``, ``validation_fraction`` and
         ``patience`` do not apply.
     device : str
@@ -661,11 +661,7 @@ class SpikeDictionary:
             config = AlternatingConfig(
                 n_iterations=self.n_epochs,
                 n_code_iterations=self.n_iterations,
-                n_dictionary_iterations=(
-                    default_template_iterations(model)
-                    if self.n_dictionary_steps == "auto"
-                    else int(self.n_dictionary_steps)
-                ),
+                n_dictionary_iterations=10 if self.n_dictionary_steps == "auto" else int(self.n_dictionary_steps),
                 continuation=self.continuation,
                 n_continuation_iterations=self.n_epochs // 2,
                 reweighting=self.reweighting,

@@ -275,6 +275,25 @@ def test_alternating_fit_of_a_float64_model(family, binomial_counts):
     assert codes.dtype == torch.float64
 
 
+def test_template_step_option_picks_the_step_and_is_checked(binomial_counts):
+    y = torch.as_tensor(binomial_counts[:3], dtype=torch.float64)
+    family = Binomial(N_TRIALS)
+    model, _, _ = _template_problem(family, n_bins=y.shape[-1], n_examples=3)
+    codes = torch.zeros((3, 2, y.shape[-1] - 11), dtype=torch.float64)
+    codes[:, :, ::40] = 1.0
+    newton, lbfgs, automatic = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    _template_step(newton, y, codes, family, AlternatingConfig(template_step="newton", n_dictionary_iterations=40))
+    _template_step(lbfgs, y, codes, family, AlternatingConfig(template_step="lbfgs", n_dictionary_iterations=300))
+    _template_step(automatic, y, codes, family, AlternatingConfig(n_dictionary_iterations=300))  # counts: L-BFGS
+    torch.testing.assert_close(newton.templates, lbfgs.templates, atol=1e-4, rtol=0)
+    torch.testing.assert_close(automatic.templates, lbfgs.templates, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="template_step must be"):
+        AlternatingConfig(template_step="exact").validate()
+    strided = DCEA(2, 1, 12, family, stride=2).double()
+    with pytest.raises(ValueError, match="needs 1-D templates at stride 1"):
+        _template_step(strided, y, codes, family, AlternatingConfig(template_step="newton"))
+
+
 def test_newton_template_step_survives_steps_that_overflow():
     """Poisson at high rates: the full Newton step overflows exp(eta); the search halves it instead of failing."""
     family = Poisson()

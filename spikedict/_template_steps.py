@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from spikedict.families import Family
-from spikedict.model import DCEA, _fast_length
+from spikedict.model import DCEA, _fast_length, _mix_spectra
 
 __all__ = ["least_squares_template_step", "newton_template_step"]
 
@@ -109,10 +109,7 @@ class _ShiftedCodes:
     def decode(self, templates: Tensor, index: int) -> Tensor:
         """``sum_k templates_k * x_k`` for chunk ``index``: (n_chunk, n_channels, n_bins), in the design's dtype."""
         template_spectra = torch.fft.rfft(templates.to(self.dtype), n=self.n_fft)  # (k, c, f)
-        spectra = self.spectra(index)
-        product = spectra[:, 0, None] * template_spectra[0]
-        for j in range(1, self.n_templates):
-            product = product + spectra[:, j, None] * template_spectra[j]
+        product = _mix_spectra(self.spectra(index), template_spectra)
         return torch.fft.irfft(product, n=self.n_fft)[..., : self.n_bins]
 
 

@@ -103,6 +103,18 @@ def _fast_length(n: int) -> int:
     return best
 
 
+def _mix_spectra(spectrum: Tensor, weights: Tensor) -> Tensor:
+    """``sum_k spectrum[:, k] * weights[k]``: (n, k, f) spectra through (k, m, f) weights to (n, m, f).
+
+    One broadcast product per ``k``: torch's complex einsum/bmm over many tiny matrices (one per frequency) is
+    10-100x slower on the CPU than these element-wise passes.
+    """
+    total = spectrum[:, 0, None] * weights[0]
+    for k in range(1, weights.shape[0]):
+        total = total + spectrum[:, k, None] * weights[k]
+    return total
+
+
 class ConvolutionOperator:
     """The convolution ``codes -> sum_c templates_c * codes_c`` and its adjoint, for fixed templates.
 
@@ -179,21 +191,14 @@ class ConvolutionOperator:
         if n_templates > n_channels:
             product = self._correlate_spectrum(self._decode_spectrum(spectrum))
         else:
-            if self._gram_spectra is None:  # (n_templates, n_templates, n_frequencies)
-                self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra_conj, self.spectra).contiguous()
-            product = spectrum[:, 0, None] * self._gram_spectra[:, 0]
-            for k in range(1, n_templates):
-                product = product + spectrum[:, k, None] * self._gram_spectra[:, k]
+            if self._gram_spectra is None:  # [k, l] = sum_c H_kc conj(H_lc): code k's contribution to code l
+                self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra, self.spectra_conj).contiguous()
+            product = _mix_spectra(spectrum, self._gram_spectra)
         return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
 
     def _decode_spectrum(self, spectrum: Tensor) -> Tensor:
         """Spectrum of the signal from the spectrum of the codes (the frequency-domain part of :meth:`decode`)."""
-        # One broadcast product per template: torch's complex einsum/bmm over many tiny matrices (one per
-        # frequency) is 10-100x slower on the CPU than these element-wise passes.
-        total = spectrum[:, 0, None] * self.spectra[0]
-        for k in range(1, self.spectra.shape[0]):
-            total = total + spectrum[:, k, None] * self.spectra[k]
-        return total
+        return _mix_spectra(spectrum, self.spectra)
 
     def _correlate_spectrum(self, spectrum: Tensor) -> Tensor:
         """Spectrum of the codes from the spectrum of a signal (the frequency-domain part of :meth:`correlate`)."""

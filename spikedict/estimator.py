@@ -172,8 +172,8 @@ class SpikeDictionary:
         How the templates are learned. ``"alternating"``: alternating minimisation over the whole data set
         (encoder, then a template step: exact least squares for Gaussian data with 1-D templates, L-BFGS
         otherwise), with sparsity continuation, spare templates, room for the templates to re-centre and
-        reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate
-        choice for the interpretable tied model. ``"backprop"``: stochastic training through the unrolled encoder
+        reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate choice for the interpretable
+        tied model. ``"backprop"``: stochastic training through the unrolled encoder
         (:func:`spikedict.training.train`), as in the DCEA paper; required for ``tied=False``.
         ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
     reweighting : float
@@ -196,9 +196,8 @@ class SpikeDictionary:
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts passes over the data, ``n_dictionary_steps`` the iterations of each template
         step (``"auto"``: 10 L-BFGS iterations; unused by the exact Gaussian step; 1 Adam step per batch for
-        backprop),
-        ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``, ``validation_fraction`` and
-        ``patience`` do not apply.
+        backprop), ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``,
+        ``validation_fraction`` and ``patience`` do not apply.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed : int

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,11 +19,13 @@ from spikedict.alternating import (
     AlternatingConfig,
     _data_loss,
     _lbfgs_template_step,
+    _safe_warm_start,
     _sparsity_at,
     _template_step,
     crop_templates,
     fit_alternating,
     largest_useful_sparsity,
+    lbfgs_template_step,
     least_squares_template_step,
     newton_template_step,
     shift_codes,
@@ -304,6 +308,97 @@ def test_newton_template_step_survives_steps_that_overflow():
     newton_template_step(model, y, codes * 40, family, n_iterations=20, tolerance=0.0)
     value, _ = _objective_gradient(model, y, codes * 40, family)
     assert torch.isfinite(model.templates).all() and math.isfinite(value)
+
+
+@pytest.mark.parametrize(
+    ("family", "learn_baseline", "smoothness"),
+    [
+        (Binomial(np.array([20, 30, 25, 30])), True, 0.0),
+        (Binomial(30), False, 1e-3),
+        (Poisson(), True, 1e-3),
+    ],
+)
+def test_lbfgs_template_step_descends_to_the_newton_minimiser(family, learn_baseline, smoothness):
+    """The count families' default step: the objective falls at every call, and run long it reaches the minimiser
+    (zero gradient) that the Newton step finds; a template without events keeps its values."""
+    model, y, codes = _template_problem(
+        family, n_templates=3, n_channels=2, learn_baseline=learn_baseline, smoothness=smoothness
+    )
+    codes[:, 2] = 0.0
+    before = model.templates.detach().clone()
+    newton = copy.deepcopy(model)
+    values = [_objective_gradient(model, y, codes, family)[0]]
+    for _ in range(3):
+        assert lbfgs_template_step(model, y, codes, family, n_iterations=2, batch_size=3, tolerance=0.0) == 2
+        values.append(_objective_gradient(model, y, codes, family)[0])
+    assert all(after < before for before, after in itertools.pairwise(values)), values
+    lbfgs_template_step(model, y, codes, family, n_iterations=100, batch_size=3, tolerance=0.0)
+    used = slice(0, 2)
+    model.zero_grad()
+    _objective_gradient(model, y, codes, family)
+    assert float(model.templates.grad[used].abs().max()) < 1e-8
+    newton_template_step(newton, y, codes, family, n_iterations=40, batch_size=3, tolerance=0.0)
+    torch.testing.assert_close(model.templates[used], newton.templates[used], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.baseline, newton.baseline, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.templates.detach()[2], before[2])
+
+
+def test_lbfgs_template_step_matches_torch_lbfgs_early_on():
+    """Ten iterations land as close to the minimiser as ten of ``torch.optim.LBFGS`` (strong Wolfe) or closer."""
+    family = Poisson()
+    model, y, codes = _template_problem(family, n_channels=2, smoothness=1e-3)
+    ours, reference, solved = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    lbfgs_template_step(ours, y, codes, family, n_iterations=10, tolerance=0.0)
+    _lbfgs_template_step(reference, y, codes, family, AlternatingConfig(n_dictionary_iterations=10))
+    newton_template_step(solved, y, codes, family, n_iterations=40, tolerance=0.0)
+    minimum = _objective_gradient(solved, y, codes, family)[0]
+    gap_ours = _objective_gradient(ours, y, codes, family)[0] - minimum
+    gap_reference = _objective_gradient(reference, y, codes, family)[0] - minimum
+    assert 0 <= gap_ours <= max(gap_reference, 1e-12), (gap_ours, gap_reference)
+
+
+def test_count_fits_do_not_import_torch_dynamo():
+    """``torch.optim`` optimisers import ``torch._dynamo`` (about 3 s of a fit on 2 cores); 1-D count fits use
+    the solver's own L-BFGS and must not pay it."""
+    script = (
+        "import sys\n"
+        "from spikedict import SpikeDictionary\n"
+        "from spikedict.simulate import paper_templates, simulate_counts\n"
+        "data = simulate_counts(paper_templates(20), n_examples=4, n_bins=200, family='poisson', seed=0)\n"
+        "SpikeDictionary(3, 20, family='poisson', n_epochs=2, seed=0, progress=False).fit(data.counts)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+def test_warm_starts_that_fit_worse_than_zero_codes_restart_from_zero():
+    """A warm start whose objective is above that of zero codes is replaced by zeros, example by example; without
+    that guard the fixed-step Poisson encoder started there moves away from the solution."""
+    family = Poisson()
+    model, y, codes = _template_problem(family, n_examples=4, seed=3)
+    with torch.no_grad():
+        model.baseline.fill_(-1.0)
+    y = family.sample(model.decode(codes.double(), (100,)), generator=torch.Generator().manual_seed(4)).double()
+    model.sparsity = 0.01
+    model.update_step_size((100,), y)
+    bad = codes.clone()
+    bad[1:3] = bad[1:3] * 30.0  # examples 1 and 2: rates of exp(30 * events)
+    guarded = _safe_warm_start(model, y, family, bad, 0.01, batch_size=3)
+    assert torch.all(guarded[1:3] == 0)
+    assert torch.equal(guarded[0], codes[0]) and torch.equal(guarded[3], codes[3])
+    assert _safe_warm_start(model, y, family, codes, 0.01, batch_size=3) is codes  # nothing to restart
+    assert _safe_warm_start(model, y, Gaussian(), bad, 0.01, batch_size=3) is bad  # quadratic: any start is safe
+
+    @torch.no_grad()
+    def objective(start):
+        found = model.encode(y, codes=start, n_iterations=50)
+        value = family.negative_log_likelihood(y, model.decode(found, (100,))).sum() + 0.01 * found.abs().sum()
+        return float(value)
+
+    assert objective(guarded) < objective(torch.zeros_like(codes)) + 1.0  # as good as a cold start
+    unguarded = objective(bad)
+    assert not math.isfinite(unguarded) or unguarded > 10 * objective(guarded)
 
 
 def test_gram_template_steps_check_their_input(binomial_counts):

@@ -19,6 +19,7 @@ from spikedict.families import Binomial, Family, Gaussian, Poisson
 from spikedict.model import (
     DCEA,
     ConvolutionOperator,
+    _fast_length,
     code_shape,
     correlate,
     decode,
@@ -419,6 +420,20 @@ def test_encoder_converges_to_the_kkt_point(key, algorithm, nonnegative):
                     if nonnegative:
                         perturbed = perturbed.clamp(min=0)
                     assert (scaled_objective(model, family, y, perturbed) >= best - 1e-12).all()
+
+
+def test_fft_lengths_are_the_smallest_even_smooth_sizes():
+    """``_fast_length(n)``: the smallest even 2^a 3^b 5^c >= n (odd smooth sizes such as 2025 are ~3x slower)."""
+
+    def smooth(size):
+        for prime in (2, 3, 5):
+            while size % prime == 0:
+                size //= prime
+        return size == 1
+
+    for n in range(1, 3000):
+        expected = next(size for size in range(max(n, 2), 2 * n + 3) if size % 2 == 0 and smooth(size))
+        assert _fast_length(n) == expected, n
 
 
 def test_proximal_gradient_step_is_one_ista_step():

@@ -63,6 +63,8 @@ class _Start:
     result: TrainingResult
     initial_templates: np.ndarray
     sparsity: float
+    #: RMS of ``y - decode(codes)`` at the solver's final codes (alternating solver, Gaussian family), else None
+    residual_rms: float | None = None
 
     @property
     def final_loss(self) -> float:
@@ -614,9 +616,12 @@ class SpikeDictionary:
         self.stop_reason_ = result.stop_reason
         self.family_ = family
         if isinstance(family, Gaussian) and not isinstance(self.family, Family):
-            # Maximum-likelihood noise level, so that score() is a proper log-likelihood.
-            residual = sample - self._predict_eta(sample, family)
-            self.family_ = Gaussian(std=max(float(residual.pow(2).mean().sqrt()), 1e-12))
+            # Maximum-likelihood noise level of the fit, so that score() is a proper log-likelihood: from the
+            # alternating solver's final codes (which it has anyway), else from an inference pass.
+            rms = chosen.residual_rms
+            if rms is None:
+                rms = float((sample - self._predict_eta(sample, family)).pow(2).mean().sqrt())
+            self.family_ = Gaussian(std=max(rms, 1e-12))
             model.family = self.family_
         self._set_fitted_arrays()
         return self
@@ -656,6 +661,7 @@ class SpikeDictionary:
             with torch.no_grad():
                 model.thresholds.fill_(sparsity)
 
+        residual_rms = None
         if solver == "alternating":
             config = AlternatingConfig(
                 n_iterations=self.n_epochs,
@@ -672,6 +678,8 @@ class SpikeDictionary:
                 checkpoint_path=self._checkpoint_of(restart),
             )
             result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
+            if isinstance(family, Gaussian) and len(result.history):
+                residual_rms = _residual_rms(model, y, result.codes, config.batch_size)
             if padding:  # the learned templates without their room to move
                 learned = model
                 model = self._build_model(self.n_templates, y.shape[1], template_shape, family, generator)
@@ -682,7 +690,7 @@ class SpikeDictionary:
                 model.to(learned.templates.device)
         else:
             result = train(model, y, self._training_config(), resume=resume)
-        return _Start(model, result, initial_templates, float(sparsity))
+        return _Start(model, result, initial_templates, float(sparsity), residual_rms)
 
     def _checkpoint_of(self, restart: int) -> str | None:
         """Checkpoint file of a restart: ``checkpoint_path`` for the first, ``<checkpoint_path>.restart<r>`` after."""
@@ -1027,6 +1035,18 @@ def _encoding_batch_size(model: DCEA, signal_shape: Sequence[int]) -> int:
     code_entries = model.n_templates * int(np.prod(model.code_shape(signal_shape)))
     count_entries = model.n_channels * int(np.prod(signal_shape))
     return max(1, 20_000_000 // max(code_entries, count_entries, 1))
+
+
+@torch.no_grad()
+def _residual_rms(model: DCEA, y: Tensor, codes: Tensor, batch_size: int) -> float:
+    """Root mean square of ``y - model.decode(codes)`` over all values, a batch of examples at a time."""
+    device = model.templates.device
+    total = 0.0
+    for first in range(0, y.shape[0], batch_size):
+        batch = y[first : first + batch_size].to(device)
+        eta = model.decode(codes[first : first + batch_size].to(device), batch.shape[2:])
+        total += float((batch - eta).pow(2).sum(dtype=torch.float64))
+    return math.sqrt(total / max(y.numel(), 1))
 
 
 def noise_level(y: Tensor, family: Family, baseline: Tensor) -> float:

@@ -345,7 +345,7 @@ def _safe_warm_start(
     Such examples start from zero instead, as the first iteration did. With an identity link (Gaussian) the
     objective is quadratic, the encoder's step is safe from any start, and the warm start is kept.
     """
-    if family.linear_residual:
+    if family.linear_residual or not bool(codes.any()):
         return codes
     device = model.templates.device
     restart = torch.zeros(codes.shape[0], dtype=torch.bool)
@@ -354,11 +354,14 @@ def _safe_warm_start(
         batch_family = family.select(rows).to(device)
         penalty = (weights[rows].to(device) if isinstance(weights, Tensor) else weights) * start.abs()
         at_start = batch_family.negative_log_likelihood(batch, model.decode(start, batch.shape[2:]))
-        at_start = at_start.flatten(1).sum(1, dtype=torch.float64) / family.residual_scale
+        # on the scale of the encoder's objective for this batch (its family's residual scale, e.g. the batch's
+        # largest number of binomial trials), as encode_in_batches gives it the same batches
+        scale = batch_family.residual_scale
+        at_start = at_start.flatten(1).sum(1, dtype=torch.float64) / scale
         at_start = at_start + penalty.flatten(1).sum(1, dtype=torch.float64)
         baseline = model.baseline.detach().reshape((1, -1) + (1,) * (batch.ndim - 2)).expand_as(batch)
         at_zero = batch_family.negative_log_likelihood(batch, baseline).flatten(1).sum(1, dtype=torch.float64)
-        restart[rows] = (~torch.isfinite(at_start) | (at_start > at_zero / family.residual_scale)).cpu()
+        restart[rows] = (~torch.isfinite(at_start) | (at_start > at_zero / scale)).cpu()
     if not bool(restart.any()):
         return codes
     codes = codes.clone()

@@ -617,7 +617,9 @@ class SpikeDictionary:
         self.family_ = family
         if isinstance(family, Gaussian) and not isinstance(self.family, Family):
             # Maximum-likelihood noise level of the fit, so that score() is a proper log-likelihood: from the
-            # alternating solver's final codes (which it has anyway), else from an inference pass.
+            # alternating solver's final codes (which it has anyway; with its room to move, whose codes cannot
+            # reach the first and last bins of padding, a little above the cut model's residual), else from
+            # an inference pass.
             rms = chosen.residual_rms
             if rms is None:
                 rms = float((sample - self._predict_eta(sample, family)).pow(2).mean().sqrt())
@@ -678,7 +680,7 @@ class SpikeDictionary:
                 checkpoint_path=self._checkpoint_of(restart),
             )
             result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
-            if isinstance(family, Gaussian) and len(result.history):
+            if isinstance(family, Gaussian) and not isinstance(self.family, Family) and len(result.history):
                 residual_rms = _residual_rms(model, y, result.codes, config.batch_size)
             if padding:  # the learned templates without their room to move
                 learned = model

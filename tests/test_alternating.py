@@ -357,6 +357,34 @@ def test_lbfgs_template_step_matches_torch_lbfgs_early_on():
     assert 0 <= gap_ours <= max(gap_reference, 1e-12), (gap_ours, gap_reference)
 
 
+def test_lbfgs_template_step_does_not_depend_on_the_gaussian_std():
+    """The Gaussian NLL is ``eta**2 / 2 - y * eta`` whatever its std: the step's curvature is 1, not ``std**2``."""
+    model, y, codes = _template_problem(Gaussian(), n_channels=2)
+    y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    steps = []
+    for std in (1.0, 0.1):
+        stepped = copy.deepcopy(model)
+        lbfgs_template_step(stepped, y, codes, Gaussian(std=std), n_iterations=3, tolerance=0.0)
+        steps.append(stepped)
+    torch.testing.assert_close(steps[1].templates, steps[0].templates, atol=1e-12, rtol=0)
+    exact = copy.deepcopy(model)
+    least_squares_template_step(exact, y, codes, Gaussian())
+    lbfgs_template_step(model, y, codes, Gaussian(std=0.1), n_iterations=100, tolerance=0.0)
+    torch.testing.assert_close(model.templates, exact.templates, atol=1e-8, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("step", [newton_template_step, lbfgs_template_step])
+def test_count_template_steps_on_the_gpu_with_data_on_the_cpu(step):
+    """As the alternating solver calls them: the model on the GPU, the data and the codes on the CPU."""
+    family = Poisson()
+    model, y, codes = _template_problem(family, n_channels=2)
+    reference = copy.deepcopy(model)
+    step(model.cuda(), y, codes, family, n_iterations=5)
+    step(reference, y, codes, family, n_iterations=5)
+    torch.testing.assert_close(model.templates.cpu(), reference.templates, atol=1e-8, rtol=0)
+
+
 def test_count_fits_do_not_import_torch_dynamo():
     """``torch.optim`` optimisers import ``torch._dynamo`` (about 3 s of a fit on 2 cores); 1-D count fits use
     the solver's own L-BFGS and must not pay it."""
@@ -399,6 +427,29 @@ def test_warm_starts_that_fit_worse_than_zero_codes_restart_from_zero():
     assert objective(guarded) < objective(torch.zeros_like(codes)) + 1.0  # as good as a cold start
     unguarded = objective(bad)
     assert not math.isfinite(unguarded) or unguarded > 10 * objective(guarded)
+
+
+def test_warm_start_guard_weighs_each_batch_as_its_encoder_does():
+    """Per-example binomial trials: the encoder of a batch divides the NLL by that batch's largest number of
+    trials, and so does the guard; a warm start that the encoder's objective prefers to zero codes is kept."""
+    family = Binomial(np.array([10, 100]))
+    model, y, codes = _template_problem(family, n_examples=2, seed=5)
+    with torch.no_grad():
+        model.baseline.fill_(-1.0)
+    y = family.sample(model.decode(codes, (100,)), generator=torch.Generator().manual_seed(6)).double()
+    model.requires_grad_(False)
+    first = family.select(torch.tensor([0]))
+    baseline = model.baseline.detach().reshape(1, -1, 1).expand_as(y[:1])
+    gain = float(
+        first.negative_log_likelihood(y[:1], baseline).sum()
+        - first.negative_log_likelihood(y[:1], model.decode(codes[:1], (100,))).sum()
+    )
+    assert gain > 0
+    # the l1 term costs 30% of example 0's gain on its encoder's scale (10 trials), 3x the gain on the scale of
+    # the data set's largest number of trials (100)
+    weight = 0.3 * gain / 10 / float(codes[:1].abs().sum())
+    guarded = _safe_warm_start(model, y, family, codes, weight, batch_size=1)
+    assert torch.equal(guarded[0], codes[0])
 
 
 def test_gram_template_steps_check_their_input(binomial_counts):

@@ -450,7 +450,7 @@ def _recovery_errors(family: str) -> np.ndarray:
     strict=True,
     reason="open gap of the core issue: on the standard problem (baseline -2, amplitudes in [1, 2]) an event moves "
     "the counts by about 2.7 (binomial M = 30) or 0.6 (Poisson) standard deviations, and the default fit ends "
-    "near 0.63 (binomial) and 0.95 (Poisson). Even from the true templates, l1 codes cost 4.7x the floor in one "
+    "near 0.61 (binomial) and 0.94 (Poisson). Even from the true templates, l1 codes cost 4.7x the floor in one "
     "template step, and stochastic EM settles near 4x the floor (benchmarks/code_bounds.py). Recovery where "
     "events stand out is tested in test_alternating.py. This test turns into a failure (XPASS) once the fit "
     "recovers them, and the marker must then be removed.",

@@ -154,22 +154,22 @@ def _ridge(matrix: Tensor) -> float:
     return 1e-10 * float(matrix.diagonal(dim1=-2, dim2=-1).max().clamp(min=1e-30))
 
 
-def _hold_unused(matrix: Tensor, vector: Tensor, gram: Tensor, n_templates: int, size: int, value: Tensor) -> None:
-    """Make the unknowns of templates without events solve to ``value`` (in place): identity rows and columns.
+def _unused_unknowns(codes: Tensor, size: int, device: torch.device) -> Tensor:
+    """Indices of the unknowns of the templates whose codes are all zero (``size`` consecutive ones each).
 
-    A template whose codes are all zero (zero energy: its diagonal in ``gram``) is not determined by the data;
-    the smoothness penalty alone would flatten it. It keeps its current values instead, as a gradient step
-    would leave it. ``matrix`` is (..., n_unknowns, n_unknowns), ``vector`` and ``value`` (n_unknowns, ...).
+    Such a template is not determined by the data (the smoothness penalty alone would flatten it); the steps
+    keep its current values, as a gradient step would leave it.
     """
-    energy = gram.diagonal()[: n_templates * size : size]  # sum of squared codes of each template
-    unused = torch.nonzero(energy == 0).flatten()
-    if not unused.numel():
-        return
-    index = (unused[:, None] * size + torch.arange(size, device=unused.device)).flatten()
+    unused = torch.nonzero(codes.abs().sum(dim=(0, 2)) == 0).flatten().to(device)
+    return (unused[:, None] * size + torch.arange(size, device=device)).flatten()
+
+
+def _hold(matrix: Tensor, index: Tensor) -> None:
+    """Identity rows and columns of ``matrix`` (..., n_unknowns, n_unknowns) at ``index``, in place: those
+    unknowns solve to their right-hand side, uncoupled from the others."""
     matrix[..., index, :] = 0.0
     matrix[..., :, index] = 0.0
     matrix[..., index, index] = 1.0
-    vector[index] = value[index]
 
 
 def _check(model: DCEA, y: Tensor, codes: Tensor) -> None:
@@ -231,7 +231,9 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
         system = _with_baseline(system, code_sums, size, float(y.shape[0] * y.shape[-1]))
         right = torch.cat([right, data_sums[None, :]])
     current = _unknowns(model)
-    _hold_unused(system, right, gram, n_templates, size, current)
+    held = _unused_unknowns(codes, size, device)
+    _hold(system, held)
+    right[held] = current[held]
     ridge = _ridge(system)
     system += ridge * torch.eye(system.shape[0], dtype=torch.float64, device=device)
     _write_back(model, torch.linalg.solve(system, right + ridge * current))
@@ -272,9 +274,7 @@ class _CountObjective:
         # contiguous chunks: slices are views of y, not copies
         self.data = [y[int(rows[0]) : int(rows[-1]) + 1].to(self.device, self.dtype) for rows in self.design.chunks]
         self.fixed_baseline = model.baseline.detach().reshape(1, -1, 1)
-        energy = codes.abs().sum(dim=(0, 2))  # a template whose codes are all zero is not determined by the data
-        unused = torch.nonzero(energy == 0).flatten().to(self.device)
-        self.unused_index = (unused[:, None] * self.size + torch.arange(self.size, device=self.device)).flatten()
+        self.unused_index = _unused_unknowns(codes, self.size, self.device)
 
     def linear(self, columns: Tensor, index: int) -> Tensor:
         """``sum_k h_k * x_k`` (``+ b`` if learned) of chunk ``index`` for unknowns ``columns``."""
@@ -328,6 +328,11 @@ class _CountObjective:
         second = second / self.scale + float((direction * bent).sum())
         return value, first, second
 
+    def _value_at(
+        self, step: float, etas: list[Tensor], deltas: list[Tensor], columns: Tensor, direction: Tensor
+    ) -> float:
+        return self.value([e + step * d for e, d in zip(etas, deltas)], columns + step * direction)
+
     def search(
         self,
         etas: list[Tensor],
@@ -351,7 +356,7 @@ class _CountObjective:
                 return 0.0, start_value
             first_step = -first / second
         if not refine:
-            value = self.value([e + first_step * d for e, d in zip(etas, deltas)], columns + first_step * direction)
+            value = self._value_at(first_step, etas, deltas, columns, direction)
             if math.isfinite(value) and value < start_value:
                 return first_step, value
         best_step, best_value = 0.0, start_value
@@ -361,13 +366,13 @@ class _CountObjective:
                 best_step, best_value = first_step, value
             if second > 0:
                 step = min(max(first_step - first / second, 0.25 * first_step), 4.0 * first_step)
-                value = self.value([e + step * d for e, d in zip(etas, deltas)], columns + step * direction)
+                value = self._value_at(step, etas, deltas, columns, direction)
                 if math.isfinite(value) and value < best_value:
                     best_step, best_value = step, value
         step = first_step
         while best_step == 0.0 and step > 1e-8 * first_step:
             step *= 0.5
-            value = self.value([e + step * d for e, d in zip(etas, deltas)], columns + step * direction)
+            value = self._value_at(step, etas, deltas, columns, direction)
             if math.isfinite(value) and value < best_value:
                 best_step, best_value = step, value
         return best_step, best_value
@@ -488,13 +493,13 @@ def newton_template_step(
         if not gram:
             matrix, code_sums = objective.design.gram()
             if objective.learn_baseline:
-                matrix = _with_baseline(matrix, code_sums, objective.size, float(objective.n_examples * y.shape[-1]))
+                matrix = _with_baseline(
+                    matrix, code_sums, objective.size, float(objective.n_examples * objective.n_bins)
+                )
             gram.append(matrix)
         curvature = objective.mean_curvature(etas)
         hessians = curvature.reshape(-1, 1, 1) * gram[0] + objective.penalty_hessian  # (c, n_unknowns, n_unknowns)
-        hessians[:, objective.unused_index, :] = 0.0  # held templates: identity rows, zero gradient
-        hessians[:, :, objective.unused_index] = 0.0
-        hessians[:, objective.unused_index, objective.unused_index] = 1.0
+        _hold(hessians, objective.unused_index)  # their gradient is zero: they stay
         identity = torch.eye(objective.n_unknowns, dtype=torch.float64, device=objective.device)
         hessians = hessians + _ridge(hessians) * identity
         return -torch.linalg.solve(hessians, gradient.T.unsqueeze(-1)).squeeze(-1).T, 1.0

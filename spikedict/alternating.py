@@ -3,7 +3,7 @@
 The tied DCEA (DCEA-C) minimises ``NLL(y | H x + baseline) + sparsity * ||x||_1`` over codes ``x`` and unit-norm
 templates ``H``. Back-propagating through the unrolled encoder with a stochastic optimiser
 (:func:`spikedict.training.train`) is one way to do it; this module is the faster and more accurate way on a CPU
-for the interpretable model. Each iteration over the whole data set
+for the interpretable model. Each iteration over the data set (or, early on, a growing subset of its examples)
 
 1. **codes**: runs the same unrolled encoder (FISTA, warm-started from the previous codes) with the current
    templates;
@@ -13,7 +13,7 @@ for the interpretable model. Each iteration over the whole data set
    on request, Newton iterations on the Gram matrix of the codes: :func:`newton_template_step`); then
    rescales each template to unit norm and its codes by the inverse factor, which leaves the rates unchanged.
 
-Four devices turn the plain scheme into one that finds the templates from a random start:
+Five devices turn the plain scheme into one that finds the templates from a random start:
 
 - **Continuation**: the sparsity starts at ``continuation`` times its final value and decays geometrically over
   the first ``n_continuation_iterations``, so the first templates are learned from the clearest events only.
@@ -24,6 +24,11 @@ Four devices turn the plain scheme into one that finds the templates from a rand
   cut back to the window of ``template_size`` bins that holds most of its energy, re-centred, and its codes
   shifted to match. A template learned a few bins off-centre grows its missing part into the padding instead of
   staying truncated.
+- **A growing subset**: the first iteration codes a random ``initial_subset`` fraction of the examples and fits
+  the templates to them; the fraction grows geometrically to all examples by the end of continuation (the
+  examples join in a fixed random order and keep their codes). The coarse early iterations, with the spare
+  templates, cost a fraction of a pass over the data, as in mini-batch dictionary learning (Mairal et al.,
+  2010); the iterations after continuation use every example.
 - **Reweighted l1** (Candès, Wakin and Boyd, 2008): after continuation, the weight of each code entry is
   ``sparsity * delta / (|x| + delta)`` with ``x`` the previous codes. Events keep their amplitude instead of
   being shrunk, and an event is no longer smeared over neighbouring shifts (the l1 solution spreads it when the
@@ -83,6 +88,7 @@ __all__ = [
     "newton_template_step",
     "shift_codes",
     "spare_template_choice",
+    "subset_rows",
 ]
 
 
@@ -116,8 +122,13 @@ class AlternatingConfig:
         Bins of room at each end of the (1-D) templates; 0 for none.
     n_spare_templates : int
         Extra templates learned during continuation and dropped at its end.
+    initial_subset : float
+        Fraction of the examples coded (and fitted by the template step) in the first iteration, in (0, 1]. It
+        grows geometrically to 1 over the continuation iterations; 1 uses every example in every iteration.
+    seed : int
+        Seed of the random order in which the examples join the subset.
     batch_size : int
-        Examples encoded at once (every iteration covers all examples). The Newton template step also keeps
+        Examples encoded at once (it bounds memory only). The Newton template step also keeps
         about twice the data on the model's device (see :mod:`spikedict._template_steps`).
     device : str
     progress : bool or None
@@ -134,6 +145,8 @@ class AlternatingConfig:
     reweighting: float = 0.3
     padding: int = 0
     n_spare_templates: int = 0
+    initial_subset: float = 1.0
+    seed: int = 0
     batch_size: int = 1000
     device: str = "auto"
     progress: bool | None = None
@@ -151,6 +164,7 @@ class AlternatingConfig:
             (self.reweighting >= 0, "reweighting must be >= 0 (0 disables it)"),
             (self.padding >= 0, "padding must be >= 0"),
             (self.n_spare_templates >= 0, "n_spare_templates must be >= 0"),
+            (0 < self.initial_subset <= 1, "initial_subset must lie in (0, 1]"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
         ]
         for ok, message in checks:
@@ -236,6 +250,23 @@ def spare_template_choice(templates: Tensor, usage: Tensor, n_keep: int, max_sim
         if len(kept) == n_keep:
             return kept
     return kept + [index for index in order if index not in kept][: n_keep - len(kept)]
+
+
+def subset_rows(n_examples: int, config: AlternatingConfig, iteration: int) -> Tensor | None:
+    """The examples of the growing subset at ``iteration`` (sorted), or None for all of them.
+
+    The fraction is ``initial_subset ** (1 - iteration / n_continuation_iterations)`` (at least one example); the
+    examples join in the order of a random permutation drawn with ``config.seed``, so each subset holds the
+    previous one, and a resumed fit sees the same subsets.
+    """
+    if config.initial_subset >= 1 or config.n_continuation_iterations == 0:
+        return None
+    progress = min(iteration / config.n_continuation_iterations, 1.0)
+    n_rows = max(1, math.ceil(config.initial_subset ** (1.0 - progress) * n_examples))
+    if n_rows >= n_examples:
+        return None
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(config.seed))
+    return order[:n_rows].sort().values
 
 
 def _sparsity_at(final: float, start: float, config: AlternatingConfig, iteration: int) -> float:
@@ -439,9 +470,10 @@ def fit_alternating(
     Returns
     -------
     TrainingResult
-        ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin),
-        ``objective`` (loss plus the l1 term per bin), ``step_size``, ``code_density``, ``seconds``;
-        ``codes`` are the final codes of every example.
+        ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin of all
+        examples, those not yet in the subset at zero codes), ``objective`` (loss plus the l1 term per bin),
+        ``step_size``, ``code_density`` (of the examples coded), ``examples_coded`` (the size of the growing
+        subset), ``seconds``; ``codes`` are the final codes of every example.
     """
     config = config or AlternatingConfig()
     config.validate()
@@ -505,12 +537,28 @@ def fit_alternating(
                 weights = reweighted_thresholds(codes, current, extra["delta"])
             step = model.update_step_size(signal_shape, y)
             model.sparsity = current
-            codes = _safe_warm_start(model, y, family, codes, weights, config.batch_size)
-            codes = encode_in_batches(
-                model, y, family, config.n_code_iterations, config.batch_size, initial=codes, thresholds=weights
+            rows = subset_rows(y.shape[0], config, iteration)
+            if rows is None:
+                part, part_family, part_codes, part_weights = y, family, codes, weights
+            else:
+                part, part_family, part_codes = y[rows], family.select(rows), codes[rows]
+                part_weights = weights[rows] if isinstance(weights, Tensor) else weights
+            part_codes = _safe_warm_start(model, part, part_family, part_codes, part_weights, config.batch_size)
+            part_codes = encode_in_batches(
+                model,
+                part,
+                part_family,
+                config.n_code_iterations,
+                config.batch_size,
+                initial=part_codes,
+                thresholds=part_weights,
             )
-            encoded = codes
-            _template_step(model, y, codes, family, config)
+            encoded = part_codes
+            _template_step(model, part, part_codes, part_family, config)
+            if rows is None:
+                codes = part_codes
+            else:
+                codes[rows] = part_codes
             codes = _normalise(model, codes)
             if config.padding:
                 with torch.no_grad():
@@ -530,7 +578,9 @@ def fit_alternating(
                     loss,
                     f"iteration {iteration + 1}",
                     encoder_diverged=encoder_failed(
-                        model, encoded, lambda c: _data_loss(model, y, c, family, config.batch_size, backward=False)
+                        model,
+                        encoded,
+                        lambda c, y=part, f=part_family: _data_loss(model, y, c, f, config.batch_size, backward=False),
                     ),
                     step_size=step,
                     learning_rate=None,
@@ -545,7 +595,8 @@ def fit_alternating(
                 "validation_loss": math.nan,  # the same columns as spikedict.training's history
                 "objective": loss + current * float(codes.abs().sum()) / n_values,
                 "step_size": step,
-                "code_density": float((codes != 0).float().mean()),
+                "code_density": float(((codes if rows is None else codes[rows]) != 0).float().mean()),
+                "examples_coded": y.shape[0] if rows is None else len(rows),
                 "seconds": time.perf_counter() - started,
             }
             history.append(row)

@@ -124,7 +124,8 @@ class AlternatingConfig:
         Extra templates learned during continuation and dropped at its end.
     initial_subset : float
         Fraction of the examples coded (and fitted by the template step) in the first iteration, in (0, 1]. It
-        grows geometrically to 1 over the continuation iterations; 1 uses every example in every iteration.
+        grows geometrically to 1 over the continuation iterations (and by the last iteration in any case); 1, or
+        no continuation iterations, uses every example in every iteration.
     seed : int
         Seed of the random order in which the examples join the subset.
     batch_size : int
@@ -164,7 +165,12 @@ class AlternatingConfig:
             (self.reweighting >= 0, "reweighting must be >= 0 (0 disables it)"),
             (self.padding >= 0, "padding must be >= 0"),
             (self.n_spare_templates >= 0, "n_spare_templates must be >= 0"),
-            (0 < self.initial_subset <= 1, "initial_subset must lie in (0, 1]"),
+            (
+                isinstance(self.initial_subset, (int, float))
+                and not isinstance(self.initial_subset, bool)
+                and 0 < self.initial_subset <= 1,
+                "initial_subset must be a number in (0, 1]",
+            ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
         ]
         for ok, message in checks:
@@ -255,14 +261,17 @@ def spare_template_choice(templates: Tensor, usage: Tensor, n_keep: int, max_sim
 def subset_rows(n_examples: int, config: AlternatingConfig, iteration: int) -> Tensor | None:
     """The examples of the growing subset at ``iteration`` (sorted), or None for all of them.
 
-    The fraction is ``initial_subset ** (1 - iteration / n_continuation_iterations)`` (at least one example); the
-    examples join in the order of a random permutation drawn with ``config.seed``, so each subset holds the
+    The fraction is ``initial_subset ** (1 - iteration / horizon)`` (at least one example), with ``horizon`` the
+    continuation iterations but at most ``n_iterations - 1``, so that the last iteration codes every example.
+    The examples join in the order of a random permutation drawn with ``config.seed``, so each subset holds the
     previous one, and a resumed fit sees the same subsets.
     """
-    if config.initial_subset >= 1 or config.n_continuation_iterations == 0:
+    horizon = min(config.n_continuation_iterations, config.n_iterations - 1)
+    if config.initial_subset >= 1 or horizon <= 0:
         return None
-    progress = min(iteration / config.n_continuation_iterations, 1.0)
-    n_rows = max(1, math.ceil(config.initial_subset ** (1.0 - progress) * n_examples))
+    progress = min(iteration / horizon, 1.0)
+    # the tolerance keeps a fraction given as n_first / n_examples from rounding up to n_first + 1
+    n_rows = max(1, math.ceil(config.initial_subset ** (1.0 - progress) * n_examples - 1e-9))
     if n_rows >= n_examples:
         return None
     order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(config.seed))
@@ -497,11 +506,16 @@ def fit_alternating(
         "family": family.config(),
         "n_examples": int(y.shape[0]),
         "signal_shape": list(signal_shape),
+        # the growing subset's schedule: a resumed fit must see the same subsets
+        "initial_subset": config.initial_subset,
+        "subset_seed": config.seed if config.initial_subset < 1 else None,
     }
 
     if resume:
         payload = load_checkpoint(config.checkpoint_path)
-        _check_signature(payload.get("signature", {}), signature, config.checkpoint_path)
+        # checkpoints written before the growing subset coded every example in every iteration
+        saved = {"initial_subset": 1.0, "subset_seed": None, **payload.get("signature", {})}
+        _check_signature(saved, signature, config.checkpoint_path)
         codes = _restore(model, payload["state"])
         extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}
     else:

@@ -181,12 +181,13 @@ class SpikeDictionary:
     smoothness : float
         Weight of the squared-difference smoothness penalty on the templates.
     solver : {"auto", "alternating", "backprop"}
-        How the templates are learned. ``"alternating"``: alternating minimisation over the whole data set
+        How the templates are learned. ``"alternating"``: alternating minimisation over the data set
         (encoder, then a template step: exact least squares for Gaussian data with 1-D templates, L-BFGS
-        otherwise), with sparsity continuation, spare templates, room for the templates to re-centre and
-        reweighted l1 (see :mod:`spikedict.alternating`); the fast and accurate choice for the interpretable
-        tied model. ``"backprop"``: stochastic training through the unrolled encoder
-        (:func:`spikedict.training.train`), as in the DCEA paper; required for ``tied=False``.
+        otherwise), with sparsity continuation, spare templates, room for the templates to re-centre, a growing
+        subset of the examples during continuation and reweighted l1 (see :mod:`spikedict.alternating`); the
+        fast and accurate choice for the interpretable tied model. ``"backprop"``: stochastic training through
+        the unrolled encoder (:func:`spikedict.training.train`), as in the DCEA paper; required for
+        ``tied=False``.
         ``"auto"``: alternating when ``tied`` and ``backprop="none"``, else backprop.
     reweighting : float
         Alternating solver: ``delta`` of the reweighted l1 penalty relative to the typical code (0: plain l1).
@@ -206,9 +207,10 @@ class SpikeDictionary:
         of ``template_size``, at most what the examples leave room for; 0 with ``zero_edges``).
     initial_subset : float or "auto"
         Alternating solver: fraction of the examples coded in the first epoch; it grows geometrically to all of
-        them by the end of continuation, so the coarse early epochs cost a fraction of a pass (``"auto"``: a
-        tenth of the examples, and at least 40 000 values of ``(n_channels, n_bins)``; 1: every example in every
-        epoch). The examples join in a random order drawn with ``seed``.
+        them by the end of continuation, so the coarse early epochs cost a fraction of a pass. ``"auto"``: a
+        tenth of the examples, but at least 40 000 values (examples x channels x bins or pixels), since a first
+        subset with few events recovered fewer templates; 1: every example in every epoch. The examples join in a
+        random order drawn with ``seed``.
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts its outer iterations (passes over the growing subset, then over all the data),
@@ -219,7 +221,8 @@ class SpikeDictionary:
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed : int
-        Seeds initialisation, shuffling and the validation split.
+        Seeds initialisation, shuffling, the validation split and the order of the growing subset (restart ``r``
+        uses ``seed + r``).
     progress : bool or None
         Show a progress bar (None: only on a terminal).
     checkpoint_path : str, optional
@@ -709,7 +712,9 @@ class SpikeDictionary:
                 checkpoint_path=self._checkpoint_of(restart),
             )
             result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
-            if isinstance(family, Gaussian) and not isinstance(self.family, Family) and len(result.history):
+            coded_all = len(result.history) and result.history["examples_coded"].iloc[-1] == y.shape[0]
+            if isinstance(family, Gaussian) and not isinstance(self.family, Family) and coded_all:
+                # (a fit interrupted while the subset grew has no codes for some examples: an inference pass)
                 residual_rms = _residual_rms(model, y, result.codes, config.batch_size)
             if padding:  # the learned templates without their room to move
                 learned = model

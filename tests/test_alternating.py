@@ -120,21 +120,35 @@ def test_growing_subset_is_nested_geometric_and_ends_with_every_example():
     assert len(subset_rows(3, AlternatingConfig(initial_subset=0.01, n_continuation_iterations=5), 0)) == 1
     assert subset_rows(100, AlternatingConfig(initial_subset=1.0), 0) is None
     assert subset_rows(100, AlternatingConfig(initial_subset=0.1, n_continuation_iterations=0), 0) is None
+    # a fit shorter than its continuation still codes every example in its last iteration
+    short = AlternatingConfig(initial_subset=0.1, n_continuation_iterations=10, n_iterations=3)
+    assert [len(subset_rows(100, short, 0)), len(subset_rows(100, short, 1))] == [10, 32]
+    assert subset_rows(100, short, 2) is None
+    assert subset_rows(100, dataclasses.replace(short, n_iterations=1), 0) is None
+    # a fraction given as n_first / n_examples starts on n_first examples, not one more
+    assert all(
+        len(subset_rows(n, AlternatingConfig(initial_subset=k / n), 0)) == k for n in (7, 30, 99) for k in (1, 3, 6)
+    )
 
 
 def test_an_epoch_on_the_subset_is_the_fit_of_those_examples_alone(binomial_counts):
     """Examples outside the subset change nothing: neither the templates nor the codes of the others."""
     y = torch.as_tensor(binomial_counts, dtype=torch.float32)
-    config = AlternatingConfig(n_iterations=1, continuation=1.0, n_continuation_iterations=4, device="cpu")
-    rows = subset_rows(y.shape[0], AlternatingConfig(initial_subset=0.3, n_continuation_iterations=4, seed=2), 0)
+    config = AlternatingConfig(n_iterations=4, continuation=1.0, n_continuation_iterations=3, device="cpu")
+    rows = subset_rows(y.shape[0], AlternatingConfig(initial_subset=0.3, n_continuation_iterations=3, seed=2), 0)
     assert 0 < len(rows) < y.shape[0]
+
+    def stop_after_the_first(iteration, row):
+        raise KeyboardInterrupt  # the result holds the state after the first iteration
+
     results, models = [], []
     for data, initial_subset in ((y, 0.3), (y[rows], 1.0)):
         model = DCEA(3, 1, TEMPLATE_SIZE, Binomial(N_TRIALS), generator=torch.Generator().manual_seed(0))
         run = dataclasses.replace(config, initial_subset=initial_subset, seed=2)
-        results.append(fit_alternating(model, data, 0.05, run))
+        results.append(fit_alternating(model, data, 0.05, run, on_iteration_end=stop_after_the_first))
         models.append(model)
     whole, alone = results
+    assert whole.stop_reason == alone.stop_reason == "interrupted"
     torch.testing.assert_close(models[0].templates, models[1].templates, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(whole.codes[rows], alone.codes, rtol=1e-4, atol=1e-6)
     others = torch.ones(y.shape[0], dtype=torch.bool)
@@ -147,8 +161,9 @@ def test_an_epoch_on_the_subset_is_the_fit_of_those_examples_alone(binomial_coun
 def test_config_validation_names_the_setting():
     with pytest.raises(ValueError, match="continuation must be >= 1"):
         AlternatingConfig(continuation=0.5).validate()
-    with pytest.raises(ValueError, match=r"initial_subset must lie in \(0, 1\]"):
-        AlternatingConfig(initial_subset=0.0).validate()
+    for bad in (0.0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match=r"initial_subset must be a number in \(0, 1\]"):
+            AlternatingConfig(initial_subset=bad).validate()
     with pytest.raises(ValueError, match="tied templates"):
         fit_alternating(
             DCEA(2, 1, 5, Gaussian(), tied=False), torch.zeros(2, 1, 20), 0.1, AlternatingConfig(n_iterations=1)
@@ -523,21 +538,48 @@ def _interrupting_fit(at_iteration: int):
     return wrapper
 
 
-@pytest.mark.parametrize("initial_subset", ["auto", 0.3])
-def test_interrupted_fit_resumes_to_the_uninterrupted_result(binomial_counts, tmp_path, monkeypatch, initial_subset):
+@pytest.mark.parametrize(
+    ("initial_subset", "n_epochs", "interrupted_after"),
+    [(1.0, 4, 2), (0.3, 6, 1)],  # the second stops while the subset grows (epochs 1 to 3 code 3, 4 and 6 of 8)
+)
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(
+    binomial_counts, tmp_path, monkeypatch, initial_subset, n_epochs, interrupted_after
+):
     path = str(tmp_path / "fit.pt")
-    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(1))
-    model = small_model(n_epochs=4, checkpoint_path=path, initial_subset=initial_subset)
-    with pytest.warns(RuntimeWarning, match=r"interrupted.*after epoch 2 of 4.*resume=True"):
+    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(interrupted_after - 1))
+    model = small_model(n_epochs=n_epochs, checkpoint_path=path, initial_subset=initial_subset)
+    with pytest.warns(
+        RuntimeWarning, match=rf"interrupted.*after epoch {interrupted_after} of {n_epochs}.*resume=True"
+    ):
         model.fit(binomial_counts)
-    assert model.stop_reason_ == "interrupted" and len(model.history_) == 2
+    assert model.stop_reason_ == "interrupted" and len(model.history_) == interrupted_after
     assert model.templates_.shape == (3, 1, TEMPLATE_SIZE)  # usable: spares dropped, padding cut
     monkeypatch.undo()
     model.fit(binomial_counts, resume=True)
-    straight = small_model(n_epochs=4, initial_subset=initial_subset).fit(binomial_counts)
-    assert model.history_["epoch"].tolist() == [1, 2, 3, 4] and model.stop_reason_ == "n_epochs"
+    straight = small_model(n_epochs=n_epochs, initial_subset=initial_subset).fit(binomial_counts)
+    assert model.history_["epoch"].tolist() == list(range(1, n_epochs + 1)) and model.stop_reason_ == "n_epochs"
     assert model.history_["examples_coded"].tolist() == straight.history_["examples_coded"].tolist()
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-5)
+
+
+def test_resume_with_another_subset_schedule_is_refused(binomial_counts, tmp_path, monkeypatch):
+    path = str(tmp_path / "fit.pt")
+    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(0))
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3).fit(binomial_counts)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 0.3, this fit has 0.5"):
+        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.5).fit(binomial_counts, resume=True)
+    with pytest.raises(ValueError, match=r"subset_seed: checkpoint has 0, this fit has 1"):
+        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3, seed=1).fit(binomial_counts, resume=True)
+    # a checkpoint from before the growing subset (no such keys) coded every example: it resumes as such
+    payload = torch.load(path, weights_only=True)
+    for key in ("initial_subset", "subset_seed"):
+        del payload["signature"][key]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 1.0, this fit has 0.3"):
+        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3).fit(binomial_counts, resume=True)
+    small_model(n_epochs=6, checkpoint_path=path, initial_subset=1).fit(binomial_counts, resume=True)
 
 
 def test_restarts_keep_the_fit_with_the_lowest_training_loss(binomial_counts):
@@ -610,13 +652,29 @@ def test_auto_subset_is_a_tenth_of_the_examples_and_at_least_40000_values(shape,
     assert small_model(initial_subset=0.25)._initial_subset(shape) == 0.25
 
 
-def test_the_first_epochs_code_a_subset_of_the_examples(binomial_counts):
+def test_the_first_epochs_code_a_subset_of_the_examples(binomial_counts, monkeypatch):
     n_examples = binomial_counts.shape[0]
     model = small_model(n_epochs=6, initial_subset=0.25).fit(binomial_counts)
     coded = model.history_["examples_coded"].tolist()
     assert coded[0] == math.ceil(0.25 * n_examples) and coded[3:] == [n_examples] * 3
     assert coded == sorted(coded)
     assert small_model(n_epochs=2).fit(binomial_counts).history_["examples_coded"].tolist() == [n_examples] * 2
+    # "auto" on data above its floor in values (here lowered to one example's 300 bins): a tenth, rounded up
+    monkeypatch.setattr(estimator_module, "AUTO_SUBSET_VALUES", binomial_counts.shape[-1])
+    coded = small_model(n_epochs=6).fit(binomial_counts).history_["examples_coded"].tolist()
+    assert coded[0] == math.ceil(0.1 * n_examples) and coded[-1] == n_examples
+
+
+def test_gaussian_noise_level_of_a_fit_interrupted_while_the_subset_grows(monkeypatch):
+    """Examples not yet coded have no codes: the noise level comes from an inference pass, not their residual."""
+    _, simulation = _gaussian_problem()
+    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(1))
+    model = SpikeDictionary(3, TEMPLATE_SIZE, "gaussian", n_epochs=10, initial_subset=0.2, seed=0, progress=False)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        model.fit(simulation.counts)
+    assert model.history_["examples_coded"].iloc[-1] < simulation.counts.shape[0]
+    residual = simulation.counts - model.predict_rate(simulation.counts)
+    assert model.family_.std == pytest.approx(float(np.sqrt(np.mean(residual**2))), rel=1e-3)
 
 
 def test_given_initial_templates_are_kept_without_spares(binomial_counts, true_templates):

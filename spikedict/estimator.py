@@ -214,10 +214,9 @@ class SpikeDictionary:
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts its outer iterations (passes over the growing subset, then over all the data),
-        ``n_dictionary_steps`` the iterations of each template
-        step (``"auto"``: 10 L-BFGS iterations; unused by the exact Gaussian step; 1 Adam step per batch for
-        backprop), ``batch_size`` only bounds memory, and ``learning_rate``, ``warm_start``,
-        ``validation_fraction`` and ``patience`` do not apply.
+        ``n_dictionary_steps`` the iterations of each template step (``"auto"``: 10 L-BFGS iterations; unused
+        by the exact Gaussian step; 1 Adam step per batch for backprop), ``batch_size`` only bounds memory, and
+        ``learning_rate``, ``warm_start``, ``validation_fraction`` and ``patience`` do not apply.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed : int
@@ -712,9 +711,16 @@ class SpikeDictionary:
                 checkpoint_path=self._checkpoint_of(restart),
             )
             result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
-            coded_all = len(result.history) and result.history["examples_coded"].iloc[-1] == y.shape[0]
-            if isinstance(family, Gaussian) and not isinstance(self.family, Family) and coded_all:
-                # (a fit interrupted while the subset grew has no codes for some examples: an inference pass)
+            # a fit interrupted while the subset grew has no codes for some examples: an inference pass instead
+            # (histories resumed from checkpoints older than the subset lack the column: every example was coded)
+            history = result.history
+            coded = history["examples_coded"].iloc[-1] if "examples_coded" in history and len(history) else y.shape[0]
+            if (
+                isinstance(family, Gaussian)
+                and not isinstance(self.family, Family)
+                and len(history)
+                and coded == y.shape[0]
+            ):
                 residual_rms = _residual_rms(model, y, result.codes, config.batch_size)
             if padding:  # the learned templates without their room to move
                 learned = model

@@ -239,12 +239,6 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
     _write_back(model, torch.linalg.solve(system, right + ridge * current))
 
 
-def _curvature(family: Family, eta: Tensor) -> Tensor:
-    """``A''(eta)``, the second derivative of the family's NLL in ``eta``: 1 for an identity link (whose NLL is
-    ``eta**2 / 2 - y * eta`` whatever the Gaussian's std), else the family's ``variance``."""
-    return torch.ones_like(eta) if family.linear_residual else family.variance(eta)
-
-
 class _CountObjective:
     """The template objective of a count family on the codes' design, its gradient, and searches along a direction.
 
@@ -301,7 +295,7 @@ class _CountObjective:
 
     def mean_curvature(self, etas: list[Tensor]) -> Tensor:
         """``A''(eta)`` averaged over each channel's bins, on the objective's scale: (n_channels,)."""
-        curvature = sum(_curvature(f, e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(self.families, etas))
+        curvature = sum(f.curvature(e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(self.families, etas))
         return curvature / (self.n_examples * self.n_bins * self.scale)
 
     def value(self, etas: list[Tensor], columns: Tensor) -> float:
@@ -320,7 +314,7 @@ class _CountObjective:
             moved = eta + step * delta
             value += float(family.negative_log_likelihood(data, moved).sum(dtype=torch.float64))
             first += float(((family.mean(moved) - data) * delta).sum(dtype=torch.float64))
-            second += float((_curvature(family, moved) * delta * delta).sum(dtype=torch.float64))
+            second += float((family.curvature(moved) * delta * delta).sum(dtype=torch.float64))
         moved_columns = columns + step * direction
         bent = self.penalty_hessian @ direction
         value = value / self.scale + 0.5 * float((moved_columns * (self.penalty_hessian @ moved_columns)).sum())

@@ -90,6 +90,14 @@ class Family(ABC):
     def variance(self, eta: Tensor) -> Tensor:
         """Variance of the data at ``eta`` (``A''(eta)`` times the dispersion); same shape as ``eta``."""
 
+    def curvature(self, eta: Tensor) -> Tensor:
+        """``A''(eta)``, the second derivative of ``negative_log_likelihood`` in ``eta``; same shape as ``eta``.
+
+        The variance for the count families (dispersion 1). Poisson above ``max_log_rate``, where ``A`` turns
+        linear, keeps the variance at the cap, so that curvature-based template steps stay bounded.
+        """
+        return self.variance(eta)
+
     @abstractmethod
     def log_likelihood(self, y: Tensor, eta: Tensor) -> Tensor:
         """Full log-likelihood ``log p(y | eta)`` elementwise, constants included."""
@@ -212,6 +220,9 @@ class Gaussian(Family):
 
     def variance(self, eta: Tensor) -> Tensor:
         return torch.full_like(eta, self.std**2)
+
+    def curvature(self, eta: Tensor) -> Tensor:
+        return torch.ones_like(eta)  # A = eta**2 / 2 whatever the std (the dispersion)
 
     def log_likelihood(self, y: Tensor, eta: Tensor) -> Tensor:
         variance = self.std**2

@@ -127,6 +127,16 @@ def test_mean_is_derivative_of_log_partition(key):
 
 
 @pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_curvature_is_second_derivative_of_log_partition(key):
+    family = make_family(key)
+    eta, _ = random_data(family, seed=6, scale=3.0)
+    eta = eta.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(family.log_partition(eta).sum(), eta, create_graph=True)
+    (second,) = torch.autograd.grad(gradient.sum(), eta)
+    torch.testing.assert_close(family.curvature(eta.detach()), second, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
 def test_gradient_of_negative_log_likelihood_is_mean_minus_y(key):
     family = make_family(key)
     eta, y = random_data(family, seed=6)

@@ -56,11 +56,11 @@ AUTO_SPARSITY_NOISE_MULTIPLE = {"alternating": 4.0, "backprop": 2.0}
 
 # "auto" initial_subset: the alternating solver's first epoch codes this fraction of the examples, and at least
 # this many values (examples x channels x bins). On the standard problem of benchmarks/core.py (100 x 2000 bins)
-# starting on a fifth or a tenth gave the same or lower errors in 0.55x to 0.75x the time of coding every example
-# in every epoch. On the recovery problems of tests/test_alternating.py (40 x 1000 bins, events that stand out)
-# starting on a quarter (10 000 values) recovered fewer templates than coding all examples (within 0.1:
-# binomial 2 of 10 seeds against 5, Poisson 4 of 8 against 6): the first subset must hold enough events, hence
-# the floor in values. See benchmarks/README.md.
+# starting on a fifth or a tenth took 0.5x to 0.75x the time of coding every example in every epoch, with errors
+# within their seed-to-seed spread (the Gaussian's lower). On the recovery problems of tests/test_alternating.py
+# (40 x 1000 bins, events that stand out) starting on a quarter (10 000 values) recovered fewer templates than
+# coding all examples (within 0.1: binomial 2 of 10 seeds against 5, Poisson 4 of 8 against 6): the first subset
+# must hold enough events, hence the floor in values. See benchmarks/README.md.
 AUTO_SUBSET_FRACTION = 0.1
 AUTO_SUBSET_VALUES = 40_000
 

@@ -42,6 +42,11 @@ __all__ = [
 Algorithm = Literal["ista", "fista"]
 
 _CONVOLUTIONS = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d)}
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+#: ``operator_norm_squared(method="auto")`` bounds the norm from the templates' spectra on signals at least this
+#: many templates long (there the bound is within about 1% of the norm).
+SPECTRAL_NORM_MIN_LENGTH = 8
 
 
 def _spatial(templates: Tensor) -> int:
@@ -107,12 +112,18 @@ def _fast_length(n: int) -> int:
     return best
 
 
-def _mix_spectra(spectrum: Tensor, weights: Tensor) -> Tensor:
+def _mix_spectra(spectrum: Tensor, weights: Tensor, out: Tensor | None = None) -> Tensor:
     """``sum_k spectrum[:, k] * weights[k]``: (n, k, f) spectra through (k, m, f) weights to (n, m, f).
 
     One broadcast product per ``k``: torch's complex einsum/bmm over many tiny matrices (one per frequency) is
-    10-100x slower on the CPU than these element-wise passes.
+    10-100x slower on the CPU than these element-wise passes. With ``out`` (no autograd) the sum accumulates
+    in place there.
     """
+    if out is not None:
+        torch.mul(spectrum[:, 0, None], weights[0], out=out)
+        for k in range(1, weights.shape[0]):
+            out.addcmul_(spectrum[:, k, None], weights[k])
+        return out
     total = spectrum[:, 0, None] * weights[0]
     for k in range(1, weights.shape[0]):
         total = total + spectrum[:, k, None] * weights[k]
@@ -162,6 +173,8 @@ class ConvolutionOperator:
             self.spectra = torch.fft.rfft(templates, n=self.n_fft)
             self.spectra_conj = self.spectra.conj().resolve_conj()
         self._gram_spectra: Tensor | None = None
+        self._correlate_spectra: Tensor | None = None
+        self._workspace: dict[str, Tensor] = {}
 
     def decode(self, codes: Tensor) -> Tensor:
         """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``."""
@@ -195,10 +208,71 @@ class ConvolutionOperator:
         if n_templates > n_channels:
             product = self._correlate_spectrum(self._decode_spectrum(spectrum))
         else:
-            if self._gram_spectra is None:  # [k, l] = sum_c H_kc conj(H_lc): code k's contribution to code l
-                self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra, self.spectra_conj).contiguous()
-            product = _mix_spectra(spectrum, self._gram_spectra)
+            product = _mix_spectra(spectrum, self._gram_weights())
         return torch.fft.irfft(product, n=self.n_fft)[..., : self.code_shape[0]]
+
+    def _gram_weights(self) -> Tensor:
+        """``[k, l] = sum_c H_kc conj(H_lc)``: code k's contribution to code l, per frequency."""
+        if self._gram_spectra is None:
+            self._gram_spectra = torch.einsum("kcf,lcf->klf", self.spectra, self.spectra_conj).contiguous()
+        return self._gram_spectra
+
+    # In-place variants for loops without autograd (the encoder's no-grad path). Each writes into buffers the
+    # operator keeps and returns a view of one: valid until the next call of the same method. On a CPU this
+    # is about a third faster than allocating every intermediate afresh (fresh multi-megabyte arrays leave
+    # the caches and fault their pages in).
+    def _buffer(self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        buffer = self._workspace.get(name)
+        if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype or buffer.device != device:
+            buffer = torch.empty(tuple(shape), dtype=dtype, device=device)
+            self._workspace[name] = buffer
+        return buffer
+
+    def _apply_into(self, values: Tensor, weights: Sequence[Tensor], length: int, name: str) -> Tensor:
+        """``irfft(mix(rfft(values)))[..., :length]``, mixing through each of ``weights`` in turn (see
+        :func:`_mix_spectra`), in the buffers of ``name``."""
+        complex_dtype = _COMPLEX[values.dtype]
+        n_frequencies = self.n_fft // 2 + 1
+        spectrum = self._buffer(f"{name}_in", values.shape[:-1] + (n_frequencies,), complex_dtype, values.device)
+        torch.fft.rfft(values, n=self.n_fft, out=spectrum)
+        for index, weight in enumerate(weights):
+            shape = (values.shape[0], weight.shape[1], n_frequencies)
+            buffer = self._buffer(f"{name}_mixed{index}", shape, complex_dtype, values.device)
+            spectrum = _mix_spectra(spectrum, weight, buffer)
+        output = self._buffer(f"{name}_out", spectrum.shape[:2] + (self.n_fft,), values.dtype, values.device)
+        return torch.fft.irfft(spectrum, n=self.n_fft, out=output)[..., :length]
+
+    def _correlate_weights(self) -> Tensor:
+        """``[c, k] = conj(H_kc)`` per frequency: the weights that mix a signal's spectrum into the codes'."""
+        if self._correlate_spectra is None:
+            self._correlate_spectra = self.spectra_conj.transpose(0, 1).contiguous()
+        return self._correlate_spectra
+
+    def gram_into(self, codes: Tensor) -> Tensor:
+        """:meth:`gram` without autograd, into operator buffers (see :meth:`decode_into`)."""
+        if not self.use_fft:
+            return self.gram(codes)
+        if self.spectra.shape[0] > self.spectra.shape[1]:  # through the channels
+            weights = [self.spectra, self._correlate_weights()]
+        else:
+            weights = [self._gram_weights()]
+        return self._apply_into(codes, weights, self.code_shape[0], "gram")
+
+    def decode_into(self, codes: Tensor) -> Tensor:
+        """:meth:`decode` without autograd, into buffers the operator keeps.
+
+        The result is a view of an operator buffer, valid until the next ``*_into`` call: for loops that use it
+        at once (the encoder's). Without FFTs it is :meth:`decode`.
+        """
+        if not self.use_fft:
+            return self.decode(codes)
+        return self._apply_into(codes, [self.spectra], self.signal_shape[0], "decode")
+
+    def correlate_into(self, signal: Tensor) -> Tensor:
+        """:meth:`correlate` without autograd, into operator buffers (see :meth:`decode_into`)."""
+        if not self.use_fft:
+            return self.correlate(signal)
+        return self._apply_into(signal, [self._correlate_weights()], self.code_shape[0], "correlate")
 
     def _decode_spectrum(self, spectrum: Tensor) -> Tensor:
         """Spectrum of the signal from the spectrum of the codes (the frequency-domain part of :meth:`decode`)."""
@@ -276,8 +350,9 @@ def operator_norm_squared(
     stride: int | Sequence[int] = 1,
     n_iterations: int = 50,
     generator: torch.Generator | None = None,
+    method: Literal["auto", "power", "spectrum"] = "auto",
 ) -> float:
-    """Largest eigenvalue of ``H^T H`` for the convolution with ``templates``, by power iteration.
+    """Largest eigenvalue of ``H^T H`` for the convolution with ``templates``.
 
     Parameters
     ----------
@@ -287,16 +362,41 @@ def operator_norm_squared(
         convolution grows with the length towards its limit, which a few thousand bins reach).
     stride : int or tuple of int
     n_iterations : int
+        Power iterations.
     generator : torch.Generator, optional
-        Source of the random start (a fixed default seed if omitted, so results are reproducible).
+        Source of the power iteration's random start (a fixed default seed if omitted, so results are
+        reproducible).
+    method : {"auto", "power", "spectrum"}
+        ``"power"``: power iteration, which approaches the eigenvalue from below. ``"spectrum"`` (1-D templates
+        at stride 1): the largest eigenvalue over frequencies of the templates' ``n_templates x n_templates``
+        cross-spectral matrices on an FFT grid at least as long as the (capped) signal: an upper bound (the
+        convolution is a corner of the circulant one), about 1% above the eigenvalue on a signal 8 templates
+        long and 0.03% on one 40 templates long, for one FFT of the templates instead of ``2 * n_iterations``
+        (power iteration's 50 iterations end 0.3% to 0.9% below it). ``"auto"``: the spectrum for 1-D
+        templates at stride 1 on signals at least ``SPECTRAL_NORM_MIN_LENGTH`` templates long, else power
+        iteration.
 
     Returns
     -------
     float
         ``||H||^2``, the Lipschitz constant of the gradient of ``||y - H x||^2 / 2``.
     """
+    if method not in ("auto", "power", "spectrum"):
+        raise ValueError(f"method must be 'auto', 'power' or 'spectrum', got {method!r}.")
     shape = tuple(min(int(s), 4096) for s in signal_shape)
     shape = tuple(max(s, k) for s, k in zip(shape, templates.shape[2:]))
+    one_dimensional = _spatial(templates) == 1 and _as_tuple(stride, 1) == (1,)
+    if method == "spectrum" and not one_dimensional:
+        raise ValueError("method='spectrum' supports 1-D templates with stride 1 only.")
+    if method == "spectrum" or (
+        method == "auto" and one_dimensional and shape[0] >= SPECTRAL_NORM_MIN_LENGTH * templates.shape[-1]
+    ):
+        spectra = torch.fft.rfft(templates.double(), n=_fast_length(shape[0])).permute(2, 0, 1)  # (f, k, c)
+        if spectra.shape[1] <= spectra.shape[2]:
+            cross = spectra @ spectra.conj().transpose(1, 2)
+        else:
+            cross = spectra.conj().transpose(1, 2) @ spectra
+        return float(torch.linalg.eigvalsh(cross).max().clamp(min=0))
     codes = code_shape(shape, templates.shape[2:], stride)
     if generator is None:
         generator = torch.Generator(device=templates.device).manual_seed(0)
@@ -392,6 +492,64 @@ def proximal_gradient_step(
     if step_threshold is None:
         step_threshold = step_size * _per_template(threshold, codes.ndim)
     return shrink(update, step_threshold, nonnegative, nonnegative_threshold=nonnegative_threshold)
+
+
+def _encode_without_autograd(
+    codes: Tensor,
+    y: Tensor,
+    family: Family,
+    baseline: Tensor,
+    dictionary: ConvolutionOperator,
+    encoder: ConvolutionOperator,
+    step: float,
+    step_threshold: Tensor | float,
+    n_iterations: int,
+    *,
+    fista: bool,
+    nonnegative: bool,
+    nonnegative_threshold: bool | None,
+    normal: bool,
+) -> Tensor:
+    """The iterations of :meth:`DCEA.encode` when no gradient is recorded, in buffers reused across iterations.
+
+    The same updates as :func:`proximal_gradient_step` (or, for an identity link, the normal-operator form of
+    :meth:`DCEA.encode`), computed in place: on a CPU about a third faster than the autograd-friendly loop,
+    whose every intermediate is a fresh array. ``codes`` (the warm start) is not modified.
+    """
+    current = codes.clone()
+    spare = torch.empty_like(current)
+    momentum_buffer = torch.empty_like(current) if fista else None
+    momentum = current
+    if normal:
+        # (momentum - step * H^T H momentum / scale) + step * H^T (y - baseline) / scale, shrunk. For one-sided
+        # shrinkage the threshold is folded into the constant data term: relu(v - threshold) in one pass.
+        data_term = step * dictionary.correlate(family.residual(y, baseline.expand_as(y)))
+        if nonnegative:
+            data_term = data_term - step_threshold
+        gram_step = step / family.residual_scale
+    t = 1.0
+    for _ in range(n_iterations):
+        if normal:
+            torch.sub(momentum, dictionary.gram_into(momentum), alpha=gram_step, out=spare)
+            spare.add_(data_term)
+        else:
+            eta = dictionary.decode_into(momentum)
+            eta.add_(baseline)
+            torch.add(momentum, encoder.correlate_into(family.residual(y, eta)), alpha=step, out=spare)
+        if nonnegative:
+            if not normal:
+                spare.sub_(step_threshold)
+            spare.relu_()
+        else:
+            spare.copy_(shrink(spare, step_threshold, False, nonnegative_threshold=nonnegative_threshold))
+        if fista:
+            t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+            momentum = torch.lerp(current, spare, 1.0 + (t - 1.0) / t_next, out=momentum_buffer)
+            t = t_next
+        else:
+            momentum = spare
+        current, spare = spare, current
+    return current
 
 
 def _per_template(threshold: Tensor | float, n_dims: int) -> Tensor | float:
@@ -622,6 +780,22 @@ class DCEA(nn.Module):
         normal = self.tied and family.linear_residual and dictionary.use_fft
         nonnegative = self.nonnegative_codes
         step_threshold = step * _per_template(threshold, codes.ndim)  # once, not once per iteration
+        if not grad_enabled:
+            return _encode_without_autograd(
+                codes,
+                y,
+                family,
+                baseline,
+                dictionary,
+                encoder,
+                step,
+                step_threshold,
+                n_iterations,
+                fista=self.algorithm == "fista",
+                nonnegative=nonnegative,
+                nonnegative_threshold=True if self.tied else None,
+                normal=normal,
+            )
         if normal:
             with torch.set_grad_enabled(grad_enabled and n_free == 0):
                 stepped_data = step * dictionary.correlate(family.residual(y, baseline.expand_as(y)))

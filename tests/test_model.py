@@ -18,6 +18,7 @@ from torch.func import functional_call
 from spikedict.families import Binomial, Family, Gaussian, Poisson
 from spikedict.model import (
     DCEA,
+    SPECTRAL_NORM_MIN_LENGTH,
     ConvolutionOperator,
     _fast_length,
     code_shape,
@@ -235,6 +236,94 @@ def test_operator_norm_squared_is_reproducible_and_scales_quadratically():
     assert first == operator_norm_squared(templates, (40,))
     assert operator_norm_squared(3 * templates, (40,)) == pytest.approx(9 * first, rel=1e-10)
     assert operator_norm_squared(torch.zeros(2, 1, 8), (40,)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("templates_shape", "n_bins"), [((2, 2, 5), 20), ((3, 1, 8), 30), ((3, 1, 50), 400), ((2, 3, 6), 49)]
+)
+def test_spectral_operator_norm_bounds_the_largest_eigenvalue(templates_shape, n_bins):
+    templates = randn(templates_shape, seed=25)
+    matrix = explicit_matrix(templates, (n_bins,))
+    largest = float(np.linalg.eigvalsh(matrix.T @ matrix).max())
+    bound = operator_norm_squared(templates, (n_bins,), method="spectrum")
+    assert bound >= largest * (1 - 1e-12)  # a corner of the circulant operator: never above its norm
+    if n_bins >= SPECTRAL_NORM_MIN_LENGTH * templates_shape[-1]:
+        assert bound <= largest * 1.01, (bound, largest)
+        assert operator_norm_squared(templates, (n_bins,)) == bound  # what "auto" takes on long signals
+    else:
+        assert operator_norm_squared(templates, (n_bins,)) == operator_norm_squared(
+            templates, (n_bins,), method="power"
+        )
+
+
+def test_spectral_operator_norm_rejects_what_it_cannot_bound():
+    with pytest.raises(ValueError, match="1-D templates with stride 1"):
+        operator_norm_squared(randn((2, 1, 3, 3), seed=26), (20, 20), method="spectrum")
+    with pytest.raises(ValueError, match="1-D templates with stride 1"):
+        operator_norm_squared(randn((2, 1, 4), seed=26), (40,), stride=2, method="spectrum")
+    with pytest.raises(ValueError, match="method must be"):
+        operator_norm_squared(randn((2, 1, 4), seed=26), (40,), method="eigen")
+
+
+@pytest.mark.parametrize(("n_templates", "n_channels"), [(3, 1), (2, 3)])
+def test_in_place_operators_equal_the_allocating_ones(n_templates, n_channels):
+    templates = randn((n_templates, n_channels, 12), seed=27)
+    operator = ConvolutionOperator(templates, (90,))
+    codes = randn((4, n_templates, 79), seed=28)
+    signal = randn((4, n_channels, 90), seed=29)
+    pairs = [
+        (operator.gram_into, operator.gram, codes),
+        (operator.decode_into, operator.decode, codes),
+        (operator.correlate_into, operator.correlate, signal),
+    ]
+    for in_place, allocating, values in pairs:
+        expected = allocating(values)
+        first = in_place(values).clone()
+        second = in_place(-2 * values)  # the buffers are reused: the second call overwrites the first's result
+        torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(second, -2 * expected, rtol=1e-12, atol=1e-12)
+
+
+ENCODER_FAMILIES = {
+    "gaussian": (Gaussian(std=0.5), 0.05, lambda g: torch.randn((3, 2, 70), generator=g, dtype=DTYPE)),
+    "binomial": (Binomial(n_trials=10), 0.05, lambda g: torch.randint(0, 11, (3, 2, 70), generator=g).to(DTYPE)),
+    "poisson": (Poisson(), 0.5, lambda g: torch.poisson(torch.full((3, 2, 70), 2.0, dtype=DTYPE), generator=g)),
+}
+
+
+@pytest.mark.parametrize("key", ENCODER_FAMILIES)
+@pytest.mark.parametrize("algorithm", ["ista", "fista"])
+@pytest.mark.parametrize(
+    ("nonnegative", "tied", "weighted"), [(True, True, False), (False, True, True), (True, False, False)]
+)
+def test_encoder_without_autograd_computes_the_autograd_iterates(key, algorithm, nonnegative, tied, weighted):
+    """The no-grad loop (buffers reused in place) and the autograd loop run the same iterations."""
+    family, sparsity, sample = ENCODER_FAMILIES[key]
+    generator = torch.Generator().manual_seed(30)
+    model = DCEA(
+        3,
+        2,
+        10,
+        family,
+        sparsity=sparsity,
+        n_iterations=40,
+        algorithm=algorithm,
+        nonnegative_codes=nonnegative,
+        tied=tied,
+        generator=generator,
+    ).double()
+    y = sample(generator)
+    model.update_step_size((70,), y)
+    warm_start = 0.1 * torch.rand((3, 3, 61), generator=generator, dtype=DTYPE)
+    original = warm_start.clone()
+    thresholds = sparsity * torch.rand((3, 3, 61), generator=generator, dtype=DTYPE) if weighted else None
+    with_autograd = model.encode(y, codes=warm_start, thresholds=thresholds)
+    assert with_autograd.requires_grad
+    with torch.no_grad():
+        without = model.encode(y, codes=warm_start, thresholds=thresholds)
+    torch.testing.assert_close(without, with_autograd.detach(), rtol=1e-10, atol=1e-12)
+    assert torch.equal(warm_start, original)  # the warm start is not written into
+    assert (without != 0).sum() >= 20 and (without == 0).sum() >= 20  # shrinkage both kept and zeroed codes
 
 
 # ------------------------------------------------------------------------------- shrinkage

@@ -211,6 +211,11 @@ class SpikeDictionary:
         tenth of the examples, but at least 40 000 values (examples x channels x bins or pixels), since a first
         subset with few events recovered fewer templates; 1: every example in every epoch. The examples join in a
         random order drawn with ``seed``.
+    tolerance : float
+        Alternating solver: stop before ``n_epochs`` once continuation is over and an epoch turned no template by
+        more than this, measured as ``1 - |cos|`` between the template before and after the epoch (the
+        ``template_change`` column of ``history_``; ``stop_reason_`` is then ``"converged"``). The default 1e-6
+        is a turn of about 0.0014 (in template error). 0 runs every epoch.
     n_epochs, batch_size, learning_rate, backprop, n_dictionary_steps, warm_start, validation_fraction, patience :
         Training settings, see :class:`spikedict.training.TrainingConfig`. With the alternating solver
         ``n_epochs`` counts its outer iterations (passes over the growing subset, then over all the data),
@@ -272,6 +277,7 @@ class SpikeDictionary:
         n_spare_templates: int | Literal["auto"] = "auto",
         padding: int | Literal["auto"] = "auto",
         initial_subset: float | Literal["auto"] = "auto",
+        tolerance: float = 1e-6,
         n_epochs: int = 30,
         batch_size: int = 10,
         learning_rate: float = 0.01,
@@ -308,6 +314,7 @@ class SpikeDictionary:
         self.n_spare_templates = n_spare_templates
         self.padding = padding
         self.initial_subset = initial_subset
+        self.tolerance = tolerance
         self.n_epochs = n_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -369,8 +376,8 @@ class SpikeDictionary:
         if self._resolved_solver() == "alternating" and (self.validation_fraction or self.patience is not None):
             raise ValueError(
                 "validation_fraction and patience belong to solver='backprop' (stochastic training); the alternating "
-                "solver runs a fixed number of passes (n_epochs). Set solver='backprop' or drop them; to choose "
-                "settings on held-out data use spikedict.analysis.select_model."
+                "solver runs at most n_epochs passes and stops early by its tolerance. Set solver='backprop' or drop "
+                "them; to choose settings on held-out data use spikedict.analysis.select_model."
             )
         for name in ("n_spare_templates", "padding"):
             value = getattr(self, name)
@@ -384,6 +391,16 @@ class SpikeDictionary:
             raise ValueError(
                 f"initial_subset must be 'auto' or a fraction of the examples in (0, 1], got {self.initial_subset!r}; "
                 "use 1 to code every example in every epoch."
+            )
+        if not (
+            isinstance(self.tolerance, (int, float, np.integer, np.floating))
+            and not isinstance(self.tolerance, bool)
+            and math.isfinite(self.tolerance)
+            and self.tolerance >= 0
+        ):
+            raise ValueError(
+                f"tolerance must be a finite number >= 0, got {self.tolerance!r}: the largest change of a template "
+                "in one epoch (1 - |cos|) at which the alternating solver stops; 0 runs all n_epochs."
             )
         if self.n_dictionary_steps != "auto" and not (
             isinstance(self.n_dictionary_steps, (int, np.integer)) and self.n_dictionary_steps >= 1
@@ -705,6 +722,7 @@ class SpikeDictionary:
                 n_spare_templates=n_spare,
                 initial_subset=self._initial_subset(y.shape),
                 seed=seed,
+                tolerance=float(self.tolerance),
                 batch_size=_encoding_batch_size(model, y.shape[2:], resolve_device(self.device), y.shape[0]),
                 device=self.device,
                 progress=self.progress,

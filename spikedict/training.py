@@ -209,7 +209,7 @@ class TrainingResult:
     best_epoch : int
         Epoch whose parameters the model holds at the end.
     stop_reason : str
-        ``"n_epochs"``, ``"early_stopping"`` or ``"interrupted"``.
+        ``"n_epochs"``, ``"early_stopping"``, ``"converged"`` (the alternating solver's tolerance) or ``"interrupted"``.
     codes : Tensor or None
         Warm-start codes of the training examples after the last epoch (shape of ``encode``'s output).
     reweighting_delta : float or None

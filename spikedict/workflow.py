@@ -477,7 +477,7 @@ def fit_recording(
 
     echo(
         f"fitting {n_templates} {family} templates of {int(template_size)} bins to {counts.n_examples} examples x "
-        f"{counts.n_channels} unit(s) x {counts.n_bins} bins ({n_epochs} epochs on {device_used}"
+        f"{counts.n_channels} unit(s) x {counts.n_bins} bins (up to {n_epochs} epochs on {device_used}"
         + (", resuming" if resume else "")
         + ")"
     )
@@ -639,7 +639,7 @@ def _fit_windows(
     echo(
         f"fitting {parameters['n_templates']} {parameters['family']} templates of {template_size} bins to "
         f"{windows.n_windows} windows of {windows.window_bins} bins x {windows.n_channels} unit(s) "
-        f"({windows.n_bins} bins in all; {parameters['n_epochs']} epochs on {device_used}"
+        f"({windows.n_bins} bins in all; up to {parameters['n_epochs']} epochs on {device_used}"
         + (", resuming" if resume else "")
         + ")"
     )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import N_TRIALS, TEMPLATE_SIZE, small_model
@@ -32,6 +33,7 @@ from spikedict.alternating import (
     shift_codes,
     spare_template_choice,
     subset_rows,
+    template_change,
 )
 from spikedict.analysis import align_templates
 from spikedict.families import Binomial, Gaussian, Poisson
@@ -170,6 +172,60 @@ def test_config_validation_names_the_setting():
         )
 
 
+def test_template_change_is_one_minus_the_absolute_cosine():
+    templates = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]], dtype=torch.float64)
+    assert template_change(templates, templates) == 0.0
+    assert template_change(templates, -3 * templates) == pytest.approx(0.0, abs=1e-12)  # sign and scale: no turn
+    turned = torch.tensor([[[math.cos(0.1), math.sin(0.1)]], [[0.0, 1.0]]], dtype=torch.float64)
+    assert template_change(templates, turned) == pytest.approx(1 - math.cos(0.1), rel=1e-9)  # the most turned
+    right_angles = torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]]])  # the first template turned by 90 degrees
+    assert template_change(templates, right_angles) == pytest.approx(1.0)
+    assert template_change(templates, torch.zeros_like(templates)) == 1.0
+
+
+@pytest.mark.parametrize("n_spare_templates", [0, 1])
+def test_tolerance_cuts_the_fit_where_no_template_turns_any_more(binomial_counts, n_spare_templates):
+    """With a tolerance the fit is the one without, stopped after the first iteration past continuation that
+    turned no template by more than the tolerance; ``template_change`` is measured between iterations."""
+    y = torch.as_tensor(binomial_counts, dtype=torch.float32)
+    config = AlternatingConfig(
+        n_iterations=12, n_code_iterations=20, n_continuation_iterations=4, n_spare_templates=n_spare_templates
+    )
+    config.device = "cpu"
+
+    def fit(tolerance, record=None):
+        generator = torch.Generator().manual_seed(0)
+        model = DCEA(3 + n_spare_templates, 1, TEMPLATE_SIZE, Binomial(N_TRIALS), generator=generator)
+        record = [] if record is None else record
+        record.append(model.templates.detach().clone())
+
+        def keep(iteration, row):
+            record.append(model.templates.detach().clone())
+
+        run = dataclasses.replace(config, tolerance=tolerance)
+        return fit_alternating(model, y, 0.05, run, n_templates=3, on_iteration_end=keep)
+
+    templates: list = []
+    full = fit(0.0, templates)
+    changes = full.history["template_change"]
+    assert full.stop_reason == "n_epochs" and len(full.history) == 12
+    for i, change in enumerate(changes):
+        if templates[i].shape == templates[i + 1].shape:
+            assert change == pytest.approx(template_change(templates[i], templates[i + 1]), rel=1e-9, abs=1e-15)
+        else:  # the iteration that dropped the spare template
+            assert math.isnan(change) and n_spare_templates and i == 3
+    tolerance = float(changes.iloc[4:].median())
+    stop = next(i for i in range(4, 12) if changes.iloc[i] <= tolerance)
+    assert stop < 11
+    stopped = fit(tolerance)
+    assert stopped.stop_reason == "converged" and len(stopped.history) == stop + 1
+    pd.testing.assert_frame_equal(
+        stopped.history.drop(columns="seconds"), full.history.iloc[: stop + 1].drop(columns="seconds"), rtol=1e-5
+    )
+    # not before continuation is over, however small the tolerance's threshold is crossed there
+    assert len(fit(1.0).history) == 5
+
+
 # ------------------------------------------------------------------------------- the whole fit
 def _gaussian_problem(seed: int = 0):
     true = paper_templates(TEMPLATE_SIZE)
@@ -185,7 +241,11 @@ def test_recovers_templates_from_gaussian_data():
     errors = align_templates(model.templates_, true).errors
     assert np.all(errors <= 0.05), np.round(errors, 3)
     np.testing.assert_allclose(np.linalg.norm(model.templates_.reshape(3, -1), axis=1), 1.0, rtol=1e-5)
-    assert model.history_["epoch"].tolist() == list(range(1, 31))
+    # the default tolerance stops once the templates no longer turn: here after 21 of the 30 epochs
+    n_run = len(model.history_)
+    assert model.stop_reason_ == "converged" and 15 < n_run < 30, (model.stop_reason_, n_run)
+    assert model.history_["epoch"].tolist() == list(range(1, n_run + 1))
+    assert model.history_["template_change"].iloc[-1] <= 1e-6 < model.history_["template_change"].iloc[-2]
     # The noise level is estimated from the residual of the penalised codes: near the simulated 0.1, slightly
     # above it (l1 codes miss or shrink a few events; plain l1 inference gave 0.18 here, reweighted 0.13).
     assert 0.1 <= model.family_.std <= 0.14
@@ -641,6 +701,12 @@ def test_solver_settings_are_checked(binomial_counts):
     for bad in (0, 1.5, True, "half"):
         with pytest.raises(ValueError, match=r"initial_subset must be 'auto' or a fraction of the examples in \(0, 1"):
             small_model(initial_subset=bad).fit(binomial_counts)
+    for bad in (-1e-6, float("nan"), float("inf"), True, "tight"):
+        with pytest.raises(ValueError, match=r"tolerance must be a finite number >= 0, got .*0 runs all n_epochs"):
+            small_model(tolerance=bad).fit(binomial_counts)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="tolerance must be a finite number >= 0"):
+            AlternatingConfig(tolerance=bad).validate()
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,9 @@ On count data, an example whose warm start fits worse than zero codes (loss plus
 from zero: after the spare templates are dropped, the codes of the kept ones can leave rates that the dropped
 ones held down, and a fixed-step encoder started there can diverge.
 
-Each iteration can be checkpointed atomically; ``resume`` continues from the last finished iteration, and a
+With a ``tolerance`` the fit ends before ``n_iterations`` once an iteration after continuation has turned no
+template by more than it (:func:`template_change`). Each iteration can be checkpointed atomically; ``resume``
+continues from the last finished iteration (or stops at once if that one met the tolerance), and a
 ``KeyboardInterrupt`` keeps the state after the last finished iteration.
 """
 
@@ -180,7 +182,10 @@ class AlternatingConfig:
             ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (
-                isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and self.tolerance >= 0,
+                isinstance(self.tolerance, (int, float))
+                and not isinstance(self.tolerance, bool)
+                and math.isfinite(self.tolerance)
+                and self.tolerance >= 0,
                 "tolerance must be a finite number >= 0 (0 runs every iteration)",
             ),
         ]
@@ -458,6 +463,18 @@ def _drop_spare_templates(model: DCEA, codes: Tensor, n_keep: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- the loop
+def _converged(row: dict[str, Any], config: AlternatingConfig, n_examples: int, spares_dropped: bool) -> bool:
+    """Whether the iteration of history ``row`` ends the fit by ``config.tolerance``: past continuation, every
+    example coded, the spare templates dropped, and no template turned by more than the tolerance."""
+    return (
+        config.tolerance > 0
+        and row["epoch"] > config.n_continuation_iterations
+        and row.get("examples_coded", n_examples) == n_examples
+        and spares_dropped
+        and row.get("template_change", math.nan) <= config.tolerance
+    )
+
+
 def _state(model: DCEA, codes: Tensor, extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "templates": model.templates.detach().cpu().clone(),
@@ -563,9 +580,12 @@ def fit_alternating(
     history: list[dict[str, float]] = [dict(row) for row in extra["history"]]
     last_good = _state(model, codes, extra)
     stop_reason = "n_epochs"
+    first = extra["iteration"]
+    if history and _converged(history[-1], config, y.shape[0], model.n_templates == n_keep):
+        stop_reason, first = "converged", config.n_iterations  # the checkpointed fit had stopped on its tolerance
     bar = tqdm(
-        range(extra["iteration"], config.n_iterations),
-        initial=extra["iteration"],
+        range(first, config.n_iterations),
+        initial=first,
         total=config.n_iterations,
         disable=not _show_progress(config.progress),
         desc="fit",
@@ -667,13 +687,7 @@ def fit_alternating(
             if on_iteration_end is not None:
                 on_iteration_end(iteration, row)
             bar.set_postfix(loss=f"{loss:.4g}", density=f"{row['code_density']:.3g}")
-            if (
-                config.tolerance > 0
-                and iteration >= config.n_continuation_iterations
-                and rows is None
-                and model.n_templates == n_keep
-                and change <= config.tolerance
-            ):
+            if _converged(row, config, y.shape[0], model.n_templates == n_keep):
                 stop_reason = "converged"
                 break
     except KeyboardInterrupt:

@@ -263,7 +263,12 @@ def demo(
 @click.option(
     "--overlap", type=DURATION, default=None, help="Overlap of the windows, e.g. 250ms (default: 4 template lengths)."
 )
-@click.option("--n-epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 30; locust: 20).")
+@click.option(
+    "--n-epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most training epochs (default 30; locust: 20); the fit stops earlier once the templates settle.",
+)
 @click.option("--sparsity", default="auto", show_default=True, help="l1 weight of the codes, or 'auto'.")
 @click.option(
     "--out",

@@ -243,7 +243,12 @@ class SpikeDictionary:
         The family used (with ``n_trials`` resolved; for the Gaussian family ``std`` estimated from the
         training residuals so that ``score`` is a proper log-likelihood).
     history_ : pandas.DataFrame
-        One row per epoch (see :class:`spikedict.training.TrainingResult`).
+        One row per epoch: for the alternating solver the columns of :func:`spikedict.alternating.fit_alternating`
+        (among them ``template_change``, which the tolerance tests), for backprop those of
+        :class:`spikedict.training.TrainingResult`.
+    stop_reason_ : str
+        Why the fit ended: ``"n_epochs"``, ``"converged"`` (the tolerance), ``"early_stopping"`` (backprop's
+        patience) or ``"interrupted"``.
     initial_templates_ : ndarray
         Templates at the start of the fit.
     n_channels_ : int
@@ -1100,11 +1105,11 @@ def _encoding_batch_size(
     """Examples per encoder call: its largest tensor (the codes, or the counts) near a bound that depends on the
     device, and the calls over ``n_examples`` examples (when given) of equal size.
 
-    On a GPU the bound is 20 million entries: large calls keep it busy, and the memory of one call stays near a
-    few hundred MB. On a CPU it is 500 000 entries (a few MB a tensor, so that one call's FFT buffers stay in
-    the caches): encoding 800 examples of 2000 bins with 3 templates ran at 3.5e7 bin-iterations per second in
-    calls of 50 or 100 examples (3e5 to 6e5 code entries), 3.0e7 in calls of 200, 2.1e7 of 400 and 1.3e7 in one
-    call of 800 (2 cores).
+    On a GPU the bound is 20 million entries: large calls keep it busy, and one call holds about ten arrays of
+    that size (the encoder's codes, momentum and FFT buffers), under a GB in float32. On a CPU it is 500 000
+    entries (a few MB a tensor, so that one call's FFT buffers stay in the caches): encoding 800 examples of
+    2000 bins with 3 templates ran at 3.5e7 bin-iterations per second in calls of 50 or 100 examples (3e5 to
+    6e5 code entries), 3.0e7 in calls of 200, 2.1e7 of 400 and 1.3e7 in one call of 800 (2 cores).
     """
     bound = 20_000_000 if torch.device(device).type == "cuda" else 500_000
     code_entries = model.n_templates * int(np.prod(model.code_shape(signal_shape)))

@@ -326,6 +326,42 @@ def test_encoder_without_autograd_computes_the_autograd_iterates(key, algorithm,
     assert (without != 0).sum() >= 20 and (without == 0).sum() >= 20  # shrinkage both kept and zeroed codes
 
 
+@pytest.mark.parametrize(
+    ("template_shape", "signal_shape", "stride", "family", "data_dtype"),
+    [
+        (5, (70,), 1, Binomial(n_trials=10), torch.float32),  # shorter than 8 bins: direct convolutions
+        ((5, 5), (24, 26), 2, Poisson(residual_bound=2.0), torch.float32),  # 2-D, strided (the image models)
+        (10, (70,), 1, Poisson(), torch.float64),  # FFTs: float32 weights, float64 data
+    ],
+    ids=["1d-direct", "2d-strided", "1d-fft-mixed-precision"],
+)
+def test_encoder_without_autograd_on_direct_convolutions_and_mixed_precision(
+    template_shape, signal_shape, stride, family, data_dtype
+):
+    """Untied and two-sided: direct convolutions (1-D short, 2-D strided), and FFTs on data of wider precision."""
+    generator = torch.Generator().manual_seed(31)
+    model = DCEA(
+        3,
+        2,
+        template_shape,
+        family,
+        sparsity=0.3,
+        n_iterations=30,
+        nonnegative_codes=False,
+        tied=False,
+        stride=stride,
+        generator=generator,
+    )
+    y = torch.poisson(torch.full((2, 2, *signal_shape), 3.0), generator=generator).clamp(max=10).to(data_dtype)
+    model.update_step_size(signal_shape, y)
+    with_autograd = model.encode(y)
+    with torch.no_grad():
+        without = model.encode(y)
+    assert without.dtype == torch.promote_types(data_dtype, torch.float32)
+    torch.testing.assert_close(without, with_autograd.detach(), rtol=1e-5, atol=1e-6)
+    assert (without != 0).sum() >= 20 and (without == 0).sum() >= 20
+
+
 # ------------------------------------------------------------------------------- shrinkage
 def test_shrink_closed_forms():
     values = randn((1000,), seed=20) * 3

@@ -56,7 +56,7 @@ class DemoSettings:
     # --- simulation -------------------------------------------------------------------------------------
     # The paper's three templates and M = 30 trials, at a rate where single events stand out of the count
     # noise (baseline log-odds -0.5 per 10 ms bin, about 38 spikes/s; amplitudes in [3, 5]): there the binomial
-    # fit recovers the templates (error 0.045 at seed 0) and the Gaussian mismatch visibly does not (0.12). At
+    # fit recovers the templates (error 0.047 at seed 0) and the Gaussian mismatch visibly does not (0.12). At
     # the benchmark's baseline -2 with amplitudes in [1, 2] neither does yet (see the README's Status).
     n_examples: int = 100
     n_bins: int = 1000
@@ -261,7 +261,7 @@ def run_demo(
     for step, family in enumerate(FAMILIES, start=3):
         parameters = {**settings.fit, **(settings.gaussian_fit if family == "gaussian" else {})}
         label = "Gaussian mismatch" if family == "gaussian" else "binomial"
-        echo(f"[{step}/5] fitting the {label} model ({parameters.get('n_epochs', '?')} epochs on {device_used})")
+        echo(f"[{step}/5] fitting the {label} model (up to {parameters.get('n_epochs', '?')} epochs on {device_used})")
         clock = time.perf_counter()
         model = SpikeDictionary(
             family=family,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -175,17 +176,12 @@ class AlternatingConfig:
             (self.padding >= 0, "padding must be >= 0"),
             (self.n_spare_templates >= 0, "n_spare_templates must be >= 0"),
             (
-                isinstance(self.initial_subset, (int, float))
-                and not isinstance(self.initial_subset, bool)
-                and 0 < self.initial_subset <= 1,
+                _is_real(self.initial_subset) and 0 < self.initial_subset <= 1,
                 "initial_subset must be a number in (0, 1]",
             ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (
-                isinstance(self.tolerance, (int, float))
-                and not isinstance(self.tolerance, bool)
-                and math.isfinite(self.tolerance)
-                and self.tolerance >= 0,
+                _is_real(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance >= 0,
                 "tolerance must be a finite number >= 0 (0 runs every iteration)",
             ),
         ]
@@ -195,6 +191,11 @@ class AlternatingConfig:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _is_real(value: Any) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def shift_codes(codes: Tensor, shift: int) -> Tensor:
     """Codes moved ``shift`` bins later along the last axis (earlier if negative), zero-filled.
 

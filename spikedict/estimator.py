@@ -30,7 +30,7 @@ from torch import Tensor
 
 from spikedict import distributed
 from spikedict._atomic import atomic_path
-from spikedict.alternating import AlternatingConfig, fit_alternating
+from spikedict.alternating import AlternatingConfig, _is_real, fit_alternating
 from spikedict.families import Binomial, Family, Gaussian, get_family
 from spikedict.io._windows import RecordingWindows, stitch_cuts
 from spikedict.model import DCEA
@@ -388,21 +388,12 @@ class SpikeDictionary:
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, (int, np.integer)) and value >= 0):
                 raise ValueError(f"{name} must be 'auto' or an integer >= 0, got {value!r}.")
-        if self.initial_subset != "auto" and not (
-            isinstance(self.initial_subset, (int, float, np.integer, np.floating))
-            and not isinstance(self.initial_subset, bool)
-            and 0 < self.initial_subset <= 1
-        ):
+        if self.initial_subset != "auto" and not (_is_real(self.initial_subset) and 0 < self.initial_subset <= 1):
             raise ValueError(
                 f"initial_subset must be 'auto' or a fraction of the examples in (0, 1], got {self.initial_subset!r}; "
                 "use 1 to code every example in every epoch."
             )
-        if not (
-            isinstance(self.tolerance, (int, float, np.integer, np.floating))
-            and not isinstance(self.tolerance, bool)
-            and math.isfinite(self.tolerance)
-            and self.tolerance >= 0
-        ):
+        if not (_is_real(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ValueError(
                 f"tolerance must be a finite number >= 0, got {self.tolerance!r}: the largest change of a template "
                 "in one epoch (1 - |cos|) at which the alternating solver stops; 0 runs all n_epochs."

@@ -708,8 +708,9 @@ def test_default_encode_backpropagates_through_every_iteration(algorithm):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_truncated_backpropagation_equals_detached_warm_start():
-    family = Binomial(n_trials=4)
+# Gaussian: the identity-link path, whose H^T H weights are derived from the templates once per operator
+@pytest.mark.parametrize("family", [Binomial(n_trials=4), Gaussian()], ids=["binomial", "gaussian"])
+def test_truncated_backpropagation_equals_detached_warm_start(family):
     model, y = gradient_model(family, "ista")
     n, k = 12, 3
     truncated = model.encode(y, n_iterations=n, n_backprop_iterations=k)

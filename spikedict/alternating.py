@@ -28,7 +28,9 @@ Five devices turn the plain scheme into one that finds the templates from a rand
   the templates to them; the fraction grows geometrically to all examples by the end of continuation (the
   examples join in a fixed random order and keep their codes). The coarse early iterations, with the spare
   templates, cost a fraction of a pass over the data, as in mini-batch dictionary learning (Mairal et al.,
-  2010); the iterations after continuation use every example.
+  2010); the iterations after continuation use every example, unless ``epoch_subset`` is below 1: then each
+  of them but the last codes a fresh random draw of that fraction of the examples and fits the templates to
+  it (stochastic alternating minimisation), and the last codes every example.
 - **Reweighted l1** (Candès, Wakin and Boyd, 2008): after continuation, the weight of each code entry is
   ``sparsity * delta / (|x| + delta)`` with ``x`` the previous codes. Events keep their amplitude instead of
   being shrunk, and an event is no longer smeared over neighbouring shifts (the l1 solution spreads it when the
@@ -130,8 +132,13 @@ class AlternatingConfig:
         Fraction of the examples coded (and fitted by the template step) in the first iteration, in (0, 1]. It
         grows geometrically to 1 over the continuation iterations (and by the last iteration in any case); 1, or
         no continuation iterations, uses every example in every iteration.
+    epoch_subset : float
+        Fraction of the examples coded (and fitted by the template step) in each iteration after the growing
+        subset has reached every example, in (0, 1]: a fresh random draw each iteration. The last iteration, and
+        the one after an iteration that met the ``tolerance``, code every example, so the fit ends on codes of
+        every example. 1 codes every example in every iteration after continuation.
     seed : int
-        Seed of the random order in which the examples join the subset.
+        Seed of the random order in which the examples join the subset, and of the draws of ``epoch_subset``.
     tolerance : float
         Stop early once continuation is over (the spare templates dropped, every example coded, one iteration of
         the final penalty run) and an iteration has changed no template by more than this: ``1 - |cos|`` of
@@ -156,6 +163,7 @@ class AlternatingConfig:
     padding: int = 0
     n_spare_templates: int = 0
     initial_subset: float = 1.0
+    epoch_subset: float = 1.0
     seed: int = 0
     tolerance: float = 0.0
     batch_size: int = 1000
@@ -179,6 +187,7 @@ class AlternatingConfig:
                 _is_real(self.initial_subset) and 0 < self.initial_subset <= 1,
                 "initial_subset must be a number in (0, 1]",
             ),
+            (_is_real(self.epoch_subset) and 0 < self.epoch_subset <= 1, "epoch_subset must be a number in (0, 1]"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (
                 _is_real(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance >= 0,
@@ -296,18 +305,34 @@ def spare_template_choice(templates: Tensor, usage: Tensor, n_keep: int, max_sim
     return kept + [index for index in order if index not in kept][: n_keep - len(kept)]
 
 
-def subset_rows(n_examples: int, config: AlternatingConfig, iteration: int) -> Tensor | None:
-    """The examples of the growing subset at ``iteration`` (sorted), or None for all of them.
+def subset_rows(
+    n_examples: int, config: AlternatingConfig, iteration: int, previous_change: float = math.nan
+) -> Tensor | None:
+    """The examples coded at ``iteration`` (sorted), or None for all of them.
 
-    The fraction is ``initial_subset ** (1 - iteration / horizon)`` (at least one example), with ``horizon`` the
-    continuation iterations but at most ``n_iterations - 1``, so that the last iteration codes every example.
-    The examples join in the order of a random permutation drawn with ``config.seed``, so each subset holds the
-    previous one, and a resumed fit sees the same subsets.
+    While the subset grows, the fraction is ``initial_subset ** (1 - iteration / horizon)`` (at least one
+    example), with ``horizon`` the continuation iterations but at most ``n_iterations - 1``, so that the last
+    iteration codes every example. The examples join in the order of a random permutation drawn with
+    ``config.seed``, so each subset holds the previous one, and a resumed fit sees the same subsets.
+
+    From ``horizon`` on, with ``config.epoch_subset`` below 1, each iteration but the last codes
+    ``round(epoch_subset * n_examples)`` examples (at least one), a draw seeded by ``config.seed`` and the
+    iteration, so that a resumed fit sees the same draws; an iteration whose predecessor turned no template by
+    more than the tolerance (``previous_change``) codes every example, so that the fit can end on it.
     """
     horizon = min(config.n_continuation_iterations, config.n_iterations - 1)
-    if config.initial_subset >= 1 or horizon <= 0:
+    if horizon <= 0 or iteration >= horizon:
+        settled = config.tolerance > 0 and previous_change <= config.tolerance
+        if config.epoch_subset >= 1 or iteration >= config.n_iterations - 1 or settled:
+            return None
+        n_rows = max(1, round(config.epoch_subset * n_examples))
+        if n_rows >= n_examples:
+            return None
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
+        return torch.randperm(n_examples, generator=generator)[:n_rows].sort().values
+    if config.initial_subset >= 1:
         return None
-    progress = min(iteration / horizon, 1.0)
+    progress = iteration / horizon
     # the tolerance keeps a fraction given as n_first / n_examples from rounding up to n_first + 1
     n_rows = max(1, math.ceil(config.initial_subset ** (1.0 - progress) * n_examples - 1e-9))
     if n_rows >= n_examples:
@@ -532,7 +557,7 @@ def fit_alternating(
         ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin of all
         examples, those not yet in the subset at zero codes), ``objective`` (loss plus the l1 term per bin),
         ``step_size``, ``code_density`` (of the examples coded), ``examples_coded`` (the size of the growing
-        subset), ``template_change`` (:func:`template_change` over the iteration; NaN where the spare templates
+        subset, or of the draw of ``epoch_subset``), ``template_change`` (:func:`template_change` over the iteration; NaN where the spare templates
         were dropped), ``seconds``; ``codes`` are the final codes of every example. ``stop_reason`` is
         ``"n_epochs"``, ``"converged"`` (``config.tolerance``) or ``"interrupted"``.
     """
@@ -560,13 +585,14 @@ def fit_alternating(
         "signal_shape": list(signal_shape),
         # the growing subset's schedule: a resumed fit must see the same subsets
         "initial_subset": config.initial_subset,
-        "subset_seed": config.seed if config.initial_subset < 1 else None,
+        "epoch_subset": config.epoch_subset,
+        "subset_seed": config.seed if min(config.initial_subset, config.epoch_subset) < 1 else None,
     }
 
     if resume:
         payload = load_checkpoint(config.checkpoint_path)
         # checkpoints written before the growing subset coded every example in every iteration
-        saved = {"initial_subset": 1.0, "subset_seed": None, **payload.get("signature", {})}
+        saved = {"initial_subset": 1.0, "epoch_subset": 1.0, "subset_seed": None, **payload.get("signature", {})}
         _check_signature(saved, signature, config.checkpoint_path)
         codes = _restore(model, payload["state"])
         extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}
@@ -607,7 +633,8 @@ def fit_alternating(
                 weights = reweighted_thresholds(codes, current, extra["delta"])
             step = model.update_step_size(signal_shape, y)
             model.sparsity = current
-            rows = subset_rows(y.shape[0], config, iteration)
+            previous_change = history[-1].get("template_change", math.nan) if history else math.nan
+            rows = subset_rows(y.shape[0], config, iteration, previous_change)
             if rows is None:
                 part, part_family, part_codes, part_weights = y, family, codes, weights
             else:

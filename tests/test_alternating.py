@@ -133,6 +133,67 @@ def test_growing_subset_is_nested_geometric_and_ends_with_every_example():
     )
 
 
+def test_epoch_subset_draws_a_fresh_fraction_after_continuation_and_ends_on_every_example():
+    config = AlternatingConfig(
+        initial_subset=0.05, epoch_subset=0.3, n_continuation_iterations=10, n_iterations=16, seed=4, tolerance=1e-6
+    )
+    growing = dataclasses.replace(config, epoch_subset=1.0)
+    for iteration in range(10):  # the growing subset is untouched
+        expected = subset_rows(1000, growing, iteration)
+        assert torch.equal(subset_rows(1000, config, iteration), expected)
+    draws = [subset_rows(1000, config, iteration) for iteration in range(10, 15)]
+    for rows in draws:
+        assert len(rows) == 300 and len(set(rows.tolist())) == 300
+        assert torch.equal(torch.sort(rows).values, rows) and rows.min() < 50 and rows.max() > 950
+    assert len({tuple(rows.tolist()) for rows in draws}) == 5  # a fresh draw in every iteration
+    assert torch.equal(subset_rows(1000, config, 12), draws[2])  # the same draws for a resumed fit
+    assert not torch.equal(subset_rows(1000, dataclasses.replace(config, seed=5), 12), draws[2])
+    assert subset_rows(1000, config, 15) is None  # the last iteration codes every example
+    # after an iteration within the tolerance every example is coded, so that the fit can stop on it
+    assert subset_rows(1000, config, 12, previous_change=1e-6) is None
+    assert len(subset_rows(1000, config, 12, previous_change=2e-6)) == 300
+    assert len(subset_rows(1000, dataclasses.replace(config, tolerance=0.0), 12, previous_change=0.0)) == 300
+    # without continuation every iteration but the last draws; never empty; a draw of all is None
+    plain = AlternatingConfig(epoch_subset=0.5, n_continuation_iterations=0, n_iterations=3)
+    assert [len(subset_rows(10, plain, 0)), len(subset_rows(10, plain, 1)), subset_rows(10, plain, 2)] == [5, 5, None]
+    assert len(subset_rows(3, dataclasses.replace(plain, epoch_subset=0.01), 0)) == 1
+    assert subset_rows(10, dataclasses.replace(plain, epoch_subset=0.97), 0) is None
+
+
+def test_fit_with_epoch_subset_codes_its_draws_and_stops_only_after_every_example():
+    """Epochs after continuation code the draws of ``subset_rows``; a tolerance met on a draw makes the next epoch
+    code every example, and the fit can stop only there."""
+    _, simulation = _gaussian_problem()
+    y = torch.as_tensor(simulation.counts, dtype=torch.float32)
+    config = AlternatingConfig(
+        n_iterations=12, n_code_iterations=30, n_continuation_iterations=4, epoch_subset=0.5, seed=3, device="cpu"
+    )
+
+    def fit(tolerance: float):
+        model = DCEA(3, 1, TEMPLATE_SIZE, Gaussian(), generator=torch.Generator().manual_seed(0))
+        return fit_alternating(model, y, 0.1, dataclasses.replace(config, tolerance=tolerance))
+
+    free = fit(0.0)
+    n = y.shape[0]
+    assert free.history["examples_coded"].tolist() == [n] * 4 + [n // 2] * 7 + [n]
+    # a tolerance first met by a draw (epoch k + 1): epoch k + 2 codes every example, and the fit may stop there
+    changes = free.history["template_change"].to_numpy()
+    k = 4 + int(np.argmin(changes[4:10]))
+    tolerance = float(changes[k])
+    assert np.all(changes[3:k] > tolerance), changes
+    stopped = fit(tolerance)
+    history = stopped.history
+    assert history["examples_coded"].tolist()[: k + 2] == [n] * 4 + [n // 2] * (k - 3) + [n]
+    same = ["epoch", "train_loss", "template_change", "examples_coded"]
+    pd.testing.assert_frame_equal(history.iloc[: k + 1][same], free.history.iloc[: k + 1][same])
+    for previous, row in itertools.pairwise(history.iloc[4:].itertuples()):
+        assert (row.examples_coded == n) == (previous.template_change <= tolerance or row.epoch == 12)
+    if stopped.stop_reason == "converged":
+        assert history["examples_coded"].iloc[-1] == n and history["template_change"].iloc[-1] <= tolerance
+    else:
+        assert len(history) == 12
+
+
 def test_an_epoch_on_the_subset_is_the_fit_of_those_examples_alone(binomial_counts):
     """Examples outside the subset change nothing: neither the templates nor the codes of the others."""
     y = torch.as_tensor(binomial_counts, dtype=torch.float32)
@@ -166,6 +227,8 @@ def test_config_validation_names_the_setting():
     for bad in (0.0, 1.5, True, "half"):
         with pytest.raises(ValueError, match=r"initial_subset must be a number in \(0, 1\]"):
             AlternatingConfig(initial_subset=bad).validate()
+        with pytest.raises(ValueError, match=r"epoch_subset must be a number in \(0, 1\]"):
+            AlternatingConfig(epoch_subset=bad).validate()
     with pytest.raises(ValueError, match="tied templates"):
         fit_alternating(
             DCEA(2, 1, 5, Gaussian(), tied=False), torch.zeros(2, 1, 20), 0.1, AlternatingConfig(n_iterations=1)
@@ -616,15 +679,18 @@ def _interrupting_fit(at_iteration: int):
 
 
 @pytest.mark.parametrize(
-    ("initial_subset", "n_epochs", "interrupted_after"),
-    [(1.0, 4, 2), (0.3, 6, 1)],  # the second stops while the subset grows (epochs 1 to 3 code 3, 4 and 6 of 8)
+    ("initial_subset", "epoch_subset", "n_epochs", "interrupted_after"),
+    # the second stops while the subset grows (epochs 1 to 3 code 3, 4 and 6 of 8); the third between draws of
+    # half the examples (epochs 4 and 5 of 6 code 4 of 8)
+    [(1.0, 1.0, 4, 2), (0.3, 1.0, 6, 1), (0.3, 0.5, 6, 4)],
 )
 def test_interrupted_fit_resumes_to_the_uninterrupted_result(
-    binomial_counts, tmp_path, monkeypatch, initial_subset, n_epochs, interrupted_after
+    binomial_counts, tmp_path, monkeypatch, initial_subset, epoch_subset, n_epochs, interrupted_after
 ):
     path = str(tmp_path / "fit.pt")
     monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(interrupted_after - 1))
-    model = small_model(n_epochs=n_epochs, checkpoint_path=path, initial_subset=initial_subset)
+    subsets = {"initial_subset": initial_subset, "epoch_subset": epoch_subset}
+    model = small_model(n_epochs=n_epochs, checkpoint_path=path, **subsets)
     with pytest.warns(
         RuntimeWarning, match=rf"interrupted.*after epoch {interrupted_after} of {n_epochs}.*resume=True"
     ):
@@ -633,7 +699,7 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(
     assert model.templates_.shape == (3, 1, TEMPLATE_SIZE)  # usable: spares dropped, padding cut
     monkeypatch.undo()
     model.fit(binomial_counts, resume=True)
-    straight = small_model(n_epochs=n_epochs, initial_subset=initial_subset).fit(binomial_counts)
+    straight = small_model(n_epochs=n_epochs, **subsets).fit(binomial_counts)
     assert model.history_["epoch"].tolist() == list(range(1, n_epochs + 1)) and model.stop_reason_ == "n_epochs"
     assert model.history_["examples_coded"].tolist() == straight.history_["examples_coded"].tolist()
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-5)
@@ -649,9 +715,13 @@ def test_resume_with_another_subset_schedule_is_refused(binomial_counts, tmp_pat
         small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.5).fit(binomial_counts, resume=True)
     with pytest.raises(ValueError, match=r"subset_seed: checkpoint has 0, this fit has 1"):
         small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3, seed=1).fit(binomial_counts, resume=True)
+    with pytest.raises(ValueError, match=r"epoch_subset: checkpoint has 1.0, this fit has 0.5"):
+        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3, epoch_subset=0.5).fit(
+            binomial_counts, resume=True
+        )
     # a checkpoint from before the growing subset (no such keys) coded every example: it resumes as such
     payload = torch.load(path, weights_only=True)
-    for key in ("initial_subset", "subset_seed"):
+    for key in ("initial_subset", "epoch_subset", "subset_seed"):
         del payload["signature"][key]
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 1.0, this fit has 0.3"):
@@ -718,6 +788,8 @@ def test_solver_settings_are_checked(binomial_counts):
     for bad in (0, 1.5, True, "half"):
         with pytest.raises(ValueError, match=r"initial_subset must be 'auto' or a fraction of the examples in \(0, 1"):
             small_model(initial_subset=bad).fit(binomial_counts)
+        with pytest.raises(ValueError, match=r"epoch_subset must be a fraction of the examples in \(0, 1\], got"):
+            small_model(epoch_subset=bad).fit(binomial_counts)
     for bad in (-1e-6, float("nan"), float("inf"), True, "tight"):
         with pytest.raises(ValueError, match=r"tolerance must be a finite number >= 0, got .*0 runs all n_epochs"):
             small_model(tolerance=bad).fit(binomial_counts)

@@ -557,9 +557,10 @@ def fit_alternating(
         ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin of all
         examples, those not yet in the subset at zero codes), ``objective`` (loss plus the l1 term per bin),
         ``step_size``, ``code_density`` (of the examples coded), ``examples_coded`` (the size of the growing
-        subset, or of the draw of ``epoch_subset``), ``template_change`` (:func:`template_change` over the iteration; NaN where the spare templates
-        were dropped), ``seconds``; ``codes`` are the final codes of every example. ``stop_reason`` is
-        ``"n_epochs"``, ``"converged"`` (``config.tolerance``) or ``"interrupted"``.
+        subset, or of the draw of ``epoch_subset``), ``template_change`` (:func:`template_change` over the
+        iteration; NaN where the spare templates were dropped), ``seconds``; ``codes`` are the final codes of
+        every example. ``stop_reason`` is ``"n_epochs"``, ``"converged"`` (``config.tolerance``) or
+        ``"interrupted"``.
     """
     config = config or AlternatingConfig()
     config.validate()

@@ -216,8 +216,9 @@ class SpikeDictionary:
         each epoch (stochastic alternating minimisation: each epoch costs that fraction of a pass, and the
         templates are fitted to the examples it codes); the last epoch, and the one after an epoch within the
         ``tolerance``, code every example. 1 (the default) codes every example in every epoch after
-        continuation. On the Gaussian standard problem of ``benchmarks/core.py``, 0.5 with 20 epochs took 0.7
-        of the time of 1 at about the same template error (see benchmarks/README.md).
+        continuation. On the Gaussian standard problem of ``benchmarks/core.py`` (20 epochs, ``reweighting=1``),
+        0.5 took about 0.7 of the time of 1, for template errors of 0.029 to 0.038 instead of 0.023 to 0.028
+        (seeds 0 to 2; benchmarks/README.md).
     tolerance : float
         Alternating solver: stop before ``n_epochs`` once continuation is over and an epoch turned no template by
         more than this, measured as ``1 - |cos|`` between the template before and after the epoch (the

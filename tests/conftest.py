@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
 from spikedict import SpikeDictionary
 from spikedict.simulate import paper_templates, simulate_counts
+
+# The file formats of optional extras: their tests are skipped where the extra is not installed (the README's
+# test command installs both).
+NEEDS_NIX = pytest.mark.skipif(importlib.util.find_spec("nixio") is None, reason="the nix extra is not installed")
+NEEDS_NWB = pytest.mark.skipif(importlib.util.find_spec("pynwb") is None, reason="the nwb extra is not installed")
 
 # The problems here are tiny: one intra-op thread is faster than two and does not oversubscribe the cores
 # when the suite runs beside other work (two threads on a busy two-core machine were ~15x slower).

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import quantities as pq
 import torch
+from conftest import NEEDS_NIX, NEEDS_NWB
 
 from spikedict import SpikeDictionary
 from spikedict.io import RecordingWindows, bin_spiketrains, read_recording, write_recording
@@ -87,7 +88,7 @@ def test_unsorted_or_multi_trial_input_is_refused():
         RecordingWindows([edge_trains(), edge_trains()], 1 * pq.ms, 100 * pq.ms, 10 * pq.ms)
 
 
-@pytest.mark.parametrize("suffix", [".nwb", ".nix"])
+@pytest.mark.parametrize("suffix", [pytest.param(".nwb", marks=NEEDS_NWB), pytest.param(".nix", marks=NEEDS_NIX)])
 def test_windows_from_a_file_match_windows_in_memory(recording, tmp_path, suffix):
     segment, _ = recording
     block = neo.Block()
@@ -181,6 +182,7 @@ def test_head_is_the_recording_up_to_its_last_window():
         windows.head(0)
 
 
+@NEEDS_NIX
 def test_the_command_line_streams_a_long_recording(recording, tmp_path):
     from spikedict import SpikeDictionary
     from spikedict.cli import main

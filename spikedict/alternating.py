@@ -30,7 +30,8 @@ Five devices turn the plain scheme into one that finds the templates from a rand
   templates, cost a fraction of a pass over the data, as in mini-batch dictionary learning (Mairal et al.,
   2010); the iterations after continuation use every example, unless ``epoch_subset`` is below 1: then each
   of them but the last codes a fresh random draw of that fraction of the examples and fits the templates to
-  it (stochastic alternating minimisation), and the last codes every example.
+  it (stochastic alternating minimisation), and the last codes every example (as does the one after an
+  iteration within the ``tolerance``, so that the fit can stop on it).
 - **Reweighted l1** (Candès, Wakin and Boyd, 2008): after continuation, the weight of each code entry is
   ``sparsity * delta / (|x| + delta)`` with ``x`` the previous codes. Events keep their amplitude instead of
   being shrunk, and an event is no longer smeared over neighbouring shifts (the l1 solution spreads it when the
@@ -316,19 +317,20 @@ def subset_rows(
     ``config.seed``, so each subset holds the previous one, and a resumed fit sees the same subsets.
 
     From ``horizon`` on, with ``config.epoch_subset`` below 1, each iteration but the last codes
-    ``round(epoch_subset * n_examples)`` examples (at least one), a draw seeded by ``config.seed`` and the
-    iteration, so that a resumed fit sees the same draws; an iteration whose predecessor turned no template by
-    more than the tolerance (``previous_change``) codes every example, so that the fit can end on it.
+    ``ceil(epoch_subset * n_examples)`` examples, a draw seeded by ``config.seed`` and the iteration, so that a
+    resumed fit sees the same draws; an iteration whose predecessor turned no template by more than the
+    tolerance (``previous_change``) codes every example, so that the fit can end on it.
     """
     horizon = min(config.n_continuation_iterations, config.n_iterations - 1)
     if horizon <= 0 or iteration >= horizon:
         settled = config.tolerance > 0 and previous_change <= config.tolerance
         if config.epoch_subset >= 1 or iteration >= config.n_iterations - 1 or settled:
             return None
-        n_rows = max(1, round(config.epoch_subset * n_examples))
+        n_rows = math.ceil(config.epoch_subset * n_examples - 1e-9)
         if n_rows >= n_examples:
             return None
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
+        # any integer seed (torch takes 64 bits), a different stream per iteration
+        generator = torch.Generator().manual_seed((config.seed * 1_000_003 + iteration) % 2**63)
         return torch.randperm(n_examples, generator=generator)[:n_rows].sort().values
     if config.initial_subset >= 1:
         return None
@@ -555,12 +557,12 @@ def fit_alternating(
     -------
     TrainingResult
         ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin of all
-        examples, those not yet in the subset at zero codes), ``objective`` (loss plus the l1 term per bin),
-        ``step_size``, ``code_density`` (of the examples coded), ``examples_coded`` (the size of the growing
-        subset, or of the draw of ``epoch_subset``), ``template_change`` (:func:`template_change` over the
-        iteration; NaN where the spare templates were dropped), ``seconds``; ``codes`` are the final codes of
-        every example. ``stop_reason`` is ``"n_epochs"``, ``"converged"`` (``config.tolerance``) or
-        ``"interrupted"``.
+        examples: those not yet in the growing subset at zero codes, those outside a draw at their last codes),
+        ``objective`` (loss plus the l1 term per bin), ``step_size``, ``code_density`` (of the examples coded),
+        ``examples_coded`` (the size of the growing subset, or of the draw of ``epoch_subset``),
+        ``template_change`` (:func:`template_change` over the iteration; NaN where the spare templates were
+        dropped), ``seconds``; ``codes`` are the final codes of every example. ``stop_reason`` is
+        ``"n_epochs"``, ``"converged"`` (``config.tolerance``) or ``"interrupted"``.
     """
     config = config or AlternatingConfig()
     config.validate()
@@ -588,12 +590,20 @@ def fit_alternating(
         "initial_subset": config.initial_subset,
         "epoch_subset": config.epoch_subset,
         "subset_seed": config.seed if min(config.initial_subset, config.epoch_subset) < 1 else None,
+        # with draws, the tolerance decides which iterations code every example
+        "subset_tolerance": config.tolerance if config.epoch_subset < 1 else None,
     }
 
     if resume:
         payload = load_checkpoint(config.checkpoint_path)
         # checkpoints written before the growing subset coded every example in every iteration
-        saved = {"initial_subset": 1.0, "epoch_subset": 1.0, "subset_seed": None, **payload.get("signature", {})}
+        saved = {
+            "initial_subset": 1.0,
+            "epoch_subset": 1.0,
+            "subset_seed": None,
+            "subset_tolerance": None,
+            **payload.get("signature", {}),
+        }
         _check_signature(saved, signature, config.checkpoint_path)
         codes = _restore(model, payload["state"])
         extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}

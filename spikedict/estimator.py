@@ -216,9 +216,11 @@ class SpikeDictionary:
         each epoch (stochastic alternating minimisation: each epoch costs that fraction of a pass, and the
         templates are fitted to the examples it codes); the last epoch, and the one after an epoch within the
         ``tolerance``, code every example. 1 (the default) codes every example in every epoch after
-        continuation. On the Gaussian standard problem of ``benchmarks/core.py`` (20 epochs, ``reweighting=1``),
-        0.5 took about 0.7 of the time of 1, for template errors of 0.029 to 0.038 instead of 0.023 to 0.028
-        (seeds 0 to 2; benchmarks/README.md).
+        continuation. On the Gaussian standard problem of ``benchmarks/core.py``, with ``n_epochs=20,
+        n_iterations=30, initial_subset=0.05, reweighting=1``, 0.5 took about 0.7 of the time of 1, for template
+        errors of 0.029 to 0.038 instead of 0.023 to 0.028 (seeds 0 to 2; benchmarks/README.md). With draws the
+        templates keep turning from epoch to epoch, so the ``tolerance`` rarely stops the fit early: at the
+        defaults (30 epochs) 0.5 ran every epoch and was no faster than 1, which stopped after 23 or 24.
     tolerance : float
         Alternating solver: stop before ``n_epochs`` once continuation is over and an epoch turned no template by
         more than this, measured as ``1 - |cos|`` between the template before and after the epoch (the
@@ -741,8 +743,9 @@ class SpikeDictionary:
                 checkpoint_path=self._checkpoint_of(restart),
             )
             result = fit_alternating(model, y, sparsity, config, n_templates=self.n_templates, resume=resume)
-            # a fit interrupted while the subset grew has no codes for some examples: an inference pass instead
-            # (histories resumed from checkpoints older than the subset lack the column: every example was coded)
+            # a fit interrupted while the subset grew, or on a draw of epoch_subset, has no (or stale) codes for
+            # some examples: an inference pass instead (histories resumed from checkpoints older than the subset
+            # lack the column: every example was coded)
             history = result.history
             coded = history["examples_coded"].iloc[-1] if "examples_coded" in history and len(history) else y.shape[0]
             if (

@@ -13,7 +13,8 @@ from spikedict.simulate import paper_templates, simulate_counts
 
 # The file formats of optional extras: their tests are skipped where the extra is not installed (the README's
 # test command installs both).
-NEEDS_NIX = pytest.mark.skipif(importlib.util.find_spec("nixio") is None, reason="the nix extra is not installed")
+NIX_INSTALLED = importlib.util.find_spec("nixio") is not None
+NEEDS_NIX = pytest.mark.skipif(not NIX_INSTALLED, reason="the nix extra is not installed")
 NEEDS_NWB = pytest.mark.skipif(importlib.util.find_spec("pynwb") is None, reason="the nwb extra is not installed")
 
 # The problems here are tiny: one intra-op thread is faster than two and does not oversubscribe the cores

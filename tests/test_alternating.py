@@ -148,6 +148,8 @@ def test_epoch_subset_draws_a_fresh_fraction_after_continuation_and_ends_on_ever
     assert len({tuple(rows.tolist()) for rows in draws}) == 5  # a fresh draw in every iteration
     assert torch.equal(subset_rows(1000, config, 12), draws[2])  # the same draws for a resumed fit
     assert not torch.equal(subset_rows(1000, dataclasses.replace(config, seed=5), 12), draws[2])
+    for seed in (2**62, -(2**62)):  # any 64-bit seed, as the growing subset takes
+        assert len(subset_rows(1000, dataclasses.replace(config, seed=seed), 12)) == 300
     assert subset_rows(1000, config, 15) is None  # the last iteration codes every example
     # after an iteration within the tolerance every example is coded, so that the fit can stop on it
     assert subset_rows(1000, config, 12, previous_change=1e-6) is None
@@ -719,9 +721,19 @@ def test_resume_with_another_subset_schedule_is_refused(binomial_counts, tmp_pat
         small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3, epoch_subset=0.5).fit(
             binomial_counts, resume=True
         )
+    # with draws the tolerance decides which epochs code every example: it must match too
+    draws = str(tmp_path / "draws.pt")
+    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(0))
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        small_model(n_epochs=6, checkpoint_path=draws, epoch_subset=0.5).fit(binomial_counts)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"subset_tolerance: checkpoint has 1e-06, this fit has 0.001"):
+        small_model(n_epochs=6, checkpoint_path=draws, epoch_subset=0.5, tolerance=1e-3).fit(
+            binomial_counts, resume=True
+        )
     # a checkpoint from before the growing subset (no such keys) coded every example: it resumes as such
     payload = torch.load(path, weights_only=True)
-    for key in ("initial_subset", "epoch_subset", "subset_seed"):
+    for key in ("initial_subset", "epoch_subset", "subset_seed", "subset_tolerance"):
         del payload["signature"][key]
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 1.0, this fit has 0.3"):

@@ -47,7 +47,9 @@ def torchrun(n_processes: int, *arguments: str, cwd: Path) -> subprocess.Complet
         f"--master-port={free_port()}",
         *arguments,
     ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(cwd)}
+    # the checkout first, then whatever the caller's path held (packages installed with --target, say)
+    path = os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
 
 

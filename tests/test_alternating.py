@@ -708,11 +708,15 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(
 
 
 def test_resume_with_another_subset_schedule_is_refused(binomial_counts, tmp_path, monkeypatch):
-    path = str(tmp_path / "fit.pt")
-    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(0))
-    with pytest.warns(RuntimeWarning, match="interrupted"):
-        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3).fit(binomial_counts)
-    monkeypatch.undo()
+    def checkpoint_after_one_epoch(name: str, **settings) -> str:
+        path = str(tmp_path / name)
+        monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(0))
+        with pytest.warns(RuntimeWarning, match="interrupted"):
+            small_model(n_epochs=6, checkpoint_path=path, **settings).fit(binomial_counts)
+        monkeypatch.undo()
+        return path
+
+    path = checkpoint_after_one_epoch("fit.pt", initial_subset=0.3)
     with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 0.3, this fit has 0.5"):
         small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.5).fit(binomial_counts, resume=True)
     with pytest.raises(ValueError, match=r"subset_seed: checkpoint has 0, this fit has 1"):
@@ -722,11 +726,7 @@ def test_resume_with_another_subset_schedule_is_refused(binomial_counts, tmp_pat
             binomial_counts, resume=True
         )
     # with draws the tolerance decides which epochs code every example: it must match too
-    draws = str(tmp_path / "draws.pt")
-    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(0))
-    with pytest.warns(RuntimeWarning, match="interrupted"):
-        small_model(n_epochs=6, checkpoint_path=draws, epoch_subset=0.5).fit(binomial_counts)
-    monkeypatch.undo()
+    draws = checkpoint_after_one_epoch("draws.pt", epoch_subset=0.5)
     with pytest.raises(ValueError, match=r"subset_tolerance: checkpoint has 1e-06, this fit has 0.001"):
         small_model(n_epochs=6, checkpoint_path=draws, epoch_subset=0.5, tolerance=1e-3).fit(
             binomial_counts, resume=True

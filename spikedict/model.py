@@ -45,7 +45,8 @@ _CONVOLUTIONS = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpo
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 #: ``operator_norm_squared(method="auto")`` bounds the norm from the templates' spectra on signals at least this
-#: many templates long (there the bound was at most 0.7% above the norm in the cases measured).
+#: many templates long, and uses power iteration on shorter ones. The spectral bound comes closer to the norm the
+#: longer the signal is against the templates; raise this to keep power iteration for longer signals.
 SPECTRAL_NORM_MIN_LENGTH = 8
 
 
@@ -92,8 +93,9 @@ def code_shape(
     return tuple(shape)
 
 
-# Relative cost per point of FFT sizes with a factor 5: on 2 cores (MKL), a real FFT and its inverse of
-# 2000 points took 7% longer than of 2048, and 1500 points 32% longer than 1536.
+# Relative cost per point of FFT sizes with a factor 5, against sizes 2^a 3^b: a size with a factor 5 is chosen
+# only where the nearest size without one is at least this factor longer. Change it only after timing FFTs of
+# both kinds of size on the machines that matter (benchmarks/README.md has the timings it was set from).
 _FACTOR_FIVE_COST = 1.15
 
 
@@ -101,9 +103,8 @@ def _fast_length(n: int) -> int:
     """The FFT size for ``n`` points: an even 2^a 3^b 5^c >= n, the cheapest by ``size * cost``.
 
     ``cost`` is ``_FACTOR_FIVE_COST`` for sizes with a factor 5, else 1: the smallest such size, unless one
-    without a factor 5 is at most 15% longer (2000 -> 2048, 1500 -> 1536, 2500 -> 2592). Odd sizes are slow
-    even when smooth: on 2 cores a real FFT and its inverse of 600 rows took about 10 ms at 2025 = 3^4 5^2
-    against 3 to 4 ms at 2000, 2048 and 2160.
+    without a factor 5 is at most 15% longer (2000 -> 2048, 1500 -> 1536, 2500 -> 2592). Only even sizes are
+    candidates: odd sizes are slow even when they have only small prime factors.
     """
     ceiling = max(2, 1 << (n - 1).bit_length())  # a power of two: no candidate above it can cost less
     best, best_cost = ceiling, float(ceiling)
@@ -125,9 +126,9 @@ def _fast_length(n: int) -> int:
 def _mix_spectra(spectrum: Tensor, weights: Tensor, out: Tensor | None = None) -> Tensor:
     """``sum_k spectrum[:, k] * weights[k]``: (n, k, f) spectra through (k, m, f) weights to (n, m, f).
 
-    One broadcast product per ``k``: torch's complex einsum/bmm over many tiny matrices (one per frequency) is
-    10-100x slower on the CPU than these element-wise passes. With ``out`` (no autograd) the sum accumulates
-    in place there.
+    One broadcast product per ``k``, not torch's complex einsum/bmm, which on the CPU is much slower over many
+    tiny matrices (one per frequency) than these element-wise passes. With ``out`` (no autograd) the sum
+    accumulates in place there.
     """
     if out is not None:
         torch.mul(spectrum[:, 0, None], weights[0], out=out)
@@ -144,7 +145,7 @@ class ConvolutionOperator:
     """The convolution ``codes -> sum_c templates_c * codes_c`` and its adjoint, for fixed templates.
 
     1-D templates with stride 1 use FFTs of a fixed length (the template spectra are computed once),
-    which on CPUs is several times faster than ``conv_transpose1d``; other cases use torch's
+    which on CPUs is faster than ``conv_transpose1d``; other cases use torch's
     convolutions. Both paths compute the same linear map and are differentiable.
 
     Parameters
@@ -255,9 +256,9 @@ class ConvolutionOperator:
         return torch.fft.irfft(spectrum, n=self.n_fft, out=output)[..., :length]
 
     # In-place variants for loops without autograd (the encoder's no-grad path). Each writes into buffers the
-    # operator keeps and returns a view of one: valid until the next call of the same method. On a CPU this
-    # is about a third faster than allocating every intermediate afresh (fresh multi-megabyte arrays leave
-    # the caches and fault their pages in). Without FFTs (or in half precision) they are the plain methods.
+    # operator keeps and returns a view of one: valid until the next call of the same method. This spares the
+    # CPU from allocating every intermediate afresh (fresh multi-megabyte arrays leave the caches and fault
+    # their pages in). Without FFTs (or in half precision) they are the plain methods.
     def _buffer(self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         buffer = self._workspace.get(name)
         if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype or buffer.device != device:
@@ -371,13 +372,13 @@ def operator_norm_squared(
         ``"power"``: power iteration, which approaches the eigenvalue from below. ``"spectrum"`` (1-D templates
         at stride 1): the largest eigenvalue over frequencies of the templates' ``n_templates x n_templates``
         cross-spectral matrices on an FFT grid at least as long as the (capped) signal. Up to 4096 bins it is an
-        upper bound (the convolution is a corner of the circulant one), 0.1% to 0.7% above the eigenvalue on
-        signals 8 templates long and 0.01% to 0.05% on 2000 bins with templates of 50 (a 2048-point grid; power
-        iteration run to 3000 iterations as the reference). On longer signals it is
-        the 4096-point grid's maximum, which fell short of the norm by up to 1.4% for templates of 512 bins and
-        0.18% for 200 (20 random sets of 3; the encoder's 5% safety margin covers both). It costs one FFT of the
-        templates instead of ``2 * n_iterations`` (power iteration's 50 iterations end 0.3% to 0.9% below the
-        eigenvalue).
+        upper bound (the convolution is a corner of the circulant one), closer to the eigenvalue the longer the
+        signal is against the templates. On longer signals it is the 4096-point grid's maximum, which can fall
+        slightly short of the norm, more so for long templates; the ``safety`` factor of
+        :meth:`DCEA.update_step_size` is there to cover that. It costs one FFT of the templates instead of
+        ``2 * n_iterations``; power iteration ends a little below the eigenvalue after ``n_iterations`` (raise
+        them for a closer estimate). How close each method came in the cases measured is in
+        ``benchmarks/README.md``.
         ``"auto"``: the spectrum for 1-D templates at stride 1 on signals at least ``SPECTRAL_NORM_MIN_LENGTH``
         templates long, else power iteration.
 
@@ -518,12 +519,12 @@ def _encode_without_autograd(
     """The iterations of :meth:`DCEA.encode` when no gradient is recorded, in buffers reused across iterations.
 
     The same updates as :func:`proximal_gradient_step` (or, for an identity link, the normal-operator form of
-    :meth:`DCEA.encode`), computed in place: on a CPU about a third faster than the autograd-friendly loop,
-    whose every intermediate is a fresh array. ``codes`` (the warm start) is not modified.
+    :meth:`DCEA.encode`), computed in place in reused buffers, where the autograd-friendly loop allocates every
+    intermediate afresh. ``codes`` (the warm start) is not modified.
     """
     # With FFTs the codes live in zero-padded buffers of the FFT length, so that their transforms need no
-    # padded copy (on 2 cores the copy cost a quarter of each forward FFT); the element-wise updates work on
-    # views of the first code_length bins and the padding stays zero.
+    # padded copy before each forward FFT; the element-wise updates work on views of the first code_length bins
+    # and the padding stays zero.
     pad = dictionary.n_fft - codes.shape[-1] if dictionary._in_place(codes) else 0
 
     def buffer() -> tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """Spike trains to counts and back: :class:`SpikeCounts` and :func:`bin_spiketrains`.
 
 neo and elephant are imported inside the functions that need them, so that ``import spikedict.io`` stays
-cheap (elephant alone takes about a second to import).
+cheap (importing elephant is slow).
 """
 
 from __future__ import annotations

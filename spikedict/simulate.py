@@ -402,10 +402,51 @@ def simulate_spikes(
     >>> len(simulation.block.segments), int(simulation.counts.counts.max()) <= 5
     (10, True)
     """
-    import quantities as pq
+    bin_size, family_name, n_trials = _check_spike_settings(bin_size, family, n_trials, poisson_method)
+    # One generator for every draw, in this order: templates (for a kind), codes, then the spikes.
+    rng = np.random.default_rng(seed)
+    templates = _spike_templates(templates, n_templates, template_size, rng)
+    n_channels = templates.shape[1]
+    (n_code_bins,) = code_shape((n_bins,), (templates.shape[2],))
+    codes = simulate_codes(
+        n_examples,
+        templates.shape[0],
+        n_code_bins,
+        event_rate=event_rate,
+        amplitude_range=amplitude_range,
+        min_spacing=min_spacing,
+        amplitude_distribution=amplitude_distribution,
+        seed=rng,
+    )
+    baseline = np.broadcast_to(np.asarray(baseline, dtype=np.float64), (n_channels,)).copy()
+    eta, rates, family_object = _spike_rates(codes, templates, baseline, family_name, n_trials)
+    spike_times = _draw_spike_times(eta, rates, family_name, n_trials, poisson_method, bin_size, rng)
+    truth = {
+        "family": family_name,
+        "n_trials": int(n_trials),
+        "templates": templates,
+        "baseline": baseline,
+        "event_rate": float(event_rate),
+        "seed": -1 if seed is None else int(seed),
+    }
+    block, counts = _spike_block_and_counts(spike_times, n_bins, bin_size, codes, truth)
+    return Simulation(
+        block=block,
+        counts=counts,
+        templates=templates,
+        codes=codes,
+        rates=rates,
+        linear_predictor=eta,
+        baseline=baseline,
+        family=family_object,
+    )
 
-    from spikedict.io import bin_spiketrains
-    from spikedict.io._simulated import build_block, poisson_process_times
+
+def _check_spike_settings(
+    bin_size: Any, family: str, n_trials: int | None, poisson_method: str
+) -> tuple[Any, str, int]:
+    """Check :func:`simulate_spikes`' settings; return the bin size, the family's name and the trials per example."""
+    import quantities as pq
 
     bin_size = 1 * pq.ms if bin_size is None else bin_size
     if not isinstance(bin_size, pq.Quantity):
@@ -426,32 +467,46 @@ def simulate_spikes(
         raise ValueError(f"n_trials must be an integer >= 1, got {n_trials!r}.")
     if poisson_method not in ("bins", "process"):
         raise ValueError(f"poisson_method must be 'bins' or 'process', got {poisson_method!r}.")
-    rng = np.random.default_rng(seed)
+    return bin_size, family_name, n_trials
+
+
+def _spike_templates(
+    templates: np.ndarray | str, n_templates: int, template_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The templates as a float array (n_templates, n_channels, template_size); a kind is drawn from ``rng``."""
     if isinstance(templates, str):
         templates = make_templates(templates, n_templates, template_size, seed=rng)
     templates = np.asarray(templates, dtype=np.float64)
     if templates.ndim != 3:
         raise ValueError(f"templates must have shape (n_templates, n_channels, template_size), got {templates.shape}.")
-    n_template_rows, n_channels, size = templates.shape
-    (n_code_bins,) = code_shape((n_bins,), (size,))
-    codes = simulate_codes(
-        n_examples,
-        n_template_rows,
-        n_code_bins,
-        event_rate=event_rate,
-        amplitude_range=amplitude_range,
-        min_spacing=min_spacing,
-        amplitude_distribution=amplitude_distribution,
-        seed=rng,
-    )
-    baseline = np.broadcast_to(np.asarray(baseline, dtype=np.float64), (n_channels,)).copy()
+    return templates
+
+
+def _spike_rates(
+    codes: np.ndarray, templates: np.ndarray, baseline: np.ndarray, family_name: str, n_trials: int
+) -> tuple[np.ndarray, np.ndarray, Family]:
+    """The linear predictor, the expected count per bin (pooled over trials) and the family of the simulation."""
     eta = _linear_predictor(codes, templates, baseline)
     family_object = get_family(family_name, n_trials=n_trials if family_name == "binomial" else None)
     with torch.no_grad():
         rates = family_object.mean(eta).numpy()
-    eta = eta.numpy()
+    return eta.numpy(), rates, family_object
+
+
+def _draw_spike_times(
+    eta: np.ndarray,
+    rates: np.ndarray,
+    family_name: str,
+    n_trials: int,
+    poisson_method: str,
+    bin_size: Any,
+    rng: np.random.Generator,
+) -> list[list[list[np.ndarray]]]:
+    """Draw the spike times of every example, trial and channel; ``[n][m][c]`` in the units of ``bin_size``."""
+    from spikedict.io._simulated import poisson_process_times
+
+    n_examples, n_channels, n_bins = eta.shape
     width = float(bin_size.magnitude)
-    # spike_times[n][m][c]: times (in the units of bin_size) of trial m of example n, channel c.
     spike_times: list[list[list[np.ndarray]]] = []
     for n in range(n_examples):
         trials = []
@@ -469,25 +524,19 @@ def simulate_spikes(
                 channels.append(np.sort((bins + rng.random(bins.size)) * width))
             trials.append(channels)
         spike_times.append(trials)
-    truth = {
-        "family": family_name,
-        "n_trials": int(n_trials),
-        "templates": templates,
-        "baseline": baseline,
-        "event_rate": float(event_rate),
-        "seed": -1 if seed is None else int(seed),
-    }
+    return spike_times
+
+
+def _spike_block_and_counts(
+    spike_times: list[list[list[np.ndarray]]], n_bins: int, bin_size: Any, codes: np.ndarray, truth: dict[str, Any]
+) -> tuple[Any, Any]:
+    """The Neo Block of the spike times with the ground truth, and its counts (binomial: trials pooled per example)."""
+    from spikedict.io import bin_spiketrains
+    from spikedict.io._simulated import build_block
+
     block = build_block(spike_times, n_bins * bin_size, codes, truth, bin_size=bin_size)
-    counts = bin_spiketrains(block, bin_size, group_by="example") if family_name == "binomial" else None
-    if counts is None:
+    if truth["family"] == "binomial":
+        counts = bin_spiketrains(block, bin_size, group_by="example")
+    else:
         counts = bin_spiketrains(block, bin_size)
-    return Simulation(
-        block=block,
-        counts=counts,
-        templates=templates,
-        codes=codes,
-        rates=rates,
-        linear_predictor=eta,
-        baseline=baseline,
-        family=family_object,
-    )
+    return block, counts

@@ -35,6 +35,7 @@ on the training examples.
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -220,6 +221,52 @@ def compare_families(
     [['binomial', 'tied', 0, True], ['gaussian', 'tied', 0, False]]
     """
     data = as_analysis_data(data)
+    variant_names = _variant_names(families, variants, seeds)
+    evaluation = _evaluation_family(data, families, evaluation_family, estimator_params.get("n_trials"))
+    truth, params = _truth_and_params(data, true_templates, estimator_params)
+    train_index, heldout_index = heldout_split(data.n_examples, validation, split_seed)
+    train, heldout = data.subset(train_index), data.subset(heldout_index)
+    heldout_family = evaluation.select(torch.as_tensor(heldout_index))
+
+    records, estimators = [], []
+    for family, variant, seed in itertools.product(families, variant_names, seeds):
+        model = _build_estimator(family, seed, _variant_params(params, variant))
+        start = time.perf_counter()
+        model.fit(train)
+        fit_seconds = time.perf_counter() - start
+        scores = evaluate_heldout(
+            model,
+            heldout,
+            heldout_family,
+            train=train,
+            clip=clip,
+            infer_codes_from=infer_codes_from,
+            split_seed=split_seed,
+        )
+        records.append(
+            {
+                "family": _family_label(family),
+                "variant": variant,
+                "seed": int(seed),
+                "evaluation_family": evaluation.name,
+                "matched": _family_label(family) == evaluation.name,
+                "n_templates": int(model.n_templates),
+                "template_size": model.template_size,
+                "n_train_examples": len(train_index),
+                "n_heldout_examples": len(heldout_index),
+                "template_error": _template_error(model, truth, max_lag),
+                **scores,
+                "fit_seconds": fit_seconds,
+                "n_epochs_run": len(model.history_),
+            }
+        )
+        estimators.append(model)
+    table = pd.DataFrame.from_records(records)
+    return (table, estimators) if return_estimators else table
+
+
+def _variant_names(families: Sequence[Any], variants: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """Check that the grid is not empty; return the canonical name (``"tied"`` or ``"untied"``) of each variant."""
     if not len(families) or not len(variants) or not len(seeds):
         raise ValueError(
             f"families, variants and seeds must each hold at least one value, got {len(families)}, "
@@ -231,15 +278,26 @@ def compare_families(
         if key not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; use 'tied' (DCEA-C) or 'untied' (DCEA-UC).")
         variant_names.append(VARIANTS[key])
-    n_trials = estimator_params.get("n_trials")
-    # Resolve every family before the first fit, so a bad name fails at once.
+    return variant_names
+
+
+def _evaluation_family(
+    data: Any, families: Sequence[str | Family], evaluation_family: str | Family | None, n_trials: Any
+) -> Family:
+    """Resolve every family to fit (so that a bad name fails before the first fit), and return the data's family."""
     for family in families:
         resolve_family(family, data, n_trials)
-    evaluation = resolve_family(
+    return resolve_family(
         evaluation_family if evaluation_family is not None else (None if data.family is not None else families[0]),
         data,
         n_trials,
     )
+
+
+def _truth_and_params(
+    data: Any, true_templates: np.ndarray | None, estimator_params: dict[str, Any]
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The true templates (or None) and the estimator parameters shared by every fit, checked."""
     truth = true_templates if true_templates is not None else data.templates
     params = {"progress": False, **estimator_params}
     if truth is not None:
@@ -261,57 +319,28 @@ def compare_families(
                 f"{name!r} is set by compare_families (families=..., variants=..., seeds=...); remove it from "
                 "the estimator parameters."
             )
-    train_index, heldout_index = heldout_split(data.n_examples, validation, split_seed)
-    train, heldout = data.subset(train_index), data.subset(heldout_index)
-    heldout_family = evaluation.select(torch.as_tensor(heldout_index))
+    return truth, params
 
-    records, estimators = [], []
-    for family in families:
-        for variant in variant_names:
-            variant_params = dict(params)
-            if variant == "untied":
-                variant_params["tied"] = False
-                if variant_params.get("backprop", "none") == "none":
-                    variant_params["backprop"] = "truncated"
-            for seed in seeds:
-                model = SpikeDictionary(family=family, seed=int(seed), **variant_params)
-                start = time.perf_counter()
-                model.fit(train)
-                fit_seconds = time.perf_counter() - start
-                scores = evaluate_heldout(
-                    model,
-                    heldout,
-                    heldout_family,
-                    train=train,
-                    clip=clip,
-                    infer_codes_from=infer_codes_from,
-                    split_seed=split_seed,
-                )
-                error = (
-                    align_templates(model.templates_, truth, max_lag=max_lag).mean_error
-                    if truth is not None
-                    else float("nan")
-                )
-                records.append(
-                    {
-                        "family": _family_label(family),
-                        "variant": variant,
-                        "seed": int(seed),
-                        "evaluation_family": evaluation.name,
-                        "matched": _family_label(family) == evaluation.name,
-                        "n_templates": int(model.n_templates),
-                        "template_size": model.template_size,
-                        "n_train_examples": len(train_index),
-                        "n_heldout_examples": len(heldout_index),
-                        "template_error": float(error),
-                        **scores,
-                        "fit_seconds": fit_seconds,
-                        "n_epochs_run": len(model.history_),
-                    }
-                )
-                estimators.append(model)
-    table = pd.DataFrame.from_records(records)
-    return (table, estimators) if return_estimators else table
+
+def _variant_params(params: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The estimator parameters of one variant: ``"untied"`` unties the encoder and back-propagates through it."""
+    variant_params = dict(params)
+    if variant == "untied":
+        variant_params["tied"] = False
+        if variant_params.get("backprop", "none") == "none":
+            variant_params["backprop"] = "truncated"
+    return variant_params
+
+
+def _build_estimator(family: str | Family, seed: int, params: dict[str, Any]) -> SpikeDictionary:
+    """The estimator of one fit of :func:`compare_families` (family, seed and the variant's parameters)."""
+    return SpikeDictionary(family=family, seed=int(seed), **params)
+
+
+def _template_error(model: SpikeDictionary, truth: np.ndarray | None, max_lag: int | None) -> float:
+    """Mean aligned error of the learned templates against the true ones (NaN without ground truth)."""
+    error = align_templates(model.templates_, truth, max_lag=max_lag).mean_error if truth is not None else float("nan")
+    return float(error)
 
 
 def _default_simulation() -> dict[str, Any]:

@@ -212,12 +212,7 @@ def run_demo(
     """
     import quantities as pq
 
-    from spikedict import __version__
-    from spikedict.analysis import align_templates
-    from spikedict.estimator import SpikeDictionary
-    from spikedict.io import bin_spiketrains
-    from spikedict.report import Report
-    from spikedict.simulate import paper_templates, simulate_spikes
+    from spikedict.simulate import paper_templates
     from spikedict.training import resolve_device
 
     settings = settings or DEMO_SETTINGS["default"]
@@ -227,6 +222,49 @@ def run_demo(
     started = time.perf_counter()
     bin_size = settings.bin_size_ms * pq.ms
     true = paper_templates(settings.template_size)
+
+    simulation, counts = _simulate_and_bin(settings, true, bin_size, seed, echo, timings)
+    fits: dict[str, _FamilyFit] = {}
+    for step, family in enumerate(FAMILIES, start=3):
+        fits[family] = _fit_family(
+            family, step, counts, simulation, true, settings, device, device_used, seed, progress, echo, timings
+        )
+        fits[family].model.save(folder / f"model_{family}.safetensors")
+
+    echo("[5/5] writing the report, figures and tables")
+    clock = time.perf_counter()
+    templates_table = _templates_table(fits)
+    summary = _summary_table(fits, timings)
+    report = _build_report(folder, settings, summary, templates_table, simulation, fits, counts, true, bin_size)
+    timings["report"] = time.perf_counter() - clock
+    timings["total"] = time.perf_counter() - started
+    _finish_report(report, folder, settings, seed, device_used, fits, timings)
+    models = {family: fit.model for family, fit in fits.items()}
+    return DemoResult(summary, templates_table, models, folder, timings, settings)
+
+
+@dataclass
+class _FamilyFit:
+    """One fit of the demo: the model, its predicted rates, and its templates aligned to the true ones."""
+
+    model: Any
+    rates: np.ndarray
+    alignment: Any
+    initial_alignment: Any
+    rate_error: float
+
+
+def _simulate_and_bin(
+    settings: DemoSettings,
+    true: np.ndarray,
+    bin_size: Any,
+    seed: int,
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[Any, Any]:
+    """Steps 1 and 2: simulate the binomial spike trains, then bin them back from Neo, trials pooled per example."""
+    from spikedict.io import bin_spiketrains
+    from spikedict.simulate import simulate_spikes
 
     clock = time.perf_counter()
     echo(
@@ -251,44 +289,68 @@ def run_demo(
     echo(f"[2/5] binning {len(simulation.block.segments)} Neo trials and pooling the {settings.n_trials} per example")
     counts = bin_spiketrains(simulation.block, bin_size, group_by="example")
     timings["bin"] = time.perf_counter() - clock
+    return simulation, counts
 
-    models: dict[str, Any] = {}
-    alignments: dict[str, Any] = {}
-    initial_alignments: dict[str, Any] = {}
-    rate_errors: dict[str, float] = {}
-    rates_by_family: dict[str, np.ndarray] = {}
-    true_probability = simulation.rates / settings.n_trials
-    for step, family in enumerate(FAMILIES, start=3):
-        parameters = {**settings.fit, **(settings.gaussian_fit if family == "gaussian" else {})}
-        label = "Gaussian mismatch" if family == "gaussian" else "binomial"
-        echo(f"[{step}/5] fitting the {label} model (up to {parameters.get('n_epochs', '?')} epochs on {device_used})")
-        clock = time.perf_counter()
-        model = SpikeDictionary(
-            family=family,
-            template_size=settings.template_size,
-            device=device,
-            seed=seed,
-            progress=progress,
-            **parameters,
-        )
-        model.fit(counts)
-        timings[f"fit {family}"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        rates = model.predict_rate(counts)
-        timings[f"rates {family}"] = time.perf_counter() - clock
-        models[family] = model
-        rates_by_family[family] = rates
-        alignments[family] = align_templates(model.templates_, true)
-        initial_alignments[family] = align_templates(model.initial_templates_, true)
-        rate_errors[family] = float(np.sqrt(np.mean((rates / settings.n_trials - true_probability) ** 2)))
-        model.save(folder / f"model_{family}.safetensors")
 
-    echo("[5/5] writing the report, figures and tables")
+def _build_estimator(
+    family: str, parameters: Mapping[str, Any], settings: DemoSettings, device: str, seed: int, progress: bool | None
+) -> Any:
+    """The unfitted ``SpikeDictionary`` of one family's fit."""
+    from spikedict.estimator import SpikeDictionary
+
+    return SpikeDictionary(
+        family=family,
+        template_size=settings.template_size,
+        device=device,
+        seed=seed,
+        progress=progress,
+        **parameters,
+    )
+
+
+def _fit_family(
+    family: str,
+    step: int,
+    counts: Any,
+    simulation: Any,
+    true: np.ndarray,
+    settings: DemoSettings,
+    device: str,
+    device_used: str,
+    seed: int,
+    progress: bool | None,
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+) -> _FamilyFit:
+    """Steps 3 and 4: fit one family to the counts, predict its rates and align its templates to the true ones."""
+    from spikedict.analysis import align_templates
+
+    parameters = {**settings.fit, **(settings.gaussian_fit if family == "gaussian" else {})}
+    label = "Gaussian mismatch" if family == "gaussian" else "binomial"
+    echo(f"[{step}/5] fitting the {label} model (up to {parameters.get('n_epochs', '?')} epochs on {device_used})")
     clock = time.perf_counter()
+    model = _build_estimator(family, parameters, settings, device, seed, progress)
+    model.fit(counts)
+    timings[f"fit {family}"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    rates = model.predict_rate(counts)
+    timings[f"rates {family}"] = time.perf_counter() - clock
+    true_probability = simulation.rates / settings.n_trials
+    return _FamilyFit(
+        model=model,
+        rates=rates,
+        alignment=align_templates(model.templates_, true),
+        initial_alignment=align_templates(model.initial_templates_, true),
+        rate_error=float(np.sqrt(np.mean((rates / settings.n_trials - true_probability) ** 2))),
+    )
+
+
+def _templates_table(fits: dict[str, _FamilyFit]) -> pd.DataFrame:
+    """One row per family and true template: the aligned error (and at the start of the fit), lag and sign."""
     template_rows = []
     for family in FAMILIES:
-        table = alignments[family].table
-        for row, initial_error in zip(table.itertuples(index=False), initial_alignments[family].errors):
+        table = fits[family].alignment.table
+        for row, initial_error in zip(table.itertuples(index=False), fits[family].initial_alignment.errors):
             template_rows.append(
                 {
                     "family": family,
@@ -301,22 +363,44 @@ def run_demo(
                     "error": float(row.error),
                 }
             )
-    templates_table = pd.DataFrame(template_rows)
-    summary = pd.DataFrame(
+    return pd.DataFrame(template_rows)
+
+
+def _summary_table(fits: dict[str, _FamilyFit], timings: dict[str, float]) -> pd.DataFrame:
+    """One row per family: mean template error (initial and learned), largest error, rate error, epochs, fit time."""
+    return pd.DataFrame(
         [
             {
                 "family": family,
-                "mean_initial_error": initial_alignments[family].mean_error,
-                "mean_error": alignments[family].mean_error,
-                "max_error": float(alignments[family].errors.max()),
-                "rate_rmse": rate_errors[family],
-                "epochs": len(models[family].history_),
+                "mean_initial_error": fits[family].initial_alignment.mean_error,
+                "mean_error": fits[family].alignment.mean_error,
+                "max_error": float(fits[family].alignment.errors.max()),
+                "rate_rmse": fits[family].rate_error,
+                "epochs": len(fits[family].model.history_),
                 "fit_seconds": timings[f"fit {family}"],
             }
             for family in FAMILIES
         ]
     )
 
+
+def _build_report(
+    folder: Path,
+    settings: DemoSettings,
+    summary: pd.DataFrame,
+    templates_table: pd.DataFrame,
+    simulation: Any,
+    fits: dict[str, _FamilyFit],
+    counts: Any,
+    true: np.ndarray,
+    bin_size: Any,
+) -> Any:
+    """The report's text, tables, figures and training histories (settings and timings are added after)."""
+    from spikedict import __version__
+    from spikedict.plotting import plot_templates
+    from spikedict.report import Report
+
+    models = {family: fit.model for family, fit in fits.items()}
     report = Report("spikedict demo: templates learned from simulated spikes", folder)
     report.add_text(
         None,
@@ -338,23 +422,32 @@ def run_demo(
     )
     report.add_table("template_errors", templates_table, "Template errors", "One row per family and true template.")
     for family in FAMILIES:
-        from spikedict.plotting import plot_templates
-
         report.add_figure(
             f"templates_{family}",
             plot_templates(models[family], true, bin_size=bin_size),
             f"Templates: {family} fit" + (" (Gaussian mismatch)" if family == "gaussian" else ""),
             "True template (black), learned template aligned onto it (red), its initial template (dotted).",
         )
-    _raster_figure(report, simulation, rates_by_family, bin_size)
+    _raster_figure(report, simulation, {family: fit.rates for family, fit in fits.items()}, bin_size)
     _training_figure(report, models)
     _codes_figure(report, simulation, models["binomial"], counts, bin_size)
     for family in FAMILIES:
         history = models[family].history_.copy()
         history.insert(0, "family", family)
         report.add_table(f"history_{family}", history, f"Training history: {family}")
-    timings["report"] = time.perf_counter() - clock
-    timings["total"] = time.perf_counter() - started
+    return report
+
+
+def _finish_report(
+    report: Any,
+    folder: Path,
+    settings: DemoSettings,
+    seed: int,
+    device_used: str,
+    fits: dict[str, _FamilyFit],
+    timings: dict[str, float],
+) -> None:
+    """Add the settings, the timings and the list of files to the report, and write it."""
     report.add_mapping(
         "Settings",
         {
@@ -363,8 +456,8 @@ def run_demo(
             **{f"gaussian_fit.{k}": v for k, v in settings.gaussian_fit.items()},
             "seed": seed,
             "device": device_used,
-            "sparsity used (binomial)": models["binomial"].sparsity_,
-            "sparsity used (gaussian)": models["gaussian"].sparsity_,
+            "sparsity used (binomial)": fits["binomial"].model.sparsity_,
+            "sparsity used (gaussian)": fits["gaussian"].model.sparsity_,
         },
         "spikedict.demo.DEMO_SETTINGS; change with --set NAME=VALUE.",
     )
@@ -372,7 +465,6 @@ def run_demo(
     report.files.extend(folder / f"model_{family}.safetensors" for family in FAMILIES)
     report.add_file_list()
     report.write()
-    return DemoResult(summary, templates_table, models, folder, timings, settings)
 
 
 def _raster_figure(report: Any, simulation: Any, rates: dict[str, np.ndarray], bin_size: Any) -> None:

@@ -396,23 +396,64 @@ def fit_recording(
     FitInterrupted
         On Ctrl-C during the fit; the checkpoint in ``folder`` lets ``resume=True`` continue.
     """
-    from spikedict.analysis import align_templates, constant_rates, log_likelihood_per_bin
-    from spikedict.estimator import SpikeDictionary
-    from spikedict.io import bin_spiketrains
-    from spikedict.report import Report
     from spikedict.training import resolve_device
 
     folder = Path(folder)
+    checkpoint = _checkpoint(folder, checkpoint_path, resume)
+    device_used = str(resolve_device(device))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    block, label, defaults = open_recording(source)
+    settings = _resolve_settings(
+        defaults, family, bin_size, n_templates, template_size, group_by, example_duration, n_epochs
+    )
+    parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
+    _write_settings(folder, source, settings, window, overlap, parameters)
+    if window is not None:
+        return _fit_windows(
+            block,
+            label,
+            folder,
+            parameters,
+            settings.bin_size,
+            window,
+            overlap,
+            resume,
+            echo,
+            timings,
+            started,
+            device_used,
+        )
+
+    counts = _bin_recording(block, label, settings, echo, timings)
+    model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
+    return _write_fit(
+        folder, source, label, block, counts, model, settings, parameters, device_used, echo, timings, started
+    )
+
+
+def _checkpoint(folder: Path, checkpoint_path: str | Path | None, resume: bool) -> Path:
+    """The checkpoint file of the fit (default: in ``folder``); with ``resume`` it must exist."""
     checkpoint = folder / CHECKPOINT_NAME if checkpoint_path is None else Path(checkpoint_path)
     if resume and not checkpoint.exists():
         raise FileNotFoundError(
             f"--resume continues an interrupted fit from {str(checkpoint)!r}, which does not exist; run without "
             "--resume (add --overwrite to reuse the folder), or give the --out folder of the interrupted fit."
         )
-    device_used = str(resolve_device(device))
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    block, label, defaults = open_recording(source)
+    return checkpoint
+
+
+def _resolve_settings(
+    defaults: RecordingDefaults,
+    family: str | None,
+    bin_size: pq.Quantity | None,
+    n_templates: int | None,
+    template_size: int | pq.Quantity | None,
+    group_by: str | None,
+    example_duration: pq.Quantity | None,
+    n_epochs: int | None,
+) -> RecordingDefaults:
+    """The settings of this fit: the given ones, else the recording's ``defaults``; checked, template size in bins."""
     family = (family or defaults.family).lower()
     bin_size = defaults.bin_size if bin_size is None else bin_size
     n_templates = defaults.n_templates if n_templates is None else n_templates
@@ -431,12 +472,32 @@ def fit_recording(
         )
     if isinstance(template_size, pq.Quantity):
         template_size = _bins(template_size, bin_size, "template_size")
-
-    parameters = dict(
-        n_templates=n_templates,
-        template_size=int(template_size),
+    return RecordingDefaults(
         family=family,
+        bin_size=bin_size,
+        template_size=template_size,
+        n_templates=n_templates,
+        group_by=group_by,
+        example_duration=example_duration,
         n_epochs=n_epochs,
+    )
+
+
+def _estimator_parameters(
+    settings: RecordingDefaults,
+    sparsity: float | str,
+    seed: int,
+    device: str,
+    progress: bool | None,
+    checkpoint: Path,
+    estimator_params: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The keywords of the fit's ``SpikeDictionary`` (see :func:`_build_estimator`), also written to settings.json."""
+    parameters = dict(
+        n_templates=settings.n_templates,
+        template_size=int(settings.template_size),
+        family=settings.family,
+        n_epochs=settings.n_epochs,
         sparsity=sparsity,
         seed=seed,
         device=device,
@@ -444,14 +505,40 @@ def fit_recording(
         checkpoint_path=str(checkpoint),
     )
     parameters.update(estimator_params or {})
+    return parameters
+
+
+def _build_estimator(parameters: Mapping[str, Any]) -> Any:
+    """The unfitted ``SpikeDictionary`` of a fit, from :func:`_estimator_parameters`' keywords."""
+    from spikedict.estimator import SpikeDictionary
+
+    return SpikeDictionary(**parameters)
+
+
+def _recording_settings(source: str | Path, settings: RecordingDefaults) -> dict[str, Any]:
+    """How the recording was read and binned, as text: the first entries of settings.json and the report's settings."""
+    return {
+        "recording": str(source),
+        "bin_size": str(settings.bin_size),
+        "group_by": settings.group_by,
+        "example_duration": None if settings.example_duration is None else str(settings.example_duration),
+    }
+
+
+def _write_settings(
+    folder: Path,
+    source: str | Path,
+    settings: RecordingDefaults,
+    window: pq.Quantity | None,
+    overlap: pq.Quantity | None,
+    parameters: Mapping[str, Any],
+) -> None:
+    """Write ``settings.json``: how the recording is read, binned (or streamed in windows) and fitted."""
     write_text_atomic(
         folder / "settings.json",
         json.dumps(
             {
-                "recording": str(source),
-                "bin_size": str(bin_size),
-                "group_by": group_by,
-                "example_duration": None if example_duration is None else str(example_duration),
+                **_recording_settings(source, settings),
                 "window": None if window is None else str(window),
                 "overlap": None if overlap is None else str(overlap),
                 **{k: v for k, v in parameters.items() if k != "checkpoint_path"},
@@ -460,33 +547,105 @@ def fit_recording(
             default=str,
         ),
     )
-    if window is not None:
-        return _fit_windows(
-            block, label, folder, parameters, bin_size, window, overlap, resume, echo, timings, started, device_used
-        )
+
+
+def _bin_recording(
+    block: Any, label: str, settings: RecordingDefaults, echo: Callable[[str], None], timings: dict[str, float]
+) -> Any:
+    """Bin the recording's trials (pooled by ``group_by``), cut into examples of ``example_duration`` if given."""
+    from spikedict.io import bin_spiketrains
 
     clock = time.perf_counter()
     echo(
-        f"binning {label}: {len(block.segments)} trials in bins of {bin_size}"
-        + (f", pooling trials by {group_by!r}" if group_by else "")
+        f"binning {label}: {len(block.segments)} trials in bins of {settings.bin_size}"
+        + (f", pooling trials by {settings.group_by!r}" if settings.group_by else "")
     )
-    counts = bin_spiketrains(block, bin_size, group_by=group_by)
-    if example_duration is not None:
-        counts = split_examples(counts, _bins(example_duration, bin_size, "example_duration"))
+    counts = bin_spiketrains(block, settings.bin_size, group_by=settings.group_by)
+    if settings.example_duration is not None:
+        counts = split_examples(counts, _bins(settings.example_duration, settings.bin_size, "example_duration"))
     timings["bin"] = time.perf_counter() - clock
+    return counts
 
+
+def _fit_counts(
+    counts: Any,
+    settings: RecordingDefaults,
+    parameters: Mapping[str, Any],
+    resume: bool,
+    device_used: str,
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+) -> Any:
+    """Build the estimator and fit it to the binned counts, timed (see :func:`_run_fit`)."""
     echo(
-        f"fitting {n_templates} {family} templates of {int(template_size)} bins to {counts.n_examples} examples x "
-        f"{counts.n_channels} unit(s) x {counts.n_bins} bins (up to {n_epochs} epochs on {device_used}"
-        + (", resuming" if resume else "")
-        + ")"
+        f"fitting {settings.n_templates} {settings.family} templates of {int(settings.template_size)} bins to "
+        f"{counts.n_examples} examples x {counts.n_channels} unit(s) x {counts.n_bins} bins (up to "
+        f"{settings.n_epochs} epochs on {device_used}" + (", resuming" if resume else "") + ")"
     )
-    model = _run_fit(SpikeDictionary(**parameters), counts, resume, timings)
+    return _run_fit(_build_estimator(parameters), counts, resume, timings)
 
+
+def _write_fit(
+    folder: Path,
+    source: str | Path,
+    label: str,
+    block: Any,
+    counts: Any,
+    model: Any,
+    settings: RecordingDefaults,
+    parameters: Mapping[str, Any],
+    device_used: str,
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+    started: float,
+) -> FitResult:
+    """Write the model, templates, figures and report of a fit to binned counts; return what was fitted."""
     echo(f"writing the model, templates, figures and report to {folder}")
     clock = time.perf_counter()
-    seconds = float(bin_size.rescale(pq.s).magnitude)
+    seconds = float(settings.bin_size.rescale(pq.s).magnitude)
     written = _write_model_and_templates(folder, model, counts.channel_names, seconds)
+    evaluation = _evaluate_fit(model, counts, block, label, settings, timings)
+    report = _fit_report(folder, label, settings, model, counts, block, evaluation, written)
+    timings["report"] = time.perf_counter() - clock
+    timings["total"] = time.perf_counter() - started
+    settings_shown = {k: v for k, v in parameters.items() if k not in ("checkpoint_path", "progress")}
+    report.add_mapping(
+        "Settings", {**_recording_settings(source, settings), **settings_shown, "device used": device_used}
+    )
+    _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
+    summary = pd.DataFrame([evaluation.summary])
+    return FitResult(model, counts, summary, evaluation.alignment_table, folder)
+
+
+@dataclass
+class _Evaluation:
+    """What :func:`_evaluate_fit` measured of a fit to binned counts.
+
+    Attributes
+    ----------
+    summary : dict
+        The summary row.
+    alignment_table : pandas.DataFrame or None
+        Template errors against the ground truth, when the recording carries it.
+    truth : ndarray or None
+        The true templates, when the recording carries them.
+    rates : ndarray
+        The fitted rates (expected counts per bin).
+    """
+
+    summary: dict[str, Any]
+    alignment_table: pd.DataFrame | None
+    truth: np.ndarray | None
+    rates: np.ndarray
+
+
+def _evaluate_fit(
+    model: Any, counts: Any, block: Any, label: str, settings: RecordingDefaults, timings: dict[str, float]
+) -> _Evaluation:
+    """The summary row (log-likelihoods of the fit and of constant rates), template errors, ground truth and rates."""
+    from spikedict.analysis import align_templates, constant_rates, log_likelihood_per_bin
+
+    family = settings.family
     templates = model.templates_
     rates = model.predict_rate(counts)
     log_likelihood = float(log_likelihood_per_bin(counts, rates, model.family_))
@@ -500,9 +659,9 @@ def fit_recording(
         "n_examples": counts.n_examples,
         "n_channels": counts.n_channels,
         "n_bins": counts.n_bins,
-        "bin_size_ms": float(bin_size.rescale(pq.ms).magnitude),
-        "n_templates": n_templates,
-        "template_size": int(template_size),
+        "bin_size_ms": float(settings.bin_size.rescale(pq.ms).magnitude),
+        "n_templates": settings.n_templates,
+        "template_size": int(settings.template_size),
         "sparsity": model.sparsity_,
         "epochs": len(model.history_),
         "log_likelihood_per_bin": log_likelihood,
@@ -513,44 +672,56 @@ def fit_recording(
         alignment = align_templates(templates, truth)
         alignment_table = alignment.table
         summary["mean_template_error"] = alignment.mean_error
+    return _Evaluation(summary, alignment_table, truth, rates)
 
+
+def _fit_report(
+    folder: Path,
+    label: str,
+    settings: RecordingDefaults,
+    model: Any,
+    counts: Any,
+    block: Any,
+    evaluation: _Evaluation,
+    written: list[Path],
+) -> Any:
+    """The report of a fit to binned counts, but its settings and timings: text, tables, figures and history."""
+    from spikedict.report import Report
+
+    template_size, group_by = int(settings.template_size), settings.group_by
+    milliseconds = template_size * float(settings.bin_size.rescale(pq.s).magnitude) * 1000
     report = Report(f"spikedict fit: {label}", folder)
     report.add_text(
         None,
-        f"{n_templates} convolutional templates of {int(template_size)} bins ({int(template_size) * seconds * 1000:g} "
-        f"ms) learned from {label} with the {family} family: {counts.n_examples} examples x {counts.n_channels} "
-        f"unit(s) x {counts.n_bins} bins of {bin_size}"
+        f"{settings.n_templates} convolutional templates of {template_size} bins ({milliseconds:g} ms) learned from "
+        f"{label} with the {settings.family} family: {counts.n_examples} examples x {counts.n_channels} unit(s) x "
+        f"{counts.n_bins} bins of {settings.bin_size}"
         + (f", trials pooled by {group_by!r} (n_trials {sorted(set(counts.n_trials.tolist()))})" if group_by else "")
         + ". Log-likelihoods are per bin on the fitted examples, with codes inferred from the same counts (an "
         "in-sample measure), next to the constant-rate model's.",
     )
-    report.add_table("summary", pd.DataFrame([summary]), "Summary")
+    report.add_table("summary", pd.DataFrame([evaluation.summary]), "Summary")
     report.files.extend(written)
-    if alignment_table is not None:
+    if evaluation.alignment_table is not None:
         report.add_table(
             "template_errors",
-            alignment_table,
+            evaluation.alignment_table,
             "Template errors against the ground truth",
             "From the file's annotations.",
         )
-    _fit_figures(report, model, counts, block, truth, rates, bin_size, group_by, example_duration)
-    report.add_table("history", model.history_, "Training history")
-    timings["report"] = time.perf_counter() - clock
-    timings["total"] = time.perf_counter() - started
-    settings_shown = {k: v for k, v in parameters.items() if k not in ("checkpoint_path", "progress")}
-    report.add_mapping(
-        "Settings",
-        {
-            "recording": str(source),
-            "bin_size": str(bin_size),
-            "group_by": group_by,
-            "example_duration": None if example_duration is None else str(example_duration),
-            **settings_shown,
-            "device used": device_used,
-        },
+    _fit_figures(
+        report,
+        model,
+        counts,
+        block,
+        evaluation.truth,
+        evaluation.rates,
+        settings.bin_size,
+        group_by,
+        settings.example_duration,
     )
-    _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
-    return FitResult(model, counts, pd.DataFrame([summary]), alignment_table, folder)
+    report.add_table("history", model.history_, "Training history")
+    return report
 
 
 def _run_fit(model: Any, data: Any, resume: bool, timings: dict[str, float]) -> Any:
@@ -625,7 +796,6 @@ def _fit_windows(
     device_used: str,
 ) -> FitResult:
     """The long-recording branch of :func:`fit_recording`: stream the recording in windows."""
-    from spikedict.estimator import SpikeDictionary
     from spikedict.io import RecordingWindows
     from spikedict.plotting import plot_codes, plot_templates, plot_training_curve
     from spikedict.report import Report
@@ -643,7 +813,7 @@ def _fit_windows(
         + (", resuming" if resume else "")
         + ")"
     )
-    model = _run_fit(SpikeDictionary(**parameters), windows, resume, timings)
+    model = _run_fit(_build_estimator(parameters), windows, resume, timings)
 
     echo(f"writing the model, templates, the codes of the whole recording and a report to {folder}")
     clock = time.perf_counter()

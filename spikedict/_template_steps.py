@@ -18,6 +18,14 @@ x_k[n, u] x_l[n, u + s - t]``, is block Toeplitz: it takes one FFT of the codes 
 
 Neither uses ``torch.optim``: its optimisers import ``torch._dynamo`` on construction, about 3 s once per
 process on 2 cores, a fifth of a count fit.
+
+Across processes (``torchrun``), each process may hold a share of the examples (its rows of ``y`` and of the
+codes, e.g. chosen by :func:`spikedict.distributed.shard`): pass ``reduce=spikedict.distributed.all_reduce_tensor``
+to every step. Then every sum over examples that a step uses (the Gram matrix, the correlations, the data and
+curvature sums, the objective's values and derivatives along a direction, which templates have events, and the
+number of examples that scales the objective) is summed over the processes, every process takes the same
+iterations and line-search decisions, and all end with the templates of one process holding all the examples (up
+to the order of floating-point sums). Without ``reduce`` nothing is communicated.
 """
 
 from __future__ import annotations
@@ -35,6 +43,29 @@ __all__ = ["lbfgs_template_step", "least_squares_template_step", "newton_templat
 
 #: Code spectra are kept between the iterations of a step while they take less memory than this.
 _SPECTRA_CACHE_BYTES = 1 << 28
+
+#: ``reduce(tensor)`` sums a float64 tensor over the processes that share the examples, in place, and returns
+#: it (:func:`spikedict.distributed.all_reduce_tensor`); None: this process holds every example.
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _summed(reduce: Reduce | None, *parts: Tensor) -> tuple[Tensor, ...]:
+    """The tensors ``parts`` (on one device) summed over the processes in float64, with one call of ``reduce``.
+
+    Without ``reduce`` they are returned as given.
+    """
+    if reduce is None:
+        return parts
+    flat = reduce(torch.cat([part.reshape(-1).to(torch.float64) for part in parts]))
+    pieces = torch.split(flat, [part.numel() for part in parts])
+    return tuple(piece.reshape(part.shape) for piece, part in zip(pieces, parts))
+
+
+def _summed_numbers(reduce: Reduce | None, *numbers: float) -> tuple[float, ...]:
+    """Python numbers summed over the processes with one call of ``reduce`` (as given without)."""
+    if reduce is None:
+        return numbers
+    return tuple(reduce(torch.tensor(numbers, dtype=torch.float64)).tolist())
 
 
 def _chunks(n_examples: int, batch_size: int) -> list[Tensor]:
@@ -57,12 +88,23 @@ class _ShiftedCodes:
     dtype : torch.dtype
         Real dtype of the transforms (float64 for exact steps, the model's for iterative ones); the Gram matrix
         and the correlations are accumulated in float64.
+    reduce : callable or None
+        Sums :meth:`gram` over the processes that share the examples (see ``Reduce``); None: these codes are
+        all the examples. :meth:`correlate` and :meth:`decode` stay per chunk, hence per process.
     """
 
     def __init__(
-        self, codes: Tensor, n_bins: int, size: int, batch_size: int, device: torch.device, dtype: torch.dtype
+        self,
+        codes: Tensor,
+        n_bins: int,
+        size: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        reduce: Reduce | None = None,
     ) -> None:
         self.codes = codes
+        self.reduce = reduce
         self.dtype = dtype
         self.n_bins = n_bins
         self.size = size
@@ -98,6 +140,7 @@ class _ShiftedCodes:
             correlation = torch.fft.irfft(products, n=self.n_fft).to(torch.float64)
             lags += torch.cat([correlation[..., self.n_fft - size + 1 :], correlation[..., :size]], dim=-1)
             code_sums += self.codes[rows].to(device=self.device).sum(dim=(0, 2), dtype=torch.float64)
+        lags, code_sums = _summed(self.reduce, lags, code_sums)
         shift = torch.arange(size, device=self.device)
         lag_index = shift[:, None] - shift[None, :] + size - 1  # (s, t) -> lag s - t
         return lags[:, :, lag_index].permute(0, 2, 1, 3).reshape(k * size, k * size), code_sums
@@ -154,14 +197,25 @@ def _ridge(matrix: Tensor) -> float:
     return 1e-10 * float(matrix.diagonal(dim1=-2, dim2=-1).max().clamp(min=1e-30))
 
 
-def _unused_unknowns(codes: Tensor, size: int, device: torch.device) -> Tensor:
-    """Indices of the unknowns of the templates whose codes are all zero (``size`` consecutive ones each).
+def _unused_unknowns(
+    codes: Tensor, size: int, device: torch.device, reduce: Reduce | None = None
+) -> tuple[Tensor, int]:
+    """``(indices, n_examples)``: the unknowns of the templates whose codes are all zero in every process
+    (``size`` consecutive ones each), and the number of examples of all processes.
 
     Such a template is not determined by the data (the smoothness penalty alone would flatten it); the steps
-    keep its current values, as a gradient step would leave it.
+    keep its current values, as a gradient step would leave it. ``reduce`` sums the codes' magnitudes and the
+    counts of examples over the processes (one call); None: ``codes`` are all the examples.
     """
-    unused = torch.nonzero(codes.abs().sum(dim=(0, 2)) == 0).flatten().to(device)
-    return (unused[:, None] * size + torch.arange(size, device=device)).flatten()
+    magnitude = codes.abs().sum(dim=(0, 2))
+    n_examples = codes.shape[0]
+    if reduce is not None:
+        magnitude, count = _summed(
+            reduce, magnitude.to(torch.float64), torch.tensor([float(n_examples)], device=magnitude.device)
+        )
+        n_examples = round(float(count[0]))
+    unused = torch.nonzero(magnitude == 0).flatten().to(device)
+    return (unused[:, None] * size + torch.arange(size, device=device)).flatten(), n_examples
 
 
 def _hold(matrix: Tensor, index: Tensor) -> None:
@@ -184,7 +238,9 @@ def _check(model: DCEA, y: Tensor, codes: Tensor) -> None:
 
 
 @torch.no_grad()
-def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int = 1000) -> None:
+def least_squares_template_step(
+    model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int = 1000, *, reduce: Reduce | None = None
+) -> None:
     """Exact template step for an identity link (Gaussian): solve the normal equations of the templates.
 
     With the codes ``x`` fixed, ``0.5 ||y - b - sum_k h_k * x_k||^2 + mu ||diff(h)||^2`` (``mu`` the model's
@@ -205,14 +261,20 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
     batch_size : int
         Examples transformed at once; sums are accumulated in float64. Besides one batch, the step holds the
         codes' spectra (up to 256 MiB, else they are recomputed).
+    reduce : callable or None
+        For examples shared between processes (``y`` and ``codes`` holding this process's rows):
+        :func:`spikedict.distributed.all_reduce_tensor`, which sums the normal equations and the count of
+        examples over the processes, so that every process solves the system of all the examples. None (the
+        default): ``y`` and ``codes`` are all the examples.
     """
     if not family.linear_residual:
         raise ValueError(f"the least-squares template step needs an identity link (Gaussian), got {family!r}.")
     _check(model, y, codes)
     device = model.templates.device
     n_templates, n_channels, size = model.templates.shape
-    design = _ShiftedCodes(codes, y.shape[-1], size, batch_size, device, torch.float64)
+    design = _ShiftedCodes(codes, y.shape[-1], size, batch_size, device, torch.float64, reduce)
     gram, code_sums = design.gram()
+    held, n_examples = _unused_unknowns(codes, size, device, reduce)
     learn_baseline = model.baseline.requires_grad
     baseline = model.baseline.detach().to(torch.float64).reshape(1, -1, 1)
     right = torch.zeros((n_channels, n_templates, size), dtype=torch.float64, device=device)
@@ -223,15 +285,16 @@ def least_squares_template_step(model: DCEA, y: Tensor, codes: Tensor, family: F
             target = target - baseline
         right += design.correlate(target, index)
         data_sums += target.sum(dim=(0, 2))
+    right, data_sums = _summed(reduce, right, data_sums)
     right = right.reshape(n_channels, n_templates * size).T  # (n_unknowns, n_channels)
     system = gram.clone()
     if model.smoothness:
-        system += torch.block_diag(*[_roughness(model, size, y.numel() * family.residual_scale, device)] * n_templates)
+        n_values = n_examples * math.prod(y.shape[1:])
+        system += torch.block_diag(*[_roughness(model, size, n_values * family.residual_scale, device)] * n_templates)
     if learn_baseline:
-        system = _with_baseline(system, code_sums, size, float(y.shape[0] * y.shape[-1]))
+        system = _with_baseline(system, code_sums, size, float(n_examples * y.shape[-1]))
         right = torch.cat([right, data_sums[None, :]])
     current = _unknowns(model)
-    held = _unused_unknowns(codes, size, device)
     _hold(system, held)
     right[held] = current[held]
     ridge = _ridge(system)
@@ -246,17 +309,25 @@ class _CountObjective:
     unknowns ``columns`` (templates, and the baseline if learned; :func:`_unknowns`), with the codes ``x`` fixed.
     The data and the linear predictor ``eta`` of every chunk of examples stay on the model's device in its
     dtype (element-wise work there, sums in float64), with the codes' spectra (up to 256 MiB).
+
+    With ``reduce`` (``y`` and ``codes`` this process's share of the examples), every sum over examples (the
+    gradient, the mean curvature, the values and derivatives along a direction, which templates have events)
+    and ``n_examples`` are those of all processes, so every process computes the same numbers.
     """
 
-    def __init__(self, model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int) -> None:
+    def __init__(
+        self, model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int, reduce: Reduce | None = None
+    ) -> None:
         _check(model, y, codes)
+        self.reduce = reduce
         self.device = model.templates.device
         self.n_templates, self.n_channels, self.size = model.templates.shape
         self.dtype = model.templates.dtype
-        self.design = _ShiftedCodes(codes, y.shape[-1], self.size, batch_size, self.device, self.dtype)
+        self.design = _ShiftedCodes(codes, y.shape[-1], self.size, batch_size, self.device, self.dtype, reduce)
         self.learn_baseline = bool(model.baseline.requires_grad)
-        self.n_examples, self.n_bins = y.shape[0], y.shape[-1]
-        self.scale = y.numel() * family.residual_scale
+        self.unused_index, self.n_examples = _unused_unknowns(codes, self.size, self.device, reduce)
+        self.n_bins = y.shape[-1]
+        self.scale = self.n_examples * math.prod(y.shape[1:]) * family.residual_scale
         self.n_unknowns = self.n_templates * self.size + int(self.learn_baseline)
         self.penalty_hessian = torch.zeros((self.n_unknowns,) * 2, dtype=torch.float64, device=self.device)
         if model.smoothness:
@@ -268,7 +339,6 @@ class _CountObjective:
         # contiguous chunks: slices are views of y, not copies
         self.data = [y[int(rows[0]) : int(rows[-1]) + 1].to(self.device, self.dtype) for rows in self.design.chunks]
         self.fixed_baseline = model.baseline.detach().reshape(1, -1, 1)
-        self.unused_index = _unused_unknowns(codes, self.size, self.device)
 
     def linear(self, columns: Tensor, index: int) -> Tensor:
         """``sum_k h_k * x_k`` (``+ b`` if learned) of chunk ``index`` for unknowns ``columns``."""
@@ -284,10 +354,17 @@ class _CountObjective:
     def gradient(self, etas: list[Tensor], columns: Tensor) -> Tensor:
         """Gradient in the unknowns, (n_unknowns, n_channels), float64; zero for the templates without events."""
         residuals = [d - f.mean(e) for f, d, e in zip(self.families, self.data, etas)]
-        correlation = sum(self.design.correlate(residual, index) for index, residual in enumerate(residuals))
+        correlation = torch.zeros(
+            (self.n_channels, self.n_templates, self.size), dtype=torch.float64, device=self.device
+        )
+        sums = torch.zeros(self.n_channels, dtype=torch.float64, device=self.device)
+        for index, residual in enumerate(residuals):
+            correlation += self.design.correlate(residual, index)
+            if self.learn_baseline:
+                sums += residual.sum(dim=(0, 2), dtype=torch.float64)
+        correlation, sums = _summed(self.reduce, correlation, sums)
         gradient = -correlation.reshape(self.n_channels, self.n_templates * self.size).T / self.scale
         if self.learn_baseline:
-            sums = torch.stack([r.sum(dim=(0, 2), dtype=torch.float64) for r in residuals]).sum(0)
             gradient = torch.cat([gradient, -sums[None, :] / self.scale])
         gradient = gradient + self.penalty_hessian @ columns
         gradient[self.unused_index] = 0.0
@@ -295,7 +372,10 @@ class _CountObjective:
 
     def mean_curvature(self, etas: list[Tensor]) -> Tensor:
         """``A''(eta)`` averaged over each channel's bins, on the objective's scale: (n_channels,)."""
-        curvature = sum(f.curvature(e).sum(dim=(0, 2), dtype=torch.float64) for f, e in zip(self.families, etas))
+        curvature = torch.zeros(self.n_channels, dtype=torch.float64, device=self.device)
+        for family, eta in zip(self.families, etas):
+            curvature += family.curvature(eta).sum(dim=(0, 2), dtype=torch.float64)
+        (curvature,) = _summed(self.reduce, curvature)
         return curvature / (self.n_examples * self.n_bins * self.scale)
 
     def value(self, etas: list[Tensor], columns: Tensor) -> float:
@@ -303,6 +383,7 @@ class _CountObjective:
             float(f.negative_log_likelihood(d, e).sum(dtype=torch.float64))
             for f, d, e in zip(self.families, self.data, etas)
         )
+        (total,) = _summed_numbers(self.reduce, total)
         return total / self.scale + 0.5 * float((columns * (self.penalty_hessian @ columns)).sum())
 
     def along(
@@ -315,6 +396,7 @@ class _CountObjective:
             value += float(family.negative_log_likelihood(data, moved).sum(dtype=torch.float64))
             first += float(((family.mean(moved) - data) * delta).sum(dtype=torch.float64))
             second += float((family.curvature(moved) * delta * delta).sum(dtype=torch.float64))
+        value, first, second = _summed_numbers(self.reduce, value, first, second)
         moved_columns = columns + step * direction
         bent = self.penalty_hessian @ direction
         value = value / self.scale + 0.5 * float((moved_columns * (self.penalty_hessian @ moved_columns)).sum())
@@ -387,14 +469,17 @@ def _run_count_step(
     tolerance: float,
     on_move: Callable[[Tensor, Tensor], None] | None = None,
     refine: bool = True,
+    reduce: Reduce | None = None,
 ) -> int:
     """The iterations the count steps share: gradient, direction, stopping test, line search, move.
 
     ``direction_of`` gives a descent direction and the step length to try first; ``on_move(move,
     gradient_change)`` hears of each move with the gradient's change over it (the L-BFGS memory); ``refine``
-    is passed to :meth:`_CountObjective.search`. Returns the number of iterations that moved the unknowns.
+    is passed to :meth:`_CountObjective.search`; ``reduce`` to :class:`_CountObjective` (every number the
+    iterations decide on is then the same in every process). Returns the number of iterations that moved the
+    unknowns.
     """
-    objective = _CountObjective(model, y, codes, family, batch_size)
+    objective = _CountObjective(model, y, codes, family, batch_size, reduce)
     columns = _unknowns(model)  # (n_unknowns, n_channels)
     etas = objective.predictors(columns)
     value = objective.value(etas, columns)
@@ -435,6 +520,8 @@ def newton_template_step(
     n_iterations: int = 10,
     batch_size: int = 1000,
     tolerance: float = 1e-10,
+    *,
+    reduce: Reduce | None = None,
 ) -> int:
     """Template step for count families: Newton with the curvature averaged over the bins, exact line search.
 
@@ -462,7 +549,8 @@ def newton_template_step(
     codes : Tensor, shape (n_examples, n_templates, n_bins - template_size + 1)
     family : Family
         A family whose ``variance`` is ``A''`` (binomial, Poisson); ``family.select(rows)`` gives the family
-        of a batch of examples (per-example binomial trials).
+        of a batch of examples (per-example binomial trials), so with examples shared between processes it
+        is the family of this process's rows.
     n_iterations : int
     batch_size : int
         Examples transformed at once. The step keeps the linear predictor and the direction of every example
@@ -470,6 +558,11 @@ def newton_template_step(
         device.
     tolerance : float
         Relative predicted decrease at which to stop (0: run all ``n_iterations``).
+    reduce : callable or None
+        For examples shared between processes (``y``, ``codes`` and ``family`` holding this process's rows):
+        :func:`spikedict.distributed.all_reduce_tensor`, which sums every quantity the iterations use over the
+        processes, so that every process takes the same iterations and ends with the templates of all the
+        examples. None (the default): ``y`` and ``codes`` are all the examples.
 
     Returns
     -------
@@ -477,7 +570,7 @@ def newton_template_step(
         Iterations that moved the templates (1 for an identity link, solved exactly).
     """
     if family.linear_residual:
-        least_squares_template_step(model, y, codes, family, batch_size)
+        least_squares_template_step(model, y, codes, family, batch_size, reduce=reduce)
         return 1
     gram: list[Tensor] = []
 
@@ -498,7 +591,9 @@ def newton_template_step(
         hessians = hessians + _ridge(hessians) * identity
         return -torch.linalg.solve(hessians, gradient.T.unsqueeze(-1)).squeeze(-1).T, 1.0
 
-    return _run_count_step(model, y, codes, family, newton_direction, n_iterations, batch_size, tolerance)
+    return _run_count_step(
+        model, y, codes, family, newton_direction, n_iterations, batch_size, tolerance, reduce=reduce
+    )
 
 
 @torch.no_grad()
@@ -511,6 +606,8 @@ def lbfgs_template_step(
     batch_size: int = 1000,
     tolerance: float = 1e-10,
     history_size: int = 10,
+    *,
+    reduce: Reduce | None = None,
 ) -> int:
     """Template step for count families: L-BFGS on the codes' design, with a line search in the step length.
 
@@ -530,6 +627,9 @@ def lbfgs_template_step(
         As for :func:`newton_template_step`.
     history_size : int
         Moves remembered.
+    reduce : callable or None
+        As for :func:`newton_template_step`: :func:`spikedict.distributed.all_reduce_tensor` where each
+        process holds a share of the examples, None (the default) where ``y`` and ``codes`` are all of them.
 
     Returns
     -------
@@ -562,5 +662,15 @@ def lbfgs_template_step(
         return -r, 1.0
 
     return _run_count_step(
-        model, y, codes, family, lbfgs_direction, n_iterations, batch_size, tolerance, on_move=remember, refine=False
+        model,
+        y,
+        codes,
+        family,
+        lbfgs_direction,
+        n_iterations,
+        batch_size,
+        tolerance,
+        on_move=remember,
+        refine=False,
+        reduce=reduce,
     )

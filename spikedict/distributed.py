@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["init_from_environment", "is_active", "rank", "world_size"]
+__all__ = ["all_reduce_tensor", "init_from_environment", "is_active", "rank", "world_size"]
 
 
 def is_active() -> bool:
@@ -108,6 +108,38 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=_communication_device())
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_reduce_tensor(tensor: Tensor, op: str = "sum") -> Tensor:
+    """Reduce ``tensor`` element-wise over all processes, in place, and return it.
+
+    The reduction runs in float64 on the communication device (this process's GPU for NCCL, the CPU for
+    gloo); the result is written back into ``tensor`` (in its own dtype and device). Every process gets the
+    same values. Without a process group, ``tensor`` is returned untouched.
+
+    Parameters
+    ----------
+    tensor : Tensor
+        This process's values; all processes must call with the same shape.
+    op : {"sum", "max", "min"}
+        The reduction.
+
+    Returns
+    -------
+    Tensor
+        ``tensor`` itself, holding the reduced values.
+    """
+    operations = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    if op not in operations:
+        raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}.")
+    if not is_active():
+        return tensor
+    with torch.no_grad():
+        work = tensor.detach().to(device=_communication_device(), dtype=torch.float64).contiguous()
+        dist.all_reduce(work, op=operations[op])
+        if work.data_ptr() != tensor.data_ptr():  # reduced in a copy: write it back
+            tensor.copy_(work)
+    return tensor
 
 
 def all_finite(value: Tensor) -> bool:

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from spikedict import SpikeDictionary
+from spikedict.settings import Encoder
 from spikedict.simulate import paper_templates, simulate_counts
+from spikedict.solvers import Solver
 
 # The file formats of optional extras: their tests are skipped where the extra is not installed (the README's
 # test command installs both).
@@ -26,19 +28,31 @@ TEMPLATE_SIZE = 20
 
 
 def small_model(**overrides) -> SpikeDictionary:
-    """A quick estimator for the small problems below (test files import it from here)."""
+    """A quick estimator for the small problems below (test files import it from here).
+
+    ``overrides`` are constructor parameters or nested ones (``solver__n_epochs=2``, ``encoder__tied=False``,
+    ``constraints__zero_edges=2``), set with ``set_params`` after construction. Unless ``solver`` (``encoder``)
+    is given as an object, the solver runs 3 epochs and the encoder 100 iterations at inference.
+    """
     settings = dict(
         n_templates=3,
         template_size=TEMPLATE_SIZE,
         n_trials=N_TRIALS,
-        n_epochs=3,
-        n_inference_iterations=100,
         seed=0,
         progress=False,
         device="cpu",
     )
-    settings.update(overrides)
-    return SpikeDictionary(**settings)
+    nested = {}
+    for key, value in overrides.items():
+        (nested if "__" in key else settings)[key] = value
+    if not isinstance(settings.get("encoder"), Encoder):
+        nested.setdefault("encoder__n_iterations", 100)
+    if not isinstance(settings.get("solver"), Solver):
+        nested.setdefault("solver__n_epochs", 3)
+    model = SpikeDictionary(**settings)
+    # the encoder (tied or not) first: it decides which solver a string such as "auto" stands for
+    model.set_params(**{key: value for key, value in nested.items() if not key.startswith("solver__")})
+    return model.set_params(**{key: value for key, value in nested.items() if key.startswith("solver__")})
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import torch
 from conftest import N_TRIALS, TEMPLATE_SIZE, small_model
 
 import spikedict.estimator as estimator_module
+import spikedict.solvers.alternating as alternating_solver
 from spikedict import SpikeDictionary
 from spikedict.alternating import (
     AlternatingConfig,
@@ -39,6 +40,7 @@ from spikedict.analysis import align_templates
 from spikedict.families import Binomial, Gaussian, Poisson
 from spikedict.model import DCEA, decode
 from spikedict.simulate import paper_templates, simulate_counts
+from spikedict.solvers import Alternating, Backprop
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -316,7 +318,9 @@ def _gaussian_problem(seed: int = 0):
 
 def test_recovers_templates_from_gaussian_data():
     true, simulation = _gaussian_problem()
-    model = SpikeDictionary(3, TEMPLATE_SIZE, "gaussian", n_epochs=30, seed=0, progress=False, device="cpu")
+    model = SpikeDictionary(
+        3, TEMPLATE_SIZE, "gaussian", solver=Alternating(n_epochs=30), seed=0, progress=False, device="cpu"
+    )
     model.fit(simulation.counts)
     errors = align_templates(model.templates_, true).errors
     assert np.all(errors <= 0.05), np.round(errors, 3)
@@ -596,7 +600,9 @@ def test_count_fits_do_not_import_torch_dynamo():
         "from spikedict import SpikeDictionary\n"
         "from spikedict.simulate import paper_templates, simulate_counts\n"
         "data = simulate_counts(paper_templates(20), n_examples=4, n_bins=200, family='poisson', seed=0)\n"
-        "SpikeDictionary(3, 20, family='poisson', n_epochs=2, seed=0, progress=False).fit(data.counts)\n"
+        "from spikedict.solvers import Alternating\n"
+        "SpikeDictionary(3, 20, family='poisson', solver=Alternating(n_epochs=2), seed=0, progress=False).fit("
+        "data.counts)\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -668,14 +674,15 @@ def test_gram_template_steps_check_their_input(binomial_counts):
 
 
 def _interrupting_fit(at_iteration: int):
-    real = estimator_module.fit_alternating
+    """The estimator's epoch runner, with Ctrl-C pressed at the end of epoch ``at_iteration`` (counted from 0)."""
+    real = estimator_module.run_epochs
 
-    def wrapper(model, y, sparsity, config, **kwargs):
-        def interrupt(iteration, row):
-            if iteration == at_iteration:
+    def wrapper(run, n_epochs, **kwargs):
+        def interrupt(epoch, row):  # the runner counts epochs from 1
+            if epoch - 1 == at_iteration:
                 raise KeyboardInterrupt
 
-        return real(model, y, sparsity, config, on_iteration_end=interrupt, **kwargs)
+        return real(run, n_epochs, on_epoch_end=interrupt, **kwargs)
 
     return wrapper
 
@@ -690,9 +697,9 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(
     binomial_counts, tmp_path, monkeypatch, initial_subset, epoch_subset, n_epochs, interrupted_after
 ):
     path = str(tmp_path / "fit.pt")
-    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(interrupted_after - 1))
-    subsets = {"initial_subset": initial_subset, "epoch_subset": epoch_subset}
-    model = small_model(n_epochs=n_epochs, checkpoint_path=path, **subsets)
+    monkeypatch.setattr(estimator_module, "run_epochs", _interrupting_fit(interrupted_after - 1))
+    subsets = {"solver__initial_subset": initial_subset, "solver__epoch_subset": epoch_subset}
+    model = small_model(solver__n_epochs=n_epochs, checkpoint_path=path, **subsets)
     with pytest.warns(
         RuntimeWarning, match=rf"interrupted.*after epoch {interrupted_after} of {n_epochs}.*resume=True"
     ):
@@ -701,7 +708,7 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(
     assert model.templates_.shape == (3, 1, TEMPLATE_SIZE)  # usable: spares dropped, padding cut
     monkeypatch.undo()
     model.fit(binomial_counts, resume=True)
-    straight = small_model(n_epochs=n_epochs, **subsets).fit(binomial_counts)
+    straight = small_model(solver__n_epochs=n_epochs, **subsets).fit(binomial_counts)
     assert model.history_["epoch"].tolist() == list(range(1, n_epochs + 1)) and model.stop_reason_ == "n_epochs"
     assert model.history_["examples_coded"].tolist() == straight.history_["examples_coded"].tolist()
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-5)
@@ -710,39 +717,49 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(
 def test_resume_with_another_subset_schedule_is_refused(binomial_counts, tmp_path, monkeypatch):
     def checkpoint_after_one_epoch(name: str, **settings) -> str:
         path = str(tmp_path / name)
-        monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(0))
+        monkeypatch.setattr(estimator_module, "run_epochs", _interrupting_fit(0))
         with pytest.warns(RuntimeWarning, match="interrupted"):
-            small_model(n_epochs=6, checkpoint_path=path, **settings).fit(binomial_counts)
+            small_model(solver__n_epochs=6, checkpoint_path=path, **settings).fit(binomial_counts)
         monkeypatch.undo()
         return path
 
-    path = checkpoint_after_one_epoch("fit.pt", initial_subset=0.3)
+    path = checkpoint_after_one_epoch("fit.pt", solver__initial_subset=0.3)
     with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 0.3, this fit has 0.5"):
-        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.5).fit(binomial_counts, resume=True)
+        small_model(solver__n_epochs=6, checkpoint_path=path, solver__initial_subset=0.5).fit(
+            binomial_counts, resume=True
+        )
     with pytest.raises(ValueError, match=r"subset_seed: checkpoint has 0, this fit has 1"):
-        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3, seed=1).fit(binomial_counts, resume=True)
+        small_model(solver__n_epochs=6, checkpoint_path=path, solver__initial_subset=0.3, seed=1).fit(
+            binomial_counts, resume=True
+        )
     with pytest.raises(ValueError, match=r"epoch_subset: checkpoint has 1.0, this fit has 0.5"):
-        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3, epoch_subset=0.5).fit(
+        small_model(solver__n_epochs=6, checkpoint_path=path, solver__initial_subset=0.3, solver__epoch_subset=0.5).fit(
             binomial_counts, resume=True
         )
     # with draws the tolerance decides which epochs code every example: it must match too
-    draws = checkpoint_after_one_epoch("draws.pt", epoch_subset=0.5)
+    draws = checkpoint_after_one_epoch("draws.pt", solver__epoch_subset=0.5)
     with pytest.raises(ValueError, match=r"subset_tolerance: checkpoint has 1e-06, this fit has 0.001"):
-        small_model(n_epochs=6, checkpoint_path=draws, epoch_subset=0.5, tolerance=1e-3).fit(
+        small_model(solver__n_epochs=6, checkpoint_path=draws, solver__epoch_subset=0.5, solver__tolerance=1e-3).fit(
             binomial_counts, resume=True
         )
-    # a checkpoint from before the growing subset (no such keys) coded every example: it resumes as such
+    # a checkpoint from before the growing subset (no such keys) was written in checkpoint version 1, whose
+    # layout (history inside the state) no solver reads any more: resuming from it is refused with what to do
     payload = torch.load(path, weights_only=True)
     for key in ("initial_subset", "epoch_subset", "subset_seed", "subset_tolerance"):
         del payload["signature"][key]
+    payload["version"] = 1
+    payload["state"] = {**payload["state"], "history": payload.pop("history")}
     torch.save(payload, path)
-    with pytest.raises(ValueError, match=r"initial_subset: checkpoint has 1.0, this fit has 0.3"):
-        small_model(n_epochs=6, checkpoint_path=path, initial_subset=0.3).fit(binomial_counts, resume=True)
-    small_model(n_epochs=6, checkpoint_path=path, initial_subset=1).fit(binomial_counts, resume=True)
+    with pytest.raises(
+        ValueError, match=r"earlier spikedict \(checkpoint version 1, this one writes 2\).*without resume"
+    ):
+        small_model(solver__n_epochs=6, checkpoint_path=path, solver__initial_subset=1).fit(
+            binomial_counts, resume=True
+        )
 
 
 def test_restarts_keep_the_fit_with_the_lowest_training_loss(binomial_counts):
-    best = small_model(n_restarts=3).fit(binomial_counts)
+    best = small_model(solver__n_restarts=3).fit(binomial_counts)
     singles = [small_model(seed=seed).fit(binomial_counts) for seed in range(3)]
     losses = [single.history_["train_loss"].iloc[-1] for single in singles]
     assert len(set(losses)) == 3  # the starts differ, so choosing among them means something
@@ -756,17 +773,17 @@ def test_restarts_keep_the_fit_with_the_lowest_training_loss(binomial_counts):
 
 def test_interrupted_restarts_keep_the_best_finished_one_and_resume(binomial_counts, tmp_path, monkeypatch):
     path = str(tmp_path / "fit.pt")
-    real = estimator_module.fit_alternating
+    real = estimator_module.run_epochs
     checkpoints = []
 
-    def interrupt_the_second_restart(model, y, sparsity, config, **kwargs):
-        checkpoints.append(config.checkpoint_path)
+    def interrupt_the_second_restart(run, n_epochs, **kwargs):
+        checkpoints.append(kwargs["checkpoint_path"])
         if len(checkpoints) == 2:
-            kwargs["on_iteration_end"] = lambda iteration, row: (_ for _ in ()).throw(KeyboardInterrupt())
-        return real(model, y, sparsity, config, **kwargs)
+            kwargs["on_epoch_end"] = lambda iteration, row: (_ for _ in ()).throw(KeyboardInterrupt())
+        return real(run, n_epochs, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "fit_alternating", interrupt_the_second_restart)
-    model = small_model(n_restarts=3, checkpoint_path=path)
+    monkeypatch.setattr(estimator_module, "run_epochs", interrupt_the_second_restart)
+    model = small_model(solver__n_restarts=3, checkpoint_path=path)
     with pytest.warns(RuntimeWarning, match=r"restart 2 of 3 at epoch 1 of 3.*best finished restart.*resume=True"):
         model.fit(binomial_counts)
     assert checkpoints == [path, path + ".restart1"]
@@ -775,7 +792,7 @@ def test_interrupted_restarts_keep_the_best_finished_one_and_resume(binomial_cou
 
     monkeypatch.undo()
     model.fit(binomial_counts, resume=True)  # restart 0 is done, 1 goes on from its checkpoint, 2 starts afresh
-    straight = small_model(n_restarts=3).fit(binomial_counts)
+    straight = small_model(solver__n_restarts=3).fit(binomial_counts)
     assert model.best_restart_ == straight.best_restart_
     np.testing.assert_allclose(model.restart_losses_, straight.restart_losses_, rtol=1e-5)
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-5)
@@ -783,28 +800,30 @@ def test_interrupted_restarts_keep_the_best_finished_one_and_resume(binomial_cou
 
 def test_restarts_are_checked(binomial_counts):
     with pytest.raises(ValueError, match="n_restarts must be an integer >= 1, got 0"):
-        small_model(n_restarts=0).fit(binomial_counts)
-    with pytest.raises(ValueError, match="n_restarts=2 restarts the alternating solver; the 'backprop' solver"):
-        small_model(n_restarts=2, solver="backprop").fit(binomial_counts)
+        small_model(solver__n_restarts=0).fit(binomial_counts)
+    # both solvers restart now: the back-propagation solver checks its n_restarts the same way
+    with pytest.raises(ValueError, match="n_restarts must be an integer >= 1, got 0"):
+        small_model(solver=Backprop(n_epochs=1, n_restarts=0)).fit(binomial_counts)
 
 
 def test_solver_settings_are_checked(binomial_counts):
-    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating' or 'backprop'"):
-        small_model(solver="adam").fit(binomial_counts)
-    with pytest.raises(ValueError, match="solver='alternating' learns tied templates"):
-        small_model(solver="alternating", backprop="full").fit(binomial_counts)
+    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop' or a Solver object"):
+        SpikeDictionary(3, TEMPLATE_SIZE, n_trials=N_TRIALS, solver="adam", progress=False).fit(binomial_counts)
+    # the alternating solver has no back-propagation setting; what it refuses is an untied encoder
+    with pytest.raises(ValueError, match="the alternating solver learns tied templates"):
+        small_model(solver="alternating", encoder__tied=False).fit(binomial_counts)
     with pytest.raises(ValueError, match="padding applies to 1-D templates without zero_edges"):
-        small_model(padding=2, zero_edges=1).fit(binomial_counts)
+        small_model(solver__padding=2, constraints__zero_edges=1).fit(binomial_counts)
     with pytest.raises(ValueError, match="n_spare_templates must be 'auto' or an integer >= 0"):
-        small_model(n_spare_templates=-1).fit(binomial_counts)
+        small_model(solver__n_spare_templates=-1).fit(binomial_counts)
     for bad in (0, 1.5, True, "half"):
         with pytest.raises(ValueError, match=r"initial_subset must be 'auto' or a fraction of the examples in \(0, 1"):
-            small_model(initial_subset=bad).fit(binomial_counts)
+            small_model(solver__initial_subset=bad).fit(binomial_counts)
         with pytest.raises(ValueError, match=r"epoch_subset must be a fraction of the examples in \(0, 1\], got"):
-            small_model(epoch_subset=bad).fit(binomial_counts)
+            small_model(solver__epoch_subset=bad).fit(binomial_counts)
     for bad in (-1e-6, float("nan"), float("inf"), True, "tight"):
         with pytest.raises(ValueError, match=r"tolerance must be a finite number >= 0, got .*0 runs all n_epochs"):
-            small_model(tolerance=bad).fit(binomial_counts)
+            small_model(solver__tolerance=bad).fit(binomial_counts)
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="tolerance must be a finite number >= 0"):
             AlternatingConfig(tolerance=bad).validate()
@@ -815,28 +834,29 @@ def test_solver_settings_are_checked(binomial_counts):
     [((100, 1, 2000), 0.2), ((1000, 1, 2000), 0.1), ((50, 2, 1000), 0.4), ((40, 1, 1000), 1.0), ((8, 1, 300), 1.0)],
 )
 def test_auto_subset_is_a_tenth_of_the_examples_and_at_least_40000_values(shape, expected):
-    assert small_model()._initial_subset(shape) == pytest.approx(expected)
-    assert small_model(initial_subset=0.25)._initial_subset(shape) == 0.25
+    assert Alternating().initial_fraction(shape) == pytest.approx(expected)
+    assert Alternating(initial_subset=0.25).initial_fraction(shape) == 0.25
 
 
 def test_the_first_epochs_code_a_subset_of_the_examples(binomial_counts, monkeypatch):
     n_examples = binomial_counts.shape[0]
-    model = small_model(n_epochs=6, initial_subset=0.25).fit(binomial_counts)
+    model = small_model(solver__n_epochs=6, solver__initial_subset=0.25).fit(binomial_counts)
     coded = model.history_["examples_coded"].tolist()
     assert coded[0] == math.ceil(0.25 * n_examples) and coded[3:] == [n_examples] * 3
     assert coded == sorted(coded)
-    assert small_model(n_epochs=2).fit(binomial_counts).history_["examples_coded"].tolist() == [n_examples] * 2
+    assert small_model(solver__n_epochs=2).fit(binomial_counts).history_["examples_coded"].tolist() == [n_examples] * 2
     # "auto" on data above its floor in values (here lowered to one example's 300 bins): a tenth, rounded up
-    monkeypatch.setattr(estimator_module, "AUTO_SUBSET_VALUES", binomial_counts.shape[-1])
-    coded = small_model(n_epochs=6).fit(binomial_counts).history_["examples_coded"].tolist()
+    monkeypatch.setattr(alternating_solver, "AUTO_SUBSET_VALUES", binomial_counts.shape[-1])
+    coded = small_model(solver__n_epochs=6).fit(binomial_counts).history_["examples_coded"].tolist()
     assert coded[0] == math.ceil(0.1 * n_examples) and coded[-1] == n_examples
 
 
 def test_gaussian_noise_level_of_a_fit_interrupted_while_the_subset_grows(monkeypatch):
     """Examples not yet coded have no codes: the noise level comes from an inference pass, not their residual."""
     _, simulation = _gaussian_problem()
-    monkeypatch.setattr(estimator_module, "fit_alternating", _interrupting_fit(1))
-    model = SpikeDictionary(3, TEMPLATE_SIZE, "gaussian", n_epochs=10, initial_subset=0.2, seed=0, progress=False)
+    monkeypatch.setattr(estimator_module, "run_epochs", _interrupting_fit(1))
+    solver = Alternating(n_epochs=10, initial_subset=0.2)
+    model = SpikeDictionary(3, TEMPLATE_SIZE, "gaussian", solver=solver, seed=0, progress=False)
     with pytest.warns(RuntimeWarning, match="interrupted"):
         model.fit(simulation.counts)
     assert model.history_["examples_coded"].iloc[-1] < simulation.counts.shape[0]
@@ -845,7 +865,7 @@ def test_gaussian_noise_level_of_a_fit_interrupted_while_the_subset_grows(monkey
 
 
 def test_given_initial_templates_are_kept_without_spares(binomial_counts, true_templates):
-    model = small_model(init=true_templates, n_epochs=1).fit(binomial_counts)
+    model = small_model(init=true_templates, solver__n_epochs=1).fit(binomial_counts)
     np.testing.assert_allclose(model.initial_templates_, true_templates, atol=1e-6)
     assert model.templates_.shape == true_templates.shape
 
@@ -857,9 +877,10 @@ def test_recovers_templates_from_binomial_counts():
     simulation = simulate_counts(
         true, n_examples=40, n_bins=1000, n_trials=30, baseline=0.0, amplitude_range=(3.0, 5.0), seed=0
     )
-    model = SpikeDictionary(
-        3, 50, "binomial", n_trials=30, n_iterations=100, n_dictionary_steps=30, seed=0, progress=False, device="cpu"
-    ).fit(simulation.counts)
+    solver = Alternating(n_code_iterations=100, n_dictionary_iterations=30)
+    model = SpikeDictionary(3, 50, "binomial", n_trials=30, solver=solver, seed=0, progress=False, device="cpu").fit(
+        simulation.counts
+    )
     errors = align_templates(model.templates_, true).errors
     assert np.all(errors <= 0.1), np.round(errors, 3)
 
@@ -875,8 +896,9 @@ def test_recovers_templates_from_poisson_counts():
     simulation = simulate_counts(
         true, n_examples=40, n_bins=1000, family="poisson", baseline=4.0, amplitude_range=(1.0, 2.0), seed=3
     )
-    model = SpikeDictionary(
-        3, 50, "poisson", n_epochs=60, n_iterations=100, n_dictionary_steps=30, seed=3, progress=False, device="cpu"
-    ).fit(simulation.counts)
+    solver = Alternating(n_epochs=60, n_code_iterations=100, n_dictionary_iterations=30)
+    model = SpikeDictionary(3, 50, "poisson", solver=solver, seed=3, progress=False, device="cpu").fit(
+        simulation.counts
+    )
     errors = align_templates(model.templates_, true).errors
     assert np.all(errors <= 0.1), np.round(errors, 3)

@@ -17,10 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spikedict import Binomial, Gaussian, NotFittedError, Poisson, SpikeDictionary
+from spikedict._inference import encoding_batch_size
 from spikedict.analysis import align_templates
-from spikedict.estimator import _encoding_batch_size
 from spikedict.model import DCEA, decode
+from spikedict.settings import Encoder
 from spikedict.simulate import paper_templates, simulate_counts
+from spikedict.solvers import Alternating
 
 # The requirement: every paper template recovered with sqrt(1 - <h, h_hat>^2) <= this.
 RECOVERY_TOLERANCE = 0.1
@@ -43,7 +45,7 @@ def fitted_poisson(poisson_counts) -> SpikeDictionary:
 
 # ------------------------------------------------------------------------------------ fit
 def test_fit_returns_self(binomial_counts):
-    model = small_model(n_epochs=1)
+    model = small_model(solver__n_epochs=1)
     assert model.fit(binomial_counts) is model
 
 
@@ -333,7 +335,7 @@ def test_gaussian_family_estimates_noise_level(true_templates):
     )
     y = simulation.counts
     assert y.min() < 0 and not np.allclose(y, np.round(y))  # real-valued data are accepted
-    model = small_model(family="gaussian", n_trials=None, n_epochs=2).fit(y)
+    model = small_model(family="gaussian", n_trials=None, solver__n_epochs=2).fit(y)
     assert isinstance(model.family_, Gaussian)
     assert model.family_.std > 0
     residual = y - model.predict_rate(y)
@@ -345,7 +347,7 @@ def test_gaussian_family_estimates_noise_level(true_templates):
     expected = np.mean(-0.5 * residual**2 / model.family_.std**2 - 0.5 * np.log(2 * np.pi * model.family_.std**2))
     assert model.score(y) == pytest.approx(expected, rel=1e-4)
     # The back-propagation solver keeps no final codes of every example: the std comes from predict_rate's.
-    backprop = small_model(family="gaussian", n_trials=None, n_epochs=1, solver="backprop").fit(y)
+    backprop = small_model(family="gaussian", n_trials=None, solver="backprop", solver__n_epochs=1).fit(y)
     residual = y - backprop.predict_rate(y)
     np.testing.assert_allclose(backprop.family_.std, np.sqrt(np.mean(residual**2)), rtol=1e-4)
 
@@ -357,12 +359,12 @@ class Counts:
 
 
 def test_counts_object_supplies_n_trials(binomial_counts):
-    model = small_model(n_trials=None, n_epochs=1).fit(Counts(binomial_counts, N_TRIALS))
+    model = small_model(n_trials=None, solver__n_epochs=1).fit(Counts(binomial_counts, N_TRIALS))
     assert model.family_.n_trials == N_TRIALS
     assert model.predict_rate(Counts(binomial_counts, N_TRIALS)).max() <= N_TRIALS
     # The object's n_trials is really used: too few trials for these counts is rejected.
     with pytest.raises(ValueError, match="cannot exceed n_trials = 3"):
-        small_model(n_trials=None, n_epochs=1).fit(Counts(binomial_counts, 3))
+        small_model(n_trials=None, solver__n_epochs=1).fit(Counts(binomial_counts, 3))
 
 
 def test_per_example_n_trials(true_templates):
@@ -372,7 +374,7 @@ def test_per_example_n_trials(true_templates):
     )
     counts = simulation.counts
     assert np.all(counts.max(axis=(1, 2)) <= n_trials)
-    model = small_model(n_trials=n_trials, n_epochs=2).fit(counts)
+    model = small_model(n_trials=n_trials, solver__n_epochs=2).fit(counts)
     np.testing.assert_array_equal(model.family_.n_trials, n_trials)
     rates = model.predict_rate(counts)
     assert np.all(rates.max(axis=(1, 2)) <= n_trials)
@@ -383,16 +385,16 @@ def test_per_example_n_trials(true_templates):
     with pytest.raises(ValueError, match="one n_trials per example"):
         model.predict_rate(counts[:4])
     with pytest.raises(ValueError, match="cannot exceed n_trials"):
-        small_model(n_trials=np.full(6, 2), n_epochs=1).fit(counts)
+        small_model(n_trials=np.full(6, 2), solver__n_epochs=1).fit(counts)
 
 
 def test_untied_needs_backpropagation(binomial_counts):
     with pytest.raises(ValueError, match="back-propagation"):
-        small_model(tied=False, backprop="none").fit(binomial_counts)
+        small_model(encoder__tied=False, solver__backprop="none").fit(binomial_counts)
 
 
 def test_untied(binomial_counts):
-    model = small_model(tied=False, backprop="truncated", n_epochs=2).fit(binomial_counts)
+    model = small_model(encoder__tied=False, solver__backprop="truncated", solver__n_epochs=2).fit(binomial_counts)
     assert model.templates_.shape == (3, 1, TEMPLATE_SIZE)
     network = model.model_
     assert network.encoder_templates.shape == network.decoder_templates.shape == (3, 1, TEMPLATE_SIZE)
@@ -416,8 +418,8 @@ def test_two_dimensional_poisson():
         n_templates=2,
         template_size=(5, 5),
         family="poisson",
-        n_epochs=2,
-        n_inference_iterations=50,
+        solver=Alternating(n_epochs=2),
+        encoder=Encoder(n_iterations=50),
         seed=0,
         progress=False,
         device="cpu",
@@ -466,16 +468,16 @@ def test_encoding_batches_fit_the_cpu_caches_and_are_balanced():
     model = DCEA(3, 1, 50, Poisson())
     per_example = 3 * (2000 - 50 + 1)  # code entries of one example of 2000 bins
     largest = 500_000 // per_example
-    assert _encoding_batch_size(model, (2000,), "cpu") == largest == 85
-    assert _encoding_batch_size(model, (2000,), torch.device("cuda")) == 20_000_000 // per_example
+    assert encoding_batch_size(model, (2000,), "cpu") == largest == 85
+    assert encoding_batch_size(model, (2000,), torch.device("cuda")) == 20_000_000 // per_example
     # the calls over n examples are as few as the bound allows, and of equal size (100 examples: 50 + 50, not 85 + 15)
-    assert _encoding_batch_size(model, (2000,), "cpu", 100) == 50
-    assert _encoding_batch_size(model, (2000,), "cpu", 60) == 60
+    assert encoding_batch_size(model, (2000,), "cpu", 100) == 50
+    assert encoding_batch_size(model, (2000,), "cpu", 60) == 60
     for n_examples in range(1, 2000, 37):
-        batch = _encoding_batch_size(model, (2000,), "cpu", n_examples)
+        batch = encoding_batch_size(model, (2000,), "cpu", n_examples)
         n_calls = math.ceil(n_examples / batch)
         assert batch <= largest and n_calls == math.ceil(n_examples / largest)
         assert batch * n_calls - n_examples < n_calls  # the last call is at most one example short
     # many channels: the counts bound it; one example per call at the least
-    assert _encoding_batch_size(DCEA(3, 64, 50, Poisson()), (2000,), "cpu") == 500_000 // (64 * 2000)
-    assert _encoding_batch_size(DCEA(3, 64, 50, Poisson()), (100_000,), "cpu", 5) == 1
+    assert encoding_batch_size(DCEA(3, 64, 50, Poisson()), (2000,), "cpu") == 500_000 // (64 * 2000)
+    assert encoding_batch_size(DCEA(3, 64, 50, Poisson()), (100_000,), "cpu", 5) == 1

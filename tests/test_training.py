@@ -69,7 +69,10 @@ def test_config_defaults_are_valid_and_from_dict_ignores_unknown():
 
 def test_estimator_validates_training_settings(binomial_counts):
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
-        small_model(batch_size=0).fit(binomial_counts)
+        small_model(solver="backprop", solver__batch_size=0).fit(binomial_counts)
+    # the alternating solver has no batch_size (its batches follow the device): naming one is refused
+    with pytest.raises(ValueError, match="'batch_size' is not a parameter of Alternating; its parameters are"):
+        small_model(solver="alternating", solver__batch_size=10)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -80,7 +83,7 @@ def test_checkpoint_written_every_epoch(y, tmp_path):
     def check(epoch, row):
         payload = load_checkpoint(path)
         seen.append((payload["epoch"], len(payload["history"])))
-        torch.testing.assert_close(payload["model_state"]["templates"], network.templates.detach())
+        torch.testing.assert_close(payload["state"]["model_state"]["templates"], network.templates.detach())
 
     network = make_network()
     result = train(network, y, config(checkpoint_path=str(path)), on_epoch_end=check)
@@ -90,11 +93,15 @@ def test_checkpoint_written_every_epoch(y, tmp_path):
 
 
 def test_resume_equals_uninterrupted_fit(binomial_counts, tmp_path):
-    straight = small_model(solver="backprop", n_epochs=4, checkpoint_path=str(tmp_path / "a.pt")).fit(binomial_counts)
-    first = small_model(solver="backprop", n_epochs=2, checkpoint_path=str(tmp_path / "b.pt")).fit(binomial_counts)
+    straight = small_model(solver="backprop", solver__n_epochs=4, checkpoint_path=str(tmp_path / "a.pt")).fit(
+        binomial_counts
+    )
+    first = small_model(solver="backprop", solver__n_epochs=2, checkpoint_path=str(tmp_path / "b.pt")).fit(
+        binomial_counts
+    )
     assert len(first.history_) == 2
     assert not np.allclose(first.templates_, straight.templates_, atol=1e-6)
-    resumed = small_model(solver="backprop", n_epochs=4, checkpoint_path=str(tmp_path / "b.pt")).fit(
+    resumed = small_model(solver="backprop", solver__n_epochs=4, checkpoint_path=str(tmp_path / "b.pt")).fit(
         binomial_counts, resume=True
     )
     # Extending a finished fit keeps its epochs and continues from its parameters; the learning rate of the
@@ -116,11 +123,11 @@ def test_cosine_schedule_endpoints():
 
 def test_resume_from_another_configuration(binomial_counts, tmp_path):
     path = str(tmp_path / "c.pt")
-    small_model(n_epochs=1, checkpoint_path=path).fit(binomial_counts)
+    small_model(solver__n_epochs=1, checkpoint_path=path).fit(binomial_counts)
     with pytest.raises(ValueError, match=r"another configuration \(n_templates: checkpoint has 3, this fit has 4"):
-        small_model(n_templates=4, n_epochs=2, checkpoint_path=path).fit(binomial_counts, resume=True)
+        small_model(n_templates=4, solver__n_epochs=2, checkpoint_path=path).fit(binomial_counts, resume=True)
     with pytest.raises(ValueError, match=r"another configuration.*n_examples"):
-        small_model(n_epochs=2, checkpoint_path=path).fit(binomial_counts[:6], resume=True)
+        small_model(solver__n_epochs=2, checkpoint_path=path).fit(binomial_counts[:6], resume=True)
 
 
 def test_resume_from_corrupt_checkpoint(binomial_counts, tmp_path):
@@ -217,36 +224,43 @@ def test_keyboard_interrupt_mid_epoch_restores_previous_epoch(y, monkeypatch):
 
 
 def _interrupting_train(at_epoch: int):
-    real_train = training.train
+    """The estimator's epoch runner, with Ctrl-C pressed at the end of epoch ``at_epoch`` (counted from 1)."""
+    real_run_epochs = estimator_module.run_epochs
 
-    def wrapper(model, y, config=None, **kwargs):
+    def wrapper(run, n_epochs, **kwargs):
         def interrupt(epoch, row):
             if epoch == at_epoch:
                 raise KeyboardInterrupt
 
-        return real_train(model, y, config, on_epoch_end=interrupt, **kwargs)
+        return real_run_epochs(run, n_epochs, on_epoch_end=interrupt, **kwargs)
 
     return wrapper
 
 
 def test_estimator_interrupt_warns_and_resumes(binomial_counts, tmp_path, monkeypatch):
     path = str(tmp_path / "fit.pt")
-    monkeypatch.setattr(estimator_module, "train", _interrupting_train(1))
-    model = small_model(solver="backprop", n_epochs=3, checkpoint_path=path)
+    monkeypatch.setattr(estimator_module, "run_epochs", _interrupting_train(1))
+    model = small_model(solver="backprop", solver__n_epochs=3, checkpoint_path=path)
     with pytest.warns(RuntimeWarning, match=r"interrupted.*after epoch 1 of 3.*resume=True"):
         model.fit(binomial_counts)
     assert model.stop_reason_ == "interrupted" and len(model.history_) == 1
     assert model.transform(binomial_counts).shape == (8, 3, 300 - TEMPLATE_SIZE + 1)  # usable after the interrupt
     monkeypatch.undo()
     model.fit(binomial_counts, resume=True)
-    straight = small_model(solver="backprop", n_epochs=3).fit(binomial_counts)
+    straight = small_model(solver="backprop", solver__n_epochs=3).fit(binomial_counts)
     assert model.history_["epoch"].tolist() == [1, 2, 3] and model.stop_reason_ == "n_epochs"
     np.testing.assert_allclose(model.templates_, straight.templates_, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ early stopping
 def test_early_stopping(binomial_counts):
-    model = small_model(solver="backprop", n_epochs=6, validation_fraction=0.25, patience=1, learning_rate=1e-12)
+    model = small_model(
+        solver="backprop",
+        solver__n_epochs=6,
+        solver__validation_fraction=0.25,
+        solver__patience=1,
+        solver__learning_rate=1e-12,
+    )
     model.fit(binomial_counts)
     assert model.stop_reason_ == "early_stopping"
     assert model.history_["epoch"].tolist() == [1, 2]
@@ -255,9 +269,12 @@ def test_early_stopping(binomial_counts):
 
 def test_validation_split_needs_examples_on_both_sides(binomial_counts):
     with pytest.raises(ValueError, match="both need at least one example"):
-        small_model(solver="backprop", validation_fraction=0.01).fit(binomial_counts)
-    with pytest.raises(ValueError, match="validation_fraction and patience belong to solver='backprop'"):
-        small_model(validation_fraction=0.25).fit(binomial_counts)
+        small_model(solver="backprop", solver__validation_fraction=0.01).fit(binomial_counts)
+    # validation_fraction and patience belong to the back-propagation solver: the alternating one has neither
+    with pytest.raises(ValueError, match="'validation_fraction' is not a parameter of Alternating"):
+        small_model(solver__validation_fraction=0.25).fit(binomial_counts)
+    with pytest.raises(ValueError, match="'patience' is not a parameter of Alternating"):
+        small_model(solver="alternating", solver__patience=1).fit(binomial_counts)
 
 
 def test_patience_without_validation_runs_all_epochs_when_improving(y):
@@ -268,7 +285,9 @@ def test_patience_without_validation_runs_all_epochs_when_improving(y):
 # ------------------------------------------------------------------------ backprop modes
 @pytest.mark.parametrize("backprop", ["none", "truncated", "full"])
 def test_backprop_modes_decrease_loss(binomial_counts, backprop):
-    model = small_model(backprop=backprop, n_epochs=3, n_iterations=20).fit(binomial_counts)
+    model = small_model(
+        solver="backprop", solver__backprop=backprop, solver__n_epochs=3, solver__n_code_iterations=20
+    ).fit(binomial_counts)
     losses = model.history_["train_loss"].to_numpy()
     assert np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
@@ -276,8 +295,12 @@ def test_backprop_modes_decrease_loss(binomial_counts, backprop):
 
 @pytest.mark.parametrize("backprop", ["truncated", "full"])
 def test_backprop_through_encoder_changes_gradients(binomial_counts, backprop):
-    none = small_model(solver="backprop", backprop="none", n_epochs=1, n_iterations=20).fit(binomial_counts)
-    other = small_model(solver="backprop", backprop=backprop, n_epochs=1, n_iterations=20).fit(binomial_counts)
+    none = small_model(
+        solver="backprop", solver__backprop="none", solver__n_epochs=1, solver__n_code_iterations=20
+    ).fit(binomial_counts)
+    other = small_model(
+        solver="backprop", solver__backprop=backprop, solver__n_epochs=1, solver__n_code_iterations=20
+    ).fit(binomial_counts)
     np.testing.assert_array_equal(none.initial_templates_, other.initial_templates_)
     assert not np.allclose(none.templates_, other.templates_, atol=1e-6), (
         f"backprop={backprop!r} trained exactly like backprop='none'"

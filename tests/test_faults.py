@@ -43,7 +43,8 @@ from spikedict.training import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 # Fits in a fresh interpreter, one after the other: the problem of conftest.binomial_counts,
-# SpikeDictionary(**params).fit(counts, resume), each model saved to its "out"; optionally killed (SIGKILL) half-way
+# SpikeDictionary(**params).fit(counts, resume) (nested params such as solver__n_epochs set with set_params), each
+# model saved to its "out"; optionally killed (SIGKILL) half-way
 # through writing the checkpoint of one epoch. (Starting an interpreter costs more than these fits: torch, and
 # torch._dynamo that the first optimiser imports.)
 CHILD = """
@@ -67,7 +68,9 @@ if job["kill_while_writing_epoch"]:
     torch.save = save_half_then_die
 simulation = simulate_counts(paper_templates(20), n_examples=8, n_bins=300, n_trials=30, event_rate=0.02, seed=1)
 for task in job["fits"]:
-    model = SpikeDictionary(**task["params"]).fit(simulation.counts, resume=task["resume"])
+    params = dict(task["params"])
+    nested = {key: params.pop(key) for key in list(params) if "__" in key}
+    model = SpikeDictionary(**params).set_params(**nested).fit(simulation.counts, resume=task["resume"])
     model.save(task["out"])
 """
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -77,8 +80,13 @@ SMALL = {"n_templates": 3, "template_size": 20, "n_trials": 30, "seed": 0, "prog
 # alternating fit is killed during continuation, with its spare templates (dropped after epoch 8), and the
 # back-propagation fit keeps a validation split, so its best state travels through the checkpoint too.
 KILL_SETTINGS = {
-    "alternating": {"solver": "alternating", "n_epochs": 16, "n_iterations": 100},
-    "backprop": {"solver": "backprop", "n_epochs": 20, "n_iterations": 100, "validation_fraction": 0.25},
+    "alternating": {"solver": "alternating", "solver__n_epochs": 16, "solver__n_code_iterations": 100},
+    "backprop": {
+        "solver": "backprop",
+        "solver__n_epochs": 20,
+        "solver__n_code_iterations": 100,
+        "solver__validation_fraction": 0.25,
+    },
 }
 
 
@@ -174,7 +182,7 @@ def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
         assert killed.returncode == -signal.SIGKILL
         assert not outs[solver].exists(), "the killed fit finished"
         finished[solver] = load_checkpoint(checkpoints[solver])["epoch"]
-        assert 2 <= finished[solver] < KILL_SETTINGS[solver]["n_epochs"]
+        assert 2 <= finished[solver] < KILL_SETTINGS[solver]["solver__n_epochs"]
 
     resumed, resumed_outs = fit_in_child(tmp_path, "resumed", with_checkpoint, resume=True)
     wait(resumed, tmp_path / "resumed.log")
@@ -183,7 +191,7 @@ def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
         a, b = SpikeDictionary.load(straight_outs[solver]), SpikeDictionary.load(resumed_outs[solver])
         # the same epochs as the uninterrupted fit: all of them, or up to where the tolerance stopped both
         assert b.history_["epoch"].tolist() == a.history_["epoch"].tolist() == list(range(1, len(a.history_) + 1))
-        assert b.stop_reason_ == a.stop_reason_ and finished[solver] < len(a.history_) <= settings["n_epochs"]
+        assert b.stop_reason_ == a.stop_reason_ and finished[solver] < len(a.history_) <= settings["solver__n_epochs"]
         differences = same_fit(a, b)
         print(f"{solver}: killed after epoch {finished[solver]}; resumed minus uninterrupted: {differences}")
         assert all(value == 0.0 for value in differences.values()), (solver, differences)
@@ -193,7 +201,11 @@ def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 def test_fit_killed_while_writing_a_checkpoint_keeps_the_previous_one(binomial_counts, tmp_path):
-    settings = {"n_epochs": 4, "n_iterations": 50, "checkpoint_path": str(tmp_path / "checkpoint.pt")}
+    settings = {
+        "solver__n_epochs": 4,
+        "solver__n_code_iterations": 50,
+        "checkpoint_path": str(tmp_path / "checkpoint.pt"),
+    }
     # torch.save writes half of the third checkpoint, then the process is killed, as by a power cut.
     killed, outs = fit_in_child(tmp_path, "killed", {"fit": settings}, kill_while_writing_epoch=3)
     killed.wait(300)
@@ -212,9 +224,15 @@ def test_fit_killed_while_writing_a_checkpoint_keeps_the_previous_one(binomial_c
 @pytest.mark.parametrize(
     "settings",
     [
-        {"solver": "alternating", "n_epochs": 4},
+        {"solver": "alternating", "solver__n_epochs": 4},
         # Stops early after 4 of 40 epochs; resuming its last checkpoint used to run on for 5 more epochs.
-        {"solver": "backprop", "n_epochs": 40, "learning_rate": 0.05, "validation_fraction": 0.25, "patience": 2},
+        {
+            "solver": "backprop",
+            "solver__n_epochs": 40,
+            "solver__learning_rate": 0.05,
+            "solver__validation_fraction": 0.25,
+            "solver__patience": 2,
+        },
     ],
     ids=["alternating", "backprop-early-stopping"],
 )
@@ -224,8 +242,8 @@ def test_fit_killed_after_its_last_checkpoint_resumes_to_the_same_result(setting
     settings = {**settings, "checkpoint_path": str(tmp_path / "checkpoint.pt")}
     finished = small_model(**settings).fit(binomial_counts)
     resumed = small_model(**settings).fit(binomial_counts, resume=True)
-    if "patience" in settings:
-        assert finished.stop_reason_ == "early_stopping" and len(finished.history_) < settings["n_epochs"]
+    if "solver__patience" in settings:
+        assert finished.stop_reason_ == "early_stopping" and len(finished.history_) < settings["solver__n_epochs"]
     assert resumed.stop_reason_ == finished.stop_reason_ and len(resumed.history_) == len(finished.history_)
     assert all(value == 0.0 for value in same_fit(resumed, finished).values())
 
@@ -235,9 +253,10 @@ def checkpoint_is_good(path: Path, epoch: int) -> None:
     """The checkpoint at ``path`` loads, holds ``epoch`` finished epochs and only finite numbers."""
     payload = load_checkpoint(path)
     assert payload["epoch"] == epoch
-    state = payload["state"] if "state" in payload else payload["model_state"]
+    # one layout for every solver: the back-propagation solver's parameters are its state's model_state
+    state = payload["state"].get("model_state", payload["state"])
     assert all(bool(torch.isfinite(value).all()) for value in state.values() if isinstance(value, torch.Tensor))
-    history = payload["state"]["history"] if "state" in payload else payload["history"]
+    history = payload["history"]
     assert [row["epoch"] for row in history] == list(range(1, epoch + 1))
     assert all(math.isfinite(row["train_loss"]) for row in history)
 
@@ -249,7 +268,7 @@ def test_encoder_divergence_names_the_step_size_and_keeps_the_checkpoint(
     path = tmp_path / "checkpoint.pt"
     # The Gaussian family (the paper's mismatch control): its residual is linear in the codes, so a step above
     # 2 / ||H||^2 makes FISTA's iterates grow geometrically until they overflow.
-    settings = {"family": "gaussian", "solver": solver, "n_epochs": 4, "checkpoint_path": str(path)}
+    settings = {"family": "gaussian", "solver": solver, "solver__n_epochs": 4, "checkpoint_path": str(path)}
     straight = small_model(**{**settings, "checkpoint_path": None}).fit(binomial_counts)
     update_step_size = DCEA.update_step_size
     calls = []
@@ -292,7 +311,12 @@ def test_backprop_divergence_names_the_learning_rate_and_keeps_the_checkpoint(
     binomial_counts, tmp_path, monkeypatch, batch_size, message
 ):
     path = tmp_path / "checkpoint.pt"
-    settings = {"solver": "backprop", "n_epochs": 4, "batch_size": batch_size, "checkpoint_path": str(path)}
+    settings = {
+        "solver": "backprop",
+        "solver__n_epochs": 4,
+        "solver__batch_size": batch_size,
+        "checkpoint_path": str(path),
+    }
     straight = small_model(**{**settings, "checkpoint_path": None}).fit(binomial_counts)
     steps_per_epoch = math.ceil(len(binomial_counts) / batch_size)
     adam_step = torch.optim.Adam.step
@@ -382,7 +406,7 @@ TORCH_SAVE = torch.save
 
 @pytest.fixture(scope="module")
 def fitted(binomial_counts) -> SpikeDictionary:
-    return small_model(n_epochs=1, n_iterations=10, n_inference_iterations=10).fit(binomial_counts)
+    return small_model(solver__n_epochs=1, solver__n_code_iterations=10, encoder__n_iterations=10).fit(binomial_counts)
 
 
 def _checkpoint_case(version: int):
@@ -523,7 +547,7 @@ def fit_recording_quickly(recording: Path, out: Path, resume: bool = False):
     from spikedict.workflow import fit_recording
 
     out.mkdir(exist_ok=True)
-    settings = {"n_iterations": 5, "n_inference_iterations": 5}
+    settings = {"solver__n_code_iterations": 5, "encoder__n_iterations": 5}
     return fit_recording(
         str(recording), out, n_epochs=2, device="cpu", progress=False, resume=resume, estimator_params=settings
     )

@@ -39,6 +39,8 @@ from hypothesis.extra import numpy as hnp
 from spikedict import SpikeDictionary
 from spikedict.estimator import NotFittedError
 from spikedict.io import SpikeCounts, bin_spiketrains, read_recording
+from spikedict.settings import Encoder
+from spikedict.solvers import Alternating
 from spikedict.training import load_checkpoint
 
 
@@ -518,7 +520,17 @@ def test_read_recording_reads_or_raises_and_never_unpickles(
 
 
 # ============================================================================================= estimator
-TINY = dict(n_epochs=1, n_iterations=3, n_inference_iterations=3, progress=False, device="cpu", seed=0)
+def tiny() -> dict[str, Any]:
+    """One short epoch and a shallow encoder (fresh settings objects for each estimator)."""
+    return dict(
+        solver=Alternating(n_epochs=1, n_code_iterations=3),
+        encoder=Encoder(n_iterations=3),
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
+
+
 X_DTYPES = [
     np.int8,
     np.int16,
@@ -690,7 +702,7 @@ def by_hand_estimator(X: Any, **params: Any) -> EstimatorCase:
 def test_estimator_fits_or_raises_a_documented_error(case: EstimatorCase) -> None:
     expected = expected_outcome(case)
     event(f"expected: {expected or 'a fit'}")
-    model = SpikeDictionary(**case.params, **TINY)
+    model = SpikeDictionary(**case.params, **tiny())
     try:
         model.fit(case.X)
         codes, rates, score = model.transform(case.X), model.predict_rate(case.X), model.score(case.X)
@@ -721,7 +733,7 @@ def test_estimator_fits_or_raises_a_documented_error(case: EstimatorCase) -> Non
 @reproducible(30)
 @given(case=estimator_cases(), method=st.sampled_from(["transform", "predict_rate", "score", "save"]))
 def test_unfitted_estimator_raises_not_fitted(case: EstimatorCase, method: str) -> None:
-    model = SpikeDictionary(**TINY)
+    model = SpikeDictionary(**tiny())
     with pytest.raises(NotFittedError, match="not fitted yet"):
         getattr(model, method)(case.X if method != "save" else "never-written.safetensors")
 
@@ -733,7 +745,7 @@ def test_binned_spike_trains_fit_end_to_end(case: Recording, template_fraction: 
     case.kwargs.update(pool_trials=True, clip=True)
     counts = bin_spiketrains(case.data, case.bin_size, **case.kwargs)
     template_size = 1 + int(template_fraction * (counts.n_bins - 1))
-    model = SpikeDictionary(n_templates=2, template_size=template_size, family="binomial", **TINY).fit(counts)
+    model = SpikeDictionary(n_templates=2, template_size=template_size, family="binomial", **tiny()).fit(counts)
     rates = model.predict_rate(counts)
     assert rates.shape == counts.counts.shape and np.isfinite(rates).all()
     assert (rates <= counts.n_trials[:, None, None] * (1 + 1e-5)).all()
@@ -780,7 +792,7 @@ def test_checkpoint_never_unpickles(tmp_path, payload, binomial_counts):
     for path in (raw, zipped):
         with pytest.raises(ValueError, match="could not read checkpoint"):
             load_checkpoint(path)
-        model = SpikeDictionary(n_templates=2, template_size=5, n_trials=30, checkpoint_path=str(path), **TINY)
+        model = SpikeDictionary(n_templates=2, template_size=5, n_trials=30, checkpoint_path=str(path), **tiny())
         with pytest.raises(ValueError, match="could not read checkpoint"):
             model.fit(binomial_counts[:2, :, :40], resume=True)
     assert not marker.exists()

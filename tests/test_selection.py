@@ -12,7 +12,7 @@ from spikedict.analysis import ModelSelection, example_folds, select_model
 from spikedict.model import decode
 from spikedict.simulate import simulate_counts
 
-QUICK = dict(n_epochs=1, n_inference_iterations=30, device="cpu", n_trials=N_TRIALS, template_size=TEMPLATE_SIZE)
+QUICK = dict(solver__n_epochs=1, encoder__n_iterations=30, device="cpu", n_trials=N_TRIALS, template_size=TEMPLATE_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_family_in_grid_scored_in_the_data_family(simulation):
         ({"n_templates": 3}, {}, TypeError, r"must be a list of values"),
         ({"n_templates": [1]}, {"cv": 1}, ValueError, "cv must be an integer >= 2"),
         ({"n_templates": [1]}, {"cv": 7}, ValueError, "cv = 7 folds need at least 7 examples, got 6"),
-        ({"n_epochs": [1]}, {}, ValueError, "both in the grid and fixed"),
+        ({"solver__n_epochs": [1]}, {}, ValueError, "both in the grid and fixed"),
     ],
 )
 def test_select_model_errors(simulation, grid, kwargs, error, match):

@@ -28,7 +28,7 @@ from spikedict.analysis import (
 )
 from spikedict.simulate import simulate_counts
 
-QUICK = dict(n_epochs=1, n_inference_iterations=30, device="cpu")
+QUICK = dict(solver__n_epochs=1, encoder__n_iterations=30, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,11 @@ def test_one_row_per_family_variant_and_seed(comparison):
     assert (table["n_epochs_run"] == 1).all() and (table["fit_seconds"] > 0).all()
     for row, model in zip(table.itertuples(), estimators):
         assert model.family_.name == row.family
-        assert model.tied == (row.variant == "tied")
+        assert model.encoder.tied == (row.variant == "tied")
         assert model.seed == row.seed
-        assert model.backprop == ("none" if row.variant == "tied" else "truncated")
+        # tied: the alternating solver (no back-propagation); untied: back-propagation through the encoder
+        assert model.solver_.name == ("alternating" if row.variant == "tied" else "backprop")
+        assert model.solver_.get_params().get("backprop", "none") == ("none" if row.variant == "tied" else "truncated")
 
 
 def test_heldout_likelihood_equals_score_on_the_heldout_examples(comparison, simulation):

@@ -12,7 +12,9 @@ from conftest import NEEDS_NIX, NEEDS_NWB
 from spikedict import SpikeDictionary
 from spikedict.io import RecordingWindows, bin_spiketrains, read_recording, write_recording
 from spikedict.io._windows import stitch_cuts
+from spikedict.settings import Encoder
 from spikedict.simulate import simulate_spikes
+from spikedict.solvers import Alternating, Backprop
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +105,19 @@ def test_windows_from_a_file_match_windows_in_memory(recording, tmp_path, suffix
 
 
 def streaming_model(**overrides) -> SpikeDictionary:
-    settings = dict(
+    """Back-propagation in batches of 2 windows; ``overrides`` may be nested (``solver__n_epochs=1``)."""
+    model = SpikeDictionary(
         n_templates=3,
         template_size=30,
         family="poisson",
-        solver="backprop",
+        solver=Backprop(n_epochs=3, batch_size=2, n_code_iterations=30),
+        encoder=Encoder(n_iterations=400),
         baseline=-1.5,
-        n_epochs=3,
-        batch_size=2,
-        n_iterations=30,
-        n_inference_iterations=400,
         seed=0,
         progress=False,
         device="cpu",
     )
-    settings.update(overrides)
-    return SpikeDictionary(**settings)
+    return model.set_params(**overrides)
 
 
 def test_a_streamed_fit_is_the_fit_of_the_same_windows_in_memory(recording, monkeypatch):
@@ -145,7 +144,7 @@ def test_stitched_codes_and_rates_match_the_whole_recording(recording):
     segment, templates = recording
     windows = RecordingWindows(segment, 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
     whole = windows.counts(first_bin=0, n_bins=windows.n_bins)
-    model = streaming_model(init=templates, n_epochs=1).fit(windows)
+    model = streaming_model(init=templates, solver__n_epochs=1).fit(windows)
     codes, codes_whole = model.transform(windows), model.transform(whole)
     assert codes.shape == codes_whole.shape == (1, 3, windows.n_bins - 29)
     # The window boundaries move the codes by less than 1e-3 of the largest code ...
@@ -166,10 +165,19 @@ def test_streaming_settings_that_cannot_work_are_refused(recording):
     with pytest.raises(ValueError, match="overlap"):
         streaming_model().fit(windows)
     windows = RecordingWindows(segment, 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
-    with pytest.raises(ValueError, match="solver='backprop'"):
-        streaming_model(solver="alternating").fit(windows)
     with pytest.raises(ValueError, match="family='poisson'"):
         streaming_model(family="binomial", n_trials=1).fit(windows)
+
+
+def test_the_alternating_solver_fits_streamed_windows(recording):
+    """The alternating solver streams too (it used to refuse RecordingWindows and ask for solver='backprop')."""
+    segment, _ = recording
+    windows = RecordingWindows(segment, 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
+    model = streaming_model(solver=Alternating(n_epochs=2, n_code_iterations=30)).fit(windows)
+    assert model.solver_.name == "alternating" and model.stop_reason_ in ("n_epochs", "converged")
+    assert model.templates_.shape == (3, 3, 30) and np.all(np.isfinite(model.templates_))
+    assert model.history_["epoch"].tolist() == list(range(1, len(model.history_) + 1))
+    assert model.transform(windows).shape == (1, 3, windows.n_bins - 29)
 
 
 def test_head_is_the_recording_up_to_its_last_window():
@@ -195,7 +203,20 @@ def test_the_command_line_streams_a_long_recording(recording, tmp_path):
     out = tmp_path / "fit"
     arguments = ["fit", str(path), "--family", "poisson", "--bin-size", "1ms", "--template-size", "30"]
     arguments += ["--window", "2s", "--overlap", "300ms", "--n-epochs", "1", "--out", str(out), "--quiet"]
-    assert main([*arguments, "--device", "cpu", "--set", "n_iterations=10", "--set", "n_inference_iterations=50"]) == 0
+    assert (
+        main(
+            [
+                *arguments,
+                "--device",
+                "cpu",
+                "--set",
+                "solver__n_code_iterations=10",
+                "--set",
+                "encoder__n_iterations=50",
+            ]
+        )
+        == 0
+    )
     model = SpikeDictionary.load(out / "model.safetensors")
     codes = np.load(out / "codes.npy", mmap_mode="r")
     assert codes.shape == (1, 3, 12000 - 29) and np.all(np.asarray(codes) >= 0)

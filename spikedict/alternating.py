@@ -49,10 +49,8 @@ continues from the last finished iteration (or stops at once if that one met the
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -61,8 +59,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from spikedict import distributed
 from spikedict._divergence import diverged, encoder_failed
 from spikedict._template_steps import (
     _chunks,
@@ -72,21 +70,16 @@ from spikedict._template_steps import (
 )
 from spikedict.families import Family
 from spikedict.model import DCEA, ConvolutionOperator
-from spikedict.training import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    TrainingResult,
-    _check_signature,
-    _show_progress,
-    encode_in_batches,
-    load_checkpoint,
-    resolve_device,
-    reweighted_thresholds,
-    save_checkpoint,
-)
+from spikedict.solvers._runner import run_epochs
+from spikedict.solvers.base import EpochRun, FitResult
+from spikedict.training import encode_in_batches, resolve_device, reweighted_thresholds
+
+#: Sums a tensor over the processes of a distributed fit.
+Reduce = Callable[[Tensor], Tensor]
 
 __all__ = [
     "AlternatingConfig",
+    "AlternatingRun",
     "crop_templates",
     "fit_alternating",
     "lbfgs_template_step",
@@ -367,11 +360,16 @@ def largest_useful_sparsity(model: DCEA, y: Tensor, family: Family, batch_size: 
 
 
 # -------------------------------------------------------------------------------------------- steps
-def _data_loss(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int, backward: bool) -> float:
-    """Mean NLL per bin (divided by the family's residual scale), gradients accumulated chunk by chunk."""
+def _data_loss(
+    model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size: int, backward: bool, n_values: int | None = None
+) -> float:
+    """Mean NLL per bin (divided by the family's residual scale), gradients accumulated chunk by chunk.
+
+    ``n_values`` divides the sum instead of ``y.numel()`` (a process's share of a distributed fit).
+    """
     device = model.templates.device
     total = 0.0
-    n_values = y.numel()
+    n_values = y.numel() if n_values is None else n_values
     for rows in _chunks(y.shape[0], batch_size):
         batch = y[rows].to(device)
         eta = model.decode(codes[rows].to(device), batch.shape[2:])
@@ -383,7 +381,9 @@ def _data_loss(model: DCEA, y: Tensor, codes: Tensor, family: Family, batch_size
     return total
 
 
-def _template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config: AlternatingConfig) -> None:
+def _template_step(
+    model: DCEA, y: Tensor, codes: Tensor, family: Family, config: AlternatingConfig, reduce: Reduce | None = None
+) -> None:
     """Minimise the data loss plus the smoothness penalty over the templates (and a learned baseline).
 
     See ``AlternatingConfig.template_step``: by default exactly by least squares for Gaussian data with 1-D
@@ -393,12 +393,18 @@ def _template_step(model: DCEA, y: Tensor, codes: Tensor, family: Family, config
     gram_step = model.templates.ndim == 3 and tuple(model.stride) == (1,)
     if config.template_step == "newton" and not gram_step:
         raise ValueError("template_step='newton' needs 1-D templates at stride 1; use 'auto' or 'lbfgs'.")
+    if reduce is not None and not gram_step:
+        raise ValueError(
+            "a distributed alternating fit needs 1-D templates at stride 1 (its template steps sum their statistics "
+            "over the processes); fit 2-D or strided templates in one process, or with solver='backprop'."
+        )
+    shared = {} if reduce is None else {"reduce": reduce}
     if config.template_step == "newton":
-        newton_template_step(model, y, codes, family, config.n_dictionary_iterations, config.batch_size)
+        newton_template_step(model, y, codes, family, config.n_dictionary_iterations, config.batch_size, **shared)
     elif config.template_step == "auto" and gram_step and family.linear_residual:
-        least_squares_template_step(model, y, codes, family, config.batch_size)
+        least_squares_template_step(model, y, codes, family, config.batch_size, **shared)
     elif gram_step:
-        lbfgs_template_step(model, y, codes, family, config.n_dictionary_iterations, config.batch_size)
+        lbfgs_template_step(model, y, codes, family, config.n_dictionary_iterations, config.batch_size, **shared)
     else:
         _lbfgs_template_step(model, y, codes, family, config)
 
@@ -482,8 +488,14 @@ def _normalise(model: DCEA, codes: Tensor) -> Tensor:
     return codes * norms.to(codes.device).reshape((1, -1) + (1,) * (codes.ndim - 2))
 
 
-def _drop_spare_templates(model: DCEA, codes: Tensor, n_keep: int) -> Tensor:
-    usage = codes.abs().sum(dim=tuple(axis for axis in range(codes.ndim) if axis != 1))
+def _drop_spare_templates(model: DCEA, codes: Tensor, n_keep: int, reduce: Reduce | None = None) -> Tensor:
+    """Keep the ``n_keep`` most used templates that are not shifted copies of one another (and their codes).
+
+    ``reduce`` sums the usage over the processes of a distributed fit, so that all keep the same templates.
+    """
+    usage = codes.abs().sum(dim=tuple(axis for axis in range(codes.ndim) if axis != 1), dtype=torch.float64)
+    if reduce is not None:
+        usage = reduce(usage)
     keep = spare_template_choice(model.templates.detach().cpu(), usage, n_keep)
     with torch.no_grad():
         model.templates = torch.nn.Parameter(model.templates.detach()[keep].clone())
@@ -503,24 +515,244 @@ def _converged(row: dict[str, Any], config: AlternatingConfig, n_examples: int, 
     )
 
 
-def _state(model: DCEA, codes: Tensor, extra: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "templates": model.templates.detach().cpu().clone(),
-        "baseline": model.baseline.detach().cpu().clone(),
-        "codes": codes.detach().cpu().clone(),
-        **copy.deepcopy(extra),
-    }
+class _Share:
+    """This process's examples of the data (all of them outside a distributed fit), indexed like the data.
+
+    ``share[rows]`` is ``data[local[rows]]``; ``shape[0]`` counts the local examples. Tensors and
+    :class:`~spikedict.io.RecordingWindows` alike: rows are read when indexed.
+    """
+
+    def __init__(self, data: Any, local: Tensor) -> None:
+        self.data, self.local = data, local
+        self.shape = (len(local),) + tuple(data.shape[1:])
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        rows = self.local[index]
+        if isinstance(rows, Tensor) and rows.ndim == 0:
+            rows = rows[None]
+        return self.data[rows]
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def max(self) -> Tensor:
+        return self.data.max()
 
 
-def _restore(model: DCEA, state: dict[str, Any]) -> Tensor:
-    device = model.templates.device
-    with torch.no_grad():
-        if state["templates"].shape != model.templates.shape:
-            model.templates = torch.nn.Parameter(state["templates"].to(device), requires_grad=True)
+class AlternatingRun(EpochRun):
+    """One fit by alternating minimisation, epoch by epoch (see :func:`fit_alternating`).
+
+    In a distributed fit (:mod:`spikedict.distributed`) each process codes its share of the examples
+    (:func:`spikedict.distributed.shard`) and keeps their codes; the template step sums its statistics over the
+    processes, so every process holds the same templates, those of a one-process fit.
+    """
+
+    def __init__(self, model: DCEA, y: Any, sparsity: float, config: AlternatingConfig, n_keep: int) -> None:
+        config.validate()
+        if not model.tied:
+            raise ValueError("alternating minimisation learns tied templates (DCEA-C); train DCEA-UC with backprop.")
+        if not 1 <= n_keep <= model.n_templates:
+            raise ValueError(f"n_templates must lie in [1, {model.n_templates}], got {n_keep}.")
+        self.device = resolve_device(config.device)
+        model.to(self.device)
+        model.family = model.family.to(self.device)
+        self.model, self.y, self.family = model, y, model.family
+        self.sparsity, self.config, self.n_keep = float(sparsity), config, int(n_keep)
+        self.n_examples, self.signal_shape = int(y.shape[0]), tuple(y.shape[2:])
+        self.local = distributed.shard(torch.arange(self.n_examples))
+        self.share = _Share(y, self.local) if distributed.is_active() else y
+        self.share_family = self.family.select(self.local) if distributed.is_active() else self.family
+        self.reduce = distributed.all_reduce_tensor if distributed.is_active() else None
+        self.signature = {
+            "solver": "alternating",
+            "n_channels": model.n_channels,
+            "template_shape": list(model.template_shape),
+            "n_templates": self.n_keep,
+            "n_spare_templates": config.n_spare_templates,
+            "family": self.family.config(),
+            "n_examples": self.n_examples,
+            "signal_shape": list(self.signal_shape),
+            # the growing subset's schedule: a resumed fit must see the same subsets
+            "initial_subset": config.initial_subset,
+            "epoch_subset": config.epoch_subset,
+            "subset_seed": config.seed if min(config.initial_subset, config.epoch_subset) < 1 else None,
+            # with draws, the tolerance decides which iterations code every example
+            "subset_tolerance": config.tolerance if config.epoch_subset < 1 else None,
+        }
+        self.codes = torch.zeros(
+            (len(self.local), model.n_templates) + model.code_shape(self.signal_shape), dtype=model.templates.dtype
+        )
+        # Continuation starts where some events are still coded: at most half the largest useful sparsity.
+        largest = largest_useful_sparsity(model, y, self.family, config.batch_size)
+        self.start = max(self.sparsity, min(config.continuation * self.sparsity, 0.5 * largest))
+        self.delta: float | None = None
+        self.last_change = math.nan  # of the last epoch: an epoch after one within the tolerance codes every example
+
+    # ----------------------------------------------------------------------------------- state
+    def _all_codes(self) -> Tensor:
+        return distributed.gather_shards(self.codes, self.n_examples)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "templates": self.model.templates.detach().cpu().clone(),
+            "baseline": self.model.baseline.detach().cpu().clone(),
+            "codes": self._all_codes().detach().cpu().clone(),
+            "start": self.start,
+            "delta": self.delta,
+            "last_change": self.last_change,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = self.model
+        with torch.no_grad():
+            if state["templates"].shape != model.templates.shape:
+                model.templates = torch.nn.Parameter(state["templates"].to(self.device), requires_grad=True)
+            else:
+                model.templates.copy_(state["templates"].to(self.device))
+            model.baseline.copy_(state["baseline"].to(self.device))
+        self.codes = state["codes"][self.local].clone()
+        self.start, self.delta, self.last_change = state["start"], state["delta"], state["last_change"]
+
+    def stop_reason(self, history: Any) -> str | None:
+        converged = _converged(history[-1], self.config, self.n_examples, self.model.n_templates == self.n_keep)
+        return "converged" if converged else None
+
+    # ----------------------------------------------------------------------------------- epoch
+    def _weights(self, epoch: int) -> tuple[float, Tensor | float]:
+        """The l1 weight of this epoch and the per-entry weights of the codes (reweighted l1 after continuation)."""
+        config = self.config
+        current = _sparsity_at(self.sparsity, self.start, config, epoch)
+        if config.reweighting <= 0 or epoch < config.n_continuation_iterations:
+            return current, current
+        if self.delta is None:
+            codes = self._all_codes()
+            active = codes[codes != 0].abs()
+            typical = float(active.median()) if active.numel() else 1.0
+            self.delta = max(config.reweighting * typical, 1e-6)
+        return current, reweighted_thresholds(self.codes, current, self.delta)
+
+    def _local_rows(self, rows: Tensor | None) -> Tensor | None:
+        """Positions in this process's codes of the examples ``rows`` (None: all of them)."""
+        if rows is None or not distributed.is_active():
+            return rows
+        return torch.isin(self.local, rows).nonzero().flatten()
+
+    def _loss(self, codes: Tensor) -> float:
+        """Mean NLL per bin of every example (summed over the processes) at ``codes`` of this process's examples."""
+        with torch.no_grad():
+            local = _data_loss(
+                self.model, self.share, codes, self.share_family, self.config.batch_size, False, n_values=self.y.numel()
+            )
+        return distributed.all_reduce_sum([local])[0]
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        model, config = self.model, self.config
+        before = model.templates.detach().clone()
+        current, weights = self._weights(epoch)
+        step = model.update_step_size(self.signal_shape, self.y)
+        model.sparsity = current
+        rows = subset_rows(self.n_examples, config, epoch, self.last_change)
+        positions = self._local_rows(rows)
+        if positions is None:
+            part, part_family, part_codes, part_weights = self.share, self.share_family, self.codes, weights
         else:
-            model.templates.copy_(state["templates"].to(device))
-        model.baseline.copy_(state["baseline"].to(device))
-    return state["codes"].clone()
+            part = _Share(self.share, positions)
+            part_family = self.share_family.select(positions)
+            part_codes = self.codes[positions]
+            part_weights = weights[positions] if isinstance(weights, Tensor) else weights
+        part_codes = _safe_warm_start(model, part, part_family, part_codes, part_weights, config.batch_size)
+        encoded = encode_in_batches(
+            model,
+            part,
+            part_family,
+            config.n_code_iterations,
+            config.batch_size,
+            initial=part_codes,
+            thresholds=part_weights,
+        )
+        _template_step(model, part, encoded, part_family, config, self.reduce)
+        if positions is None:
+            self.codes = encoded
+        else:
+            self.codes[positions] = encoded
+        self.codes = _normalise(model, self.codes)
+        if config.padding:
+            with torch.no_grad():
+                templates, self.codes = crop_templates(model.templates.detach().cpu(), self.codes, config.padding)
+                model.templates.copy_(templates.to(self.device))
+            self.codes = _normalise(model, self.codes)  # the cut-off energy: unit norm inside the window again
+        if model.n_templates > self.n_keep and epoch + 1 >= min(
+            config.n_continuation_iterations, config.n_iterations - 1
+        ):
+            self.codes = _drop_spare_templates(model, self.codes, self.n_keep, self.reduce)
+        loss = self._loss(self.codes)
+        if not math.isfinite(loss):
+            self._diverged(epoch, loss, before, encoded, part, part_family, step)
+        change = template_change(before, model.templates) if before.shape == model.templates.shape else math.nan
+        self.last_change = change
+        coded = self.codes if positions is None else self.codes[positions]
+        nonzero, entries, magnitude = distributed.all_reduce_sum(
+            [float((coded != 0).sum()), float(coded.numel()), float(self.codes.abs().sum())]
+        )
+        return {
+            "epoch": epoch + 1,
+            "sparsity": current,
+            "train_loss": loss,
+            "validation_loss": math.nan,  # the same columns as the back-propagation solver's history
+            "objective": loss + current * magnitude / self.y.numel(),
+            "step_size": step,
+            "code_density": nonzero / max(entries, 1.0),
+            "examples_coded": self.n_examples if rows is None else len(rows),
+            "template_change": change,
+        }
+
+    def _diverged(
+        self, epoch: int, loss: float, before: Tensor, encoded: Tensor, part: Any, family: Family, step: float
+    ) -> None:
+        """Raise the diagnosis of a non-finite loss: did the encoder or the template step fail?"""
+        with torch.no_grad():  # the templates the encoder used
+            self.model.templates = torch.nn.Parameter(before.clone(), requires_grad=True)
+        raise diverged(
+            "the loss",
+            loss,
+            f"iteration {epoch + 1}",
+            encoder_diverged=encoder_failed(
+                self.model, encoded, lambda c: _data_loss(self.model, part, c, family, self.config.batch_size, False)
+            ),
+            step_size=step,
+            learning_rate=None,
+            finished=epoch,
+            checkpoint_path=self.config.checkpoint_path,
+        )
+
+    def finish(self, stop_reason: str, history: list[dict[str, Any]]) -> FitResult:
+        if self.model.n_templates > self.n_keep:  # interrupted before the spares were dropped
+            self.codes = _drop_spare_templates(self.model, self.codes, self.n_keep, self.reduce)
+        self.model.sparsity = self.sparsity
+        return FitResult(
+            history=pd.DataFrame(history),
+            stop_reason=stop_reason,
+            codes=self._all_codes(),
+            reweighting_delta=self.delta,
+            best_epoch=len(history),
+            residual_rms=self._residual_rms(history),
+        )
+
+    @torch.no_grad()
+    def _residual_rms(self, history: list[dict[str, Any]]) -> float | None:
+        """RMS of ``y - decode(codes)`` for a family with a fitted scale (Gaussian), if every example has codes
+        of the last epoch (not so after an interruption while the subset grew, or on a draw of epoch_subset)."""
+        if not (self.family.scale_from_residuals and history):
+            return None
+        if history[-1].get("examples_coded", self.n_examples) != self.n_examples:
+            return None
+        total = 0.0
+        for rows in _chunks(self.share.shape[0], self.config.batch_size):
+            batch = self.share[rows].to(self.device)
+            eta = self.model.decode(self.codes[rows].to(self.device), batch.shape[2:])
+            total += float((batch - eta).pow(2).sum(dtype=torch.float64))
+        return math.sqrt(distributed.all_reduce_sum([total])[0] / max(self.y.numel(), 1))
 
 
 def fit_alternating(
@@ -532,7 +764,7 @@ def fit_alternating(
     n_templates: int | None = None,
     resume: bool = False,
     on_iteration_end: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainingResult:
+) -> FitResult:
     """Learn the templates (and a learned baseline) of a tied ``model`` by alternating minimisation.
 
     Parameters
@@ -541,7 +773,7 @@ def fit_alternating(
         Tied; its templates are the initial ones (``n_templates + n_spare_templates`` of them, with
         ``config.padding`` bins of room at each end). They are replaced in place; at the end the model holds
         ``n_templates`` templates, still padded (cut them with ``model.templates[..., padding:-padding]``).
-    y : Tensor, shape (n_examples, n_channels, *signal_shape)
+    y : Tensor, shape (n_examples, n_channels, *signal_shape), or RecordingWindows
         Validated data.
     sparsity : float
         Final l1 weight (for the NLL divided by the family's residual scale).
@@ -551,11 +783,11 @@ def fit_alternating(
     resume : bool
         Continue from ``config.checkpoint_path``.
     on_iteration_end : callable, optional
-        Called as ``on_iteration_end(iteration, row)`` after each iteration with its history row.
+        Called as ``on_iteration_end(iteration, row)`` after each iteration (counted from 1) with its history row.
 
     Returns
     -------
-    TrainingResult
+    FitResult
         ``history`` has one row per iteration: ``epoch``, ``sparsity``, ``train_loss`` (mean NLL per bin of all
         examples: those not yet in the growing subset at zero codes, those outside a draw at their last codes),
         ``objective`` (loss plus the l1 term per bin), ``step_size``, ``code_density`` (of the examples coded),
@@ -565,182 +797,13 @@ def fit_alternating(
         ``"n_epochs"``, ``"converged"`` (``config.tolerance``) or ``"interrupted"``.
     """
     config = config or AlternatingConfig()
-    config.validate()
-    if not model.tied:
-        raise ValueError("alternating minimisation learns tied templates (DCEA-C); train DCEA-UC with backprop.")
-    if resume and not config.checkpoint_path:
-        raise ValueError("resume=True needs checkpoint_path: the file that the interrupted fit wrote.")
     n_keep = model.n_templates - config.n_spare_templates if n_templates is None else int(n_templates)
-    if not 1 <= n_keep <= model.n_templates:
-        raise ValueError(f"n_templates must lie in [1, {model.n_templates}], got {n_keep}.")
-    device = resolve_device(config.device)
-    model.to(device)
-    family = model.family.to(device)
-    model.family = family
-    signal_shape = tuple(y.shape[2:])
-    signature = {
-        "n_channels": model.n_channels,
-        "template_shape": list(model.template_shape),
-        "n_templates": n_keep,
-        "n_spare_templates": config.n_spare_templates,
-        "family": family.config(),
-        "n_examples": int(y.shape[0]),
-        "signal_shape": list(signal_shape),
-        # the growing subset's schedule: a resumed fit must see the same subsets
-        "initial_subset": config.initial_subset,
-        "epoch_subset": config.epoch_subset,
-        "subset_seed": config.seed if min(config.initial_subset, config.epoch_subset) < 1 else None,
-        # with draws, the tolerance decides which iterations code every example
-        "subset_tolerance": config.tolerance if config.epoch_subset < 1 else None,
-    }
-
-    if resume:
-        payload = load_checkpoint(config.checkpoint_path)
-        # checkpoints written before the growing subset coded every example in every iteration
-        saved = {
-            "initial_subset": 1.0,
-            "epoch_subset": 1.0,
-            "subset_seed": None,
-            "subset_tolerance": None,
-            **payload.get("signature", {}),
-        }
-        _check_signature(saved, signature, config.checkpoint_path)
-        codes = _restore(model, payload["state"])
-        extra = {key: payload["state"][key] for key in ("iteration", "delta", "history", "start")}
-    else:
-        codes = torch.zeros(
-            (y.shape[0], model.n_templates) + model.code_shape(signal_shape), dtype=model.templates.dtype
-        )
-        # Continuation starts where some events are still coded: at most half the largest useful sparsity.
-        largest = largest_useful_sparsity(model, y, family, config.batch_size)
-        start = max(sparsity, min(config.continuation * sparsity, 0.5 * largest))
-        extra = {"iteration": 0, "delta": None, "history": [], "start": start}
-    history: list[dict[str, float]] = [dict(row) for row in extra["history"]]
-    last_good = _state(model, codes, extra)
-    stop_reason = "n_epochs"
-    first = extra["iteration"]
-    if history and _converged(history[-1], config, y.shape[0], model.n_templates == n_keep):
-        stop_reason, first = "converged", config.n_iterations  # the checkpointed fit had stopped on its tolerance
-    bar = tqdm(
-        range(first, config.n_iterations),
-        initial=first,
-        total=config.n_iterations,
-        disable=not _show_progress(config.progress),
-        desc="fit",
-        unit="iteration",
-    )
-    try:
-        for iteration in bar:
-            started = time.perf_counter()
-            before = model.templates.detach().clone()
-            current = _sparsity_at(sparsity, extra["start"], config, iteration)
-            reweighted = config.reweighting > 0 and iteration >= config.n_continuation_iterations
-            if reweighted and extra["delta"] is None:
-                active = codes[codes != 0].abs()
-                typical = float(active.median()) if active.numel() else 1.0
-                extra["delta"] = max(config.reweighting * typical, 1e-6)
-            weights: Tensor | float = current
-            if reweighted:
-                weights = reweighted_thresholds(codes, current, extra["delta"])
-            step = model.update_step_size(signal_shape, y)
-            model.sparsity = current
-            previous_change = history[-1].get("template_change", math.nan) if history else math.nan
-            rows = subset_rows(y.shape[0], config, iteration, previous_change)
-            if rows is None:
-                part, part_family, part_codes, part_weights = y, family, codes, weights
-            else:
-                part, part_family, part_codes = y[rows], family.select(rows), codes[rows]
-                part_weights = weights[rows] if isinstance(weights, Tensor) else weights
-            part_codes = _safe_warm_start(model, part, part_family, part_codes, part_weights, config.batch_size)
-            part_codes = encode_in_batches(
-                model,
-                part,
-                part_family,
-                config.n_code_iterations,
-                config.batch_size,
-                initial=part_codes,
-                thresholds=part_weights,
-            )
-            encoded = part_codes
-            _template_step(model, part, part_codes, part_family, config)
-            if rows is None:
-                codes = part_codes
-            else:
-                codes[rows] = part_codes
-            codes = _normalise(model, codes)
-            if config.padding:
-                with torch.no_grad():
-                    templates, codes = crop_templates(model.templates.detach().cpu(), codes, config.padding)
-                    model.templates.copy_(templates.to(device))
-                codes = _normalise(model, codes)  # the cut-off energy: unit norm inside the window again
-            if model.n_templates > n_keep and iteration + 1 >= min(
-                config.n_continuation_iterations, config.n_iterations - 1
-            ):
-                codes = _drop_spare_templates(model, codes, n_keep)
-            with torch.no_grad():
-                loss = _data_loss(model, y, codes, family, config.batch_size, backward=False)
-            if not math.isfinite(loss):
-                _restore(model, last_good)  # the templates the encoder used: did the encoder or the template step fail?
-                raise diverged(
-                    "the loss",
-                    loss,
-                    f"iteration {iteration + 1}",
-                    encoder_diverged=encoder_failed(
-                        model,
-                        encoded,
-                        lambda c, y=part, f=part_family: _data_loss(model, y, c, f, config.batch_size, backward=False),
-                    ),
-                    step_size=step,
-                    learning_rate=None,
-                    finished=iteration,
-                    checkpoint_path=config.checkpoint_path,
-                )
-            n_values = y.numel()
-            change = template_change(before, model.templates) if before.shape == model.templates.shape else math.nan
-            row = {
-                "epoch": iteration + 1,
-                "sparsity": current,
-                "train_loss": loss,
-                "validation_loss": math.nan,  # the same columns as spikedict.training's history
-                "objective": loss + current * float(codes.abs().sum()) / n_values,
-                "step_size": step,
-                "code_density": float(((codes if rows is None else codes[rows]) != 0).float().mean()),
-                "examples_coded": y.shape[0] if rows is None else len(rows),
-                "template_change": change,
-                "seconds": time.perf_counter() - started,
-            }
-            history.append(row)
-            extra = {**extra, "iteration": iteration + 1, "history": history}
-            last_good = _state(model, codes, extra)
-            if config.checkpoint_path:
-                save_checkpoint(
-                    config.checkpoint_path,
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "version": CHECKPOINT_VERSION,
-                        "epoch": iteration + 1,
-                        "signature": signature,
-                        "state": last_good,
-                    },
-                )
-            if on_iteration_end is not None:
-                on_iteration_end(iteration, row)
-            bar.set_postfix(loss=f"{loss:.4g}", density=f"{row['code_density']:.3g}")
-            if _converged(row, config, y.shape[0], model.n_templates == n_keep):
-                stop_reason = "converged"
-                break
-    except KeyboardInterrupt:
-        codes = _restore(model, last_good)
-        stop_reason = "interrupted"
-    finally:
-        bar.close()
-    if model.n_templates > n_keep:  # interrupted before the spares were dropped
-        codes = _drop_spare_templates(model, codes, n_keep)
-    model.sparsity = sparsity
-    return TrainingResult(
-        history=pd.DataFrame(history),
-        best_epoch=len(history),
-        stop_reason=stop_reason,
-        codes=codes,
-        reweighting_delta=extra["delta"],
+    run = AlternatingRun(model, y, sparsity, config, n_keep)
+    return run_epochs(
+        run,
+        config.n_iterations,
+        checkpoint_path=config.checkpoint_path,
+        resume=resume,
+        progress=config.progress,
+        on_epoch_end=on_iteration_end,
     )

@@ -35,6 +35,7 @@ __all__ = [
     "Gaussian",
     "Poisson",
     "get_family",
+    "resolve_family",
 ]
 
 
@@ -161,6 +162,30 @@ class Family(ABC):
         """
         return 1.0
 
+    # ------------------------------------------------------------------- what a fit needs
+    #: True when the family has a scale that a fit estimates from its residuals (the Gaussian's ``std``).
+    scale_from_residuals: bool = False
+
+    def with_residual_rms(self, rms: float) -> Family:
+        """The family with its scale fitted to residuals of root mean square ``rms`` (unchanged without a scale)."""
+        return self
+
+    def noise_level(self, y: Tensor, baseline: Tensor) -> float:
+        """Standard deviation of the encoder's residual ``(y - mean) / residual_scale`` with no template active.
+
+        Correlating white noise with a unit-norm template keeps this standard deviation, so it is the natural
+        unit of the sparsity. Count families take it from their variance at ``baseline`` (shape broadcastable
+        to ``y``).
+        """
+        eta = baseline.expand_as(y)
+        variance = self.select(torch.arange(y.shape[0])).variance(eta)
+        return max(float(variance.mean().sqrt()) / self.residual_scale, 1e-8)
+
+    def baseline_from_mean(self, mean: Tensor, n_examples: int) -> Tensor:
+        """Per-channel natural parameter of the mean count per bin ``mean`` (shape (n_channels,)) over the
+        ``n_examples`` examples the family covers."""
+        return self.link(mean.reshape(1, -1, 1)).flatten()
+
     # ---------------------------------------------------------------------------- plumbing
     def select(self, index: Tensor | slice) -> Family:
         """The family for a subset of examples (differs only where parameters vary per example)."""
@@ -243,6 +268,21 @@ class Gaussian(Family):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "std": self.std}
+
+    scale_from_residuals = True
+
+    def with_residual_rms(self, rms: float) -> Gaussian:
+        """The maximum-likelihood noise level: ``Gaussian(std=rms)``."""
+        return Gaussian(std=max(float(rms), 1e-12))
+
+    def noise_level(self, y: Tensor, baseline: Tensor) -> float:
+        """Robust noise level from the first differences of the data (median absolute deviation), which events
+        of smooth templates barely affect."""
+        differences = torch.diff(y, dim=-1).flatten()
+        if differences.numel() == 0:
+            return self.std
+        deviation = (differences - differences.median()).abs().median()
+        return max(float(1.4826 * deviation / math.sqrt(2.0)), 1e-8)
 
 
 class Binomial(Family):
@@ -391,6 +431,11 @@ class Binomial(Family):
         moved._n_trials = self._n_trials.to(device)
         return moved
 
+    def baseline_from_mean(self, mean: Tensor, n_examples: int) -> Tensor:
+        """The natural parameter of ``mean`` for each example's ``n_trials``, averaged over the examples."""
+        per_example = mean.reshape(1, -1, 1).expand(n_examples, -1, 1)
+        return self.select(torch.arange(n_examples)).link(per_example).mean(0).flatten()
+
     def config(self) -> dict[str, Any]:
         trials = self.n_trials
         return {"name": self.name, "n_trials": trials if isinstance(trials, int) else trials.tolist()}
@@ -483,6 +528,29 @@ class Poisson(Family):
 
 
 FAMILIES: dict[str, type[Family]] = {"gaussian": Gaussian, "binomial": Binomial, "poisson": Poisson}
+
+
+def resolve_family(family: str | Family, n_trials: Any = None, n_trials_from_data: Any = None) -> Family:
+    """The family a fit uses: a name resolved with the binomial family's ``n_trials`` (given, else the data's).
+
+    Raises
+    ------
+    ValueError
+        For the binomial family without ``n_trials`` from either source.
+    """
+    if isinstance(family, Family):
+        return family
+    name = str(family).strip().lower()
+    if name != "binomial":
+        return get_family(name)
+    n_trials = n_trials if n_trials is not None else n_trials_from_data
+    if n_trials is None:
+        raise ValueError(
+            "the binomial family needs n_trials, the number of repeated trials pooled per example "
+            "(30 in the DCEA paper): pass SpikeDictionary(..., n_trials=M), or use family='poisson' "
+            "for counts without an upper bound."
+        )
+    return get_family(name, n_trials=n_trials)
 
 
 def get_family(name: str | Family, **parameters: Any) -> Family:

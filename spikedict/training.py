@@ -26,28 +26,32 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from spikedict import distributed
-from spikedict._atomic import atomic_path
 from spikedict._divergence import diverged, encoder_failed, parameters_finite
 from spikedict.model import DCEA
+from spikedict.solvers._runner import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    run_epochs,
+    save_checkpoint,
+)
+from spikedict.solvers.base import EpochRun, FitResult
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "BackpropRun",
     "TrainingConfig",
-    "TrainingResult",
     "encode_in_batches",
     "load_checkpoint",
     "resolve_device",
@@ -55,9 +59,6 @@ __all__ = [
     "save_checkpoint",
     "train",
 ]
-
-CHECKPOINT_FORMAT = "spikedict-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -197,102 +198,6 @@ class TrainingConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-@dataclass
-class TrainingResult:
-    """What :func:`train` returns.
-
-    Attributes
-    ----------
-    history : pandas.DataFrame
-        One row per epoch: ``epoch``, ``learning_rate``, ``train_loss``, ``validation_loss`` (NaN without a split),
-        ``step_size``, ``code_density`` (fraction of non-zero codes), ``seconds``.
-    best_epoch : int
-        Epoch whose parameters the model holds at the end.
-    stop_reason : str
-        ``"n_epochs"``, ``"early_stopping"``, ``"converged"`` (the alternating solver's tolerance) or ``"interrupted"``.
-    codes : Tensor or None
-        Warm-start codes of the training examples after the last epoch (shape of ``encode``'s output).
-    reweighting_delta : float or None
-        ``delta`` of the reweighted l1 penalty the alternating solver ended with (None without reweighting).
-    """
-
-    history: pd.DataFrame
-    best_epoch: int
-    stop_reason: str
-    codes: Tensor | None = None
-    validation_index: Tensor | None = field(default=None, repr=False)
-    reweighting_delta: float | None = None
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically: a temporary file in the same folder, then rename.
-
-    A crash while writing leaves the previous checkpoint intact and never a truncated file under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` without executing code (``weights_only``).
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no file at ``path``.
-    ValueError
-        If the file is corrupt, truncated, or not a spikedict checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; fit without resume to start one.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"could not read checkpoint {str(path)!r}: the file is corrupt, truncated or not a spikedict "
-            f"checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-            "Delete it and fit again without resume."
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a spikedict checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
-            "pass the checkpoint_path that a previous fit wrote."
-        )
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"checkpoint {str(path)!r} has version {payload.get('version')}, newer than this spikedict "
-            f"understands ({CHECKPOINT_VERSION}); upgrade spikedict."
-        )
-    return payload
-
-
-def model_signature(model: DCEA) -> dict[str, Any]:
-    """What must agree between a checkpoint and the model it is loaded into."""
-    return {
-        "n_templates": model.n_templates,
-        "n_channels": model.n_channels,
-        "template_shape": list(model.template_shape),
-        "stride": list(model.stride),
-        "tied": model.tied,
-        "family": model.family.config(),
-    }
-
-
-def _check_signature(saved: dict[str, Any], expected: dict[str, Any], path: str | os.PathLike) -> None:
-    differences = [
-        f"{k}: checkpoint has {saved.get(k)!r}, this fit has {v!r}" for k, v in expected.items() if saved.get(k) != v
-    ]
-    if differences:
-        raise ValueError(
-            f"checkpoint {str(path)!r} comes from another configuration ({'; '.join(differences)}). "
-            "Fit with the same settings and data to resume, or choose a new checkpoint_path."
-        )
-
-
 # -------------------------------------------------------------------------------- the loop
 def _batch_loss(
     model: DCEA,
@@ -390,10 +295,185 @@ def _warm_up(model: DCEA, y: Tensor, train_index: Tensor, family: Any, config: T
     return distributed.gather_shards(codes, len(train_index))
 
 
-def _show_progress(progress: bool | None) -> bool:
-    if progress is None:
-        return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return bool(progress)
+def model_signature(model: DCEA) -> dict[str, Any]:
+    """What must agree between a checkpoint and the model it is loaded into."""
+    return {
+        "n_templates": model.n_templates,
+        "n_channels": model.n_channels,
+        "template_shape": list(model.template_shape),
+        "stride": list(model.stride),
+        "tied": model.tied,
+        "family": model.family.config(),
+    }
+
+
+class BackpropRun(EpochRun):
+    """One fit by stochastic training through the unrolled encoder, epoch by epoch (see :func:`train`)."""
+
+    def __init__(self, model: DCEA, y: Tensor, config: TrainingConfig, target: Tensor | None = None) -> None:
+        config.validate()
+        if config.loss == "mse" and target is None:
+            raise ValueError("loss='mse' needs a target of the same shape as the data (e.g. the clean signal).")
+        if target is not None and target.shape != y.shape:
+            raise ValueError(f"target must have the shape of the data {tuple(y.shape)}, got {tuple(target.shape)}.")
+        self.device = resolve_device(config.device)
+        model.to(self.device)
+        model.family = model.family.to(self.device)
+        self.model, self.y, self.config, self.target, self.family = model, y, config, target, model.family
+        n_examples = y.shape[0]
+        self.generator = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(n_examples, generator=self.generator)
+        n_validation = int(round(config.validation_fraction * n_examples))
+        if config.validation_fraction > 0 and (n_validation == 0 or n_validation == n_examples):
+            raise ValueError(
+                f"validation_fraction={config.validation_fraction} of {n_examples} examples leaves "
+                f"{n_validation} for validation and {n_examples - n_validation} for training; both need at least "
+                "one example. Use more examples or validation_fraction=0."
+            )
+        self.validation_index = order[:n_validation].sort().values
+        self.train_index = order[n_validation:].sort().values
+        self.monitored = "validation_loss" if n_validation else "train_loss"
+        self.step = _TrainingStep(model, config)
+        self.runner = _parallel(self.step, model, self.device)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+        self.signature = {
+            "solver": "backprop",
+            **model_signature(model),
+            "n_examples": n_examples,
+            "signal_shape": list(y.shape[2:]),
+        }
+        self.codes_store: Tensor | None = None
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_state = copy.deepcopy(model.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {
+                "model_state": self.model.state_dict(),
+                "optimizer_state": self.optimizer.state_dict(),
+                "generator_state": self.generator.get_state(),
+                "codes": self.codes_store,
+                "best_loss": self.best_loss,
+                "best_epoch": self.best_epoch,
+                "best_state": self.best_state,
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.generator.set_state(state["generator_state"])
+        self.codes_store = state["codes"]
+        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
+
+    def stop_reason(self, history: Any) -> str | None:
+        patience = self.config.patience
+        stale_epochs = sum(1 for row in history if row["epoch"] > self.best_epoch)
+        return "early_stopping" if patience is not None and stale_epochs >= patience else None
+
+    def progress(self, row: dict[str, Any]) -> dict[str, str]:
+        return {self.monitored: f"{row[self.monitored]:.5g}"}
+
+    def _batch(self, positions: Tensor, epoch: int, learning_rate: float) -> tuple[float, int, int, int]:
+        """Optimiser steps on one global batch (this process's share); returns its loss and code sums."""
+        model, config, step = self.model, self.config, self.step
+        local = distributed.shard(positions)
+        rows = self.train_index[local]
+        batch = self.y[rows].to(self.device)
+        batch_family = self.family.select(rows.to(self.device))
+        initial = self.codes_store[local].to(self.device) if config.warm_start else None
+        batch_target = self.target[rows].to(self.device) if self.target is not None else None
+        weight = len(local) * distributed.world_size() / len(positions)
+        codes = None
+        for _ in range(config.n_dictionary_steps):
+            loss, codes = self.runner(batch, batch_family, batch_target, initial, codes, weight)
+            if not distributed.all_finite(loss):
+                raise diverged(
+                    "the training loss",
+                    loss.item(),
+                    f"epoch {epoch + 1}",
+                    encoder_diverged=encoder_failed(
+                        model,
+                        step.last_codes,
+                        partial(_batch_loss, model, batch, family=batch_family, config=config, target=batch_target),
+                    ),
+                    step_size=float(model.step_size),
+                    learning_rate=config.learning_rate,
+                    finished=epoch,
+                    checkpoint_path=config.checkpoint_path,
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            model.project_templates_()
+            if config.backprop != "none":
+                codes = None  # re-encoded through the updated encoder at the next step
+        if config.warm_start:
+            gathered = distributed.gather_shards(step.last_codes.detach(), len(positions))
+            self.codes_store[positions] = gathered.to(self.codes_store.device)
+        return step.last_loss * len(local), len(local), int((step.last_codes != 0).sum()), step.last_codes.numel()
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        model, config = self.model, self.config
+        if config.warm_start and self.codes_store is None:  # the first epoch starts from the warm-up codes
+            self.codes_store = _warm_up(model, self.y, self.train_index, self.family, config)
+        model.train()
+        model.update_step_size(tuple(self.y.shape[2:]), self.y)
+        learning_rate = scheduled_learning_rate(config, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        permutation = torch.randperm(len(self.train_index), generator=self.generator)
+        sums = [0.0, 0, 0, 0]
+        for first in range(0, len(permutation), config.batch_size):
+            # The global batch; with several processes each takes its share and DDP averages the gradients.
+            batch_sums = self._batch(permutation[first : first + config.batch_size], epoch, learning_rate)
+            sums = [a + b for a, b in zip(sums, batch_sums)]
+        total, count, nonzero, entries = distributed.all_reduce_sum(sums)
+        if not parameters_finite(model):  # the last step of the epoch diverged: keep it out of the checkpoint
+            raise diverged(
+                "the model's parameters",
+                None,
+                f"epoch {epoch + 1}",
+                encoder_diverged=False,  # the codes gave a finite loss: an optimiser step did it
+                step_size=float(model.step_size),
+                learning_rate=config.learning_rate,
+                finished=epoch,
+                checkpoint_path=config.checkpoint_path,
+            )
+        row = {
+            "epoch": epoch + 1,
+            "learning_rate": learning_rate,
+            "train_loss": total / max(count, 1),
+            "validation_loss": math.nan,
+            "step_size": float(model.step_size),
+            "code_density": nonzero / max(entries, 1),
+        }
+        if len(self.validation_index):
+            row["validation_loss"] = evaluate_loss(
+                model, self.y, config, self.family, self.target, rows=self.validation_index
+            )
+        current = row[self.monitored]
+        reference = abs(self.best_loss if math.isfinite(self.best_loss) else current)
+        if current < self.best_loss - config.min_improvement * reference:
+            self.best_loss, self.best_epoch = current, epoch + 1
+            self.best_state = copy.deepcopy(model.state_dict())
+        return row
+
+    def finish(self, stop_reason: str, history: list[dict[str, Any]]) -> FitResult:
+        best_epoch = self.best_epoch
+        if stop_reason != "interrupted" and (len(self.validation_index) or self.config.patience is not None):
+            self.model.load_state_dict(self.best_state)
+        else:
+            best_epoch = len(history)
+        self.model.eval()
+        columns = ["epoch", "learning_rate", "train_loss", "validation_loss", "step_size", "code_density", "seconds"]
+        return FitResult(
+            history=pd.DataFrame(history, columns=columns),
+            stop_reason=stop_reason,
+            codes=self.codes_store,
+            best_epoch=best_epoch,
+            validation_index=self.validation_index,
+        )
 
 
 def train(
@@ -404,7 +484,7 @@ def train(
     target: Tensor | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainingResult:
+) -> FitResult:
     """Train ``model`` on data ``y``.
 
     Parameters
@@ -419,221 +499,25 @@ def train(
     resume : bool
         Continue from ``config.checkpoint_path`` (which must exist and match the model and data).
     on_epoch_end : callable, optional
-        Called as ``on_epoch_end(epoch, row)`` after each epoch with that epoch's history row.
+        Called as ``on_epoch_end(epoch, row)`` after each epoch (counted from 1) with that epoch's history row.
 
     Returns
     -------
-    TrainingResult
+    FitResult
+        ``history`` has one row per epoch: ``epoch``, ``learning_rate``, ``train_loss``, ``validation_loss`` (NaN
+        without a split), ``step_size``, ``code_density`` (fraction of non-zero codes), ``seconds``. With a
+        validation split or ``patience`` the model ends with the parameters of ``best_epoch``; ``codes`` are the
+        warm-start codes of the training examples.
     """
     config = config or TrainingConfig()
-    config.validate()
-    if config.loss == "mse" and target is None:
-        raise ValueError("loss='mse' needs a target of the same shape as the data (e.g. the clean signal).")
-    if target is not None and target.shape != y.shape:
-        raise ValueError(f"target must have the shape of the data {tuple(y.shape)}, got {tuple(target.shape)}.")
-    if resume and not config.checkpoint_path:
-        raise ValueError("resume=True needs checkpoint_path: the file that the interrupted fit wrote.")
-
-    device = resolve_device(config.device)
-    model.to(device)
-    family = model.family.to(device)
-    model.family = family
-    n_examples = y.shape[0]
-    signal_shape = tuple(y.shape[2:])
-    is_main = distributed.rank() == 0
-
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(n_examples, generator=generator)
-    n_validation = int(round(config.validation_fraction * n_examples))
-    if config.validation_fraction > 0 and (n_validation == 0 or n_validation == n_examples):
-        raise ValueError(
-            f"validation_fraction={config.validation_fraction} of {n_examples} examples leaves "
-            f"{n_validation} for validation and {n_examples - n_validation} for training; both need at least "
-            "one example. Use more examples or validation_fraction=0."
-        )
-    validation_index = order[:n_validation].sort().values
-    train_index = order[n_validation:].sort().values
-
-    step = _TrainingStep(model, config)
-    runner = _parallel(step, model, device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    codes_store: Tensor | None = None
-    history: list[dict[str, float]] = []
-    best_loss = math.inf
-    best_epoch = 0
-    best_state = copy.deepcopy(model.state_dict())
-    start_epoch = 0
-
-    signature = {**model_signature(model), "n_examples": n_examples, "signal_shape": list(signal_shape)}
-    if resume:
-        payload = load_checkpoint(config.checkpoint_path)
-        _check_signature(payload["signature"], signature, config.checkpoint_path)
-        model.load_state_dict(payload["model_state"])
-        optimizer.load_state_dict(payload["optimizer_state"])
-        generator.set_state(payload["generator_state"])
-        codes_store = payload.get("codes")
-        history = [dict(row) for row in payload["history"]]
-        best_loss, best_epoch = payload["best_loss"], payload["best_epoch"]
-        best_state = payload["best_state"]
-        start_epoch = payload["epoch"]
-    if config.warm_start and codes_store is None:
-        codes_store = _warm_up(model, y, train_index, family, config)
-
-    monitored = "validation_loss" if n_validation else "train_loss"
-    stale_epochs = 0  # epochs since the best one, recomputed from the history on resume
-    for row in history:
-        if row["epoch"] == best_epoch:
-            stale_epochs = 0
-        elif row["epoch"] > best_epoch:
-            stale_epochs += 1
-
-    stop_reason = "n_epochs"
-    if config.patience is not None and stale_epochs >= config.patience:  # the checkpointed fit had stopped early
-        stop_reason, start_epoch = "early_stopping", config.n_epochs
-    last_good_state = copy.deepcopy(model.state_dict())
-    bar = tqdm(
-        range(start_epoch, config.n_epochs),
-        initial=start_epoch,
-        total=config.n_epochs,
-        disable=not (is_main and _show_progress(config.progress)),
-        desc="fit",
-        unit="epoch",
-    )
-    try:
-        for epoch in bar:
-            started = time.perf_counter()
-            model.train()
-            model.update_step_size(signal_shape, y)
-            learning_rate = scheduled_learning_rate(config, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
-            permutation = torch.randperm(len(train_index), generator=generator)
-            total, count, nonzero, entries = 0.0, 0, 0, 0
-            for first in range(0, len(permutation), config.batch_size):
-                # The global batch; with several processes each takes its share and DDP averages the gradients.
-                positions = permutation[first : first + config.batch_size]
-                local = distributed.shard(positions)
-                rows = train_index[local]
-                batch = y[rows].to(device)
-                batch_family = family.select(rows.to(device))
-                initial = codes_store[local].to(device) if config.warm_start else None
-                batch_target = target[rows].to(device) if target is not None else None
-                weight = len(local) * distributed.world_size() / len(positions)
-                codes = None
-                for _ in range(config.n_dictionary_steps):
-                    loss, codes = runner(batch, batch_family, batch_target, initial, codes, weight)
-                    if not distributed.all_finite(loss):
-                        raise diverged(
-                            "the training loss",
-                            loss.item(),
-                            f"epoch {epoch + 1}",
-                            encoder_diverged=encoder_failed(
-                                model,
-                                step.last_codes,
-                                partial(
-                                    _batch_loss, model, batch, family=batch_family, config=config, target=batch_target
-                                ),
-                            ),
-                            step_size=float(model.step_size),
-                            learning_rate=config.learning_rate,
-                            finished=len(history),
-                            checkpoint_path=config.checkpoint_path,
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    model.project_templates_()
-                    if config.backprop != "none":
-                        codes = None  # re-encoded through the updated encoder at the next step
-                if config.warm_start:
-                    gathered = distributed.gather_shards(step.last_codes.detach(), len(positions))
-                    codes_store[positions] = gathered.to(codes_store.device)
-                total += step.last_loss * len(local)
-                count += len(local)
-                nonzero += int((step.last_codes != 0).sum())
-                entries += step.last_codes.numel()
-            total, count, nonzero, entries = distributed.all_reduce_sum([total, count, nonzero, entries])
-            if not parameters_finite(model):  # the last step of the epoch diverged: keep it out of the checkpoint
-                raise diverged(
-                    "the model's parameters",
-                    None,
-                    f"epoch {epoch + 1}",
-                    encoder_diverged=False,  # the codes gave a finite loss: an optimiser step did it
-                    step_size=float(model.step_size),
-                    learning_rate=config.learning_rate,
-                    finished=len(history),
-                    checkpoint_path=config.checkpoint_path,
-                )
-            row = {
-                "epoch": epoch + 1,
-                "learning_rate": learning_rate,
-                "train_loss": total / max(count, 1),
-                "validation_loss": math.nan,
-                "step_size": float(model.step_size),
-                "code_density": nonzero / max(entries, 1),
-                "seconds": 0.0,
-            }
-            if n_validation:
-                row["validation_loss"] = evaluate_loss(model, y, config, family, target, rows=validation_index)
-            row["seconds"] = time.perf_counter() - started
-            history.append(row)
-            current = row[monitored]
-            if current < best_loss - config.min_improvement * abs(best_loss if math.isfinite(best_loss) else current):
-                best_loss, best_epoch, stale_epochs = current, epoch + 1, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale_epochs += 1
-            last_good_state = copy.deepcopy(model.state_dict())
-            bar.set_postfix({monitored: f"{current:.5g}"})
-            if config.checkpoint_path and is_main:
-                save_checkpoint(
-                    config.checkpoint_path,
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "version": CHECKPOINT_VERSION,
-                        "epoch": epoch + 1,
-                        "signature": signature,
-                        "config": asdict(config),
-                        "model_state": model.state_dict(),
-                        "optimizer_state": optimizer.state_dict(),
-                        "generator_state": generator.get_state(),
-                        "codes": codes_store,
-                        "history": history,
-                        "best_loss": best_loss,
-                        "best_epoch": best_epoch,
-                        "best_state": best_state,
-                    },
-                )
-            distributed.barrier()  # no process runs ahead of the checkpoint it may have to resume from
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, row)
-            if config.patience is not None and stale_epochs >= config.patience:
-                stop_reason = "early_stopping"
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        model.load_state_dict(last_good_state)
-    except FloatingPointError:
-        model.load_state_dict(last_good_state)
-        raise
-    finally:
-        bar.close()
-
-    if stop_reason != "interrupted" and (n_validation or config.patience is not None):
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    model.eval()
-    frame = pd.DataFrame(
-        history,
-        columns=["epoch", "learning_rate", "train_loss", "validation_loss", "step_size", "code_density", "seconds"],
-    )
-    return TrainingResult(
-        history=frame,
-        best_epoch=best_epoch,
-        stop_reason=stop_reason,
-        codes=codes_store,
-        validation_index=validation_index,
+    run = BackpropRun(model, y, config, target)
+    return run_epochs(
+        run,
+        config.n_epochs,
+        checkpoint_path=config.checkpoint_path,
+        resume=resume,
+        progress=config.progress,
+        on_epoch_end=on_epoch_end,
     )
 
 

@@ -12,7 +12,8 @@ from torch import Tensor
 
 from spikedict.images._data import sample_patches, training_images
 from spikedict.images._models import DnCNN, ImageDCEA
-from spikedict.training import TrainingConfig, TrainingResult, scheduled_learning_rate, train
+from spikedict.solvers import FitResult
+from spikedict.training import TrainingConfig, scheduled_learning_rate, train
 
 __all__ = ["make_training_set", "train_dcea", "train_dncnn"]
 
@@ -51,7 +52,7 @@ def train_dcea(
     learning_rate: float = 1e-3,
     seed: int = 0,
     progress: bool | None = None,
-) -> TrainingResult:
+) -> FitResult:
     """Supervised MSE training (``exp(eta)`` against the clean mean counts) with :func:`spikedict.training.train`.
 
     Back-propagation through all unrolled iterations, no warm start (every patch is encoded from zero,

@@ -1,0 +1,69 @@
+"""Solvers: the ways to learn templates, behind one contract, and the epoch runner they share.
+
+>>> from spikedict.solvers import Alternating, get_solver
+>>> get_solver("alternating") == Alternating()
+True
+>>> Alternating(n_epochs=10).set_params(tolerance=0.0)
+Alternating(n_epochs=10, tolerance=0.0)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from spikedict.solvers._runner import load_checkpoint, run_epochs, save_checkpoint
+from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Solver
+
+__all__ = [
+    "Alternating",
+    "Backprop",
+    "EpochRun",
+    "FitProblem",
+    "FitResult",
+    "Solver",
+    "get_solver",
+    "load_checkpoint",
+    "run_epochs",
+    "save_checkpoint",
+]
+
+# The solver objects are loaded on first use: the algorithm modules they wrap (spikedict.alternating,
+# spikedict.training) import the runner and the contract from this package.
+_LAZY = {"Alternating": "spikedict.solvers.alternating", "Backprop": "spikedict.solvers.backprop"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'spikedict.solvers' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def _solvers() -> dict[str, type[Solver]]:
+    from spikedict.solvers.alternating import Alternating
+    from spikedict.solvers.backprop import Backprop
+
+    return {"alternating": Alternating, "backprop": Backprop}
+
+
+def get_solver(solver: str | Solver, *, tied: bool = True) -> Solver:
+    """The solver object for ``solver``: a name (``"auto"``: alternating for tied templates, else backprop), or
+    the object itself.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, with the known ones.
+    """
+    if isinstance(solver, Solver):
+        return solver
+    name = str(solver).strip().lower()
+    if name == "auto":
+        name = "alternating" if tied else "backprop"
+    solvers = _solvers()
+    if name not in solvers:
+        raise ValueError(
+            f"solver must be 'auto', {', '.join(repr(k) for k in solvers)} or a Solver object (e.g. "
+            f"spikedict.solvers.Alternating(n_epochs=50)), got {solver!r}."
+        )
+    return solvers[name]()

@@ -100,7 +100,7 @@ def _key_values(pairs: Sequence[str], option: str) -> dict[str, str]:
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key.strip():
-            raise click.BadParameter(f"{pair!r} is not NAME=VALUE (e.g. n_epochs=50).", param_hint=option)
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE (e.g. solver__n_epochs=50).", param_hint=option)
         values[key.strip()] = value.strip()
     return values
 
@@ -174,7 +174,7 @@ def cli(debug: bool) -> None:
     multiple=True,
     metavar="NAME=VALUE",
     help="Change a setting of spikedict.demo.DEMO_SETTINGS (repeatable), e.g. --set n_examples=100 "
-    "--set n_epochs=50 --set gaussian_fit.sparsity=0.5.",
+    "--set solver__n_epochs=50 --set gaussian_fit.sparsity=0.5.",
 )
 def demo(
     out: Path, quick: bool, device: str, seed: int, overwrite: bool, quiet: bool, overrides: tuple[str, ...]
@@ -190,7 +190,7 @@ def demo(
       spikedict demo
       spikedict demo --quick --out first-look
       spikedict demo --device cuda --seed 1 --out demo-gpu
-      spikedict demo --set n_epochs=60 --overwrite
+      spikedict demo --set solver__n_epochs=60 --overwrite
     """
     from spikedict.demo import DEMO_SETTINGS, apply_overrides
     from spikedict.report import prepare_output_directory
@@ -293,7 +293,8 @@ def demo(
     "overrides",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A further SpikeDictionary keyword (repeatable, advanced), e.g. --set n_inference_iterations=100.",
+    help="A further SpikeDictionary setting (repeatable, advanced); nested settings with '__', e.g. "
+    "--set encoder__n_iterations=100 --set solver=backprop --set solver__learning_rate=0.005.",
 )
 def fit(
     recording: str,
@@ -404,16 +405,14 @@ def fit(
 
 
 def _check_estimator_keywords(params: dict[str, Any]) -> None:
-    import inspect
-
     from spikedict.estimator import SpikeDictionary
 
-    known = set(inspect.signature(SpikeDictionary).parameters) - {"checkpoint_path"}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise click.BadParameter(
-            f"unknown SpikeDictionary keyword(s) {unknown}; known: {', '.join(sorted(known))}.", param_hint="--set"
-        )
+    if "checkpoint_path" in params:
+        raise click.BadParameter("the checkpoint lives in --out; drop checkpoint_path.", param_hint="--set")
+    try:
+        SpikeDictionary().set_params(**params)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
 
 
 # -------------------------------------------------------------------------------------------- simulate

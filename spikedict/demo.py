@@ -57,7 +57,7 @@ class DemoSettings:
     # The paper's three templates and M = 30 trials, at a rate where single events stand out of the count
     # noise (baseline log-odds -0.5 per 10 ms bin, about 38 spikes/s; amplitudes in [3, 5]): there the binomial
     # fit recovers the templates (error 0.047 at seed 0) and the Gaussian mismatch visibly does not (0.12). At
-    # the benchmark's baseline -2 with amplitudes in [1, 2] neither does yet (see the README's Status).
+    # the benchmark's baseline -2 with amplitudes in [1, 2] neither does yet (see docs/status.md).
     n_examples: int = 100
     n_bins: int = 1000
     n_trials: int = 30
@@ -71,12 +71,13 @@ class DemoSettings:
         default_factory=lambda: MappingProxyType(
             {
                 "n_templates": 3,
-                "n_spare_templates": 6,
-                "n_epochs": 30,
-                "n_iterations": 100,
-                "n_dictionary_steps": 30,
-                "n_inference_iterations": 300,
                 "sparsity": "auto",
+                "solver": "alternating",
+                "solver__n_spare_templates": 6,
+                "solver__n_epochs": 30,
+                "solver__n_code_iterations": 100,
+                "solver__n_dictionary_iterations": 30,
+                "encoder__n_iterations": 300,
             }
         )
     )
@@ -92,12 +93,13 @@ DEMO_SETTINGS: Mapping[str, DemoSettings] = MappingProxyType(
             fit=MappingProxyType(
                 {
                     "n_templates": 3,
-                    "n_spare_templates": 6,
-                    "n_epochs": 20,
-                    "n_iterations": 100,
-                    "n_dictionary_steps": 30,
-                    "n_inference_iterations": 200,
                     "sparsity": "auto",
+                    "solver": "alternating",
+                    "solver__n_spare_templates": 6,
+                    "solver__n_epochs": 20,
+                    "solver__n_code_iterations": 100,
+                    "solver__n_dictionary_iterations": 30,
+                    "encoder__n_iterations": 200,
                 }
             ),
         ),
@@ -109,27 +111,24 @@ FAMILIES = ("binomial", "gaussian")
 
 
 def apply_overrides(settings: DemoSettings, overrides: Mapping[str, str]) -> DemoSettings:
-    """Settings with ``overrides`` applied; values are text (``"n_epochs": "50"``) parsed as JSON where possible.
+    """Settings with ``overrides`` applied; values are text (``"solver__n_epochs": "50"``) parsed as JSON where
+    possible.
 
-    A key names a field of :class:`DemoSettings` (``n_examples``), or a SpikeDictionary keyword of both fits
-    (``fit.n_epochs`` or just ``n_epochs``), or of the Gaussian fit only (``gaussian_fit.sparsity``).
+    A key names a field of :class:`DemoSettings` (``n_examples``), or a SpikeDictionary setting of both fits
+    (``fit.solver__n_epochs`` or just ``solver__n_epochs``; nested settings with ``__``), or of the Gaussian fit
+    only (``gaussian_fit.sparsity``).
 
     Examples
     --------
-    >>> settings = apply_overrides(DEMO_SETTINGS["quick"], {"n_examples": "4", "n_epochs": "1"})
-    >>> settings.n_examples, settings.fit["n_epochs"]
+    >>> settings = apply_overrides(DEMO_SETTINGS["quick"], {"n_examples": "4", "solver__n_epochs": "1"})
+    >>> settings.n_examples, settings.fit["solver__n_epochs"]
     (4, 1)
     """
-    import inspect
     import json
 
-    from spikedict.estimator import SpikeDictionary
-
     names = {f.name for f in fields(DemoSettings)} - {"fit", "gaussian_fit"}
-    estimator_names = set(inspect.signature(SpikeDictionary).parameters) - {"family"}
     top: dict[str, Any] = {}
-    fit = dict(settings.fit)
-    gaussian_fit = dict(settings.gaussian_fit)
+    fits: dict[str, dict[str, Any]] = {"fit": dict(settings.fit), "gaussian_fit": dict(settings.gaussian_fit)}
     for key, text in overrides.items():
         try:
             value = json.loads(text)
@@ -138,16 +137,27 @@ def apply_overrides(settings: DemoSettings, overrides: Mapping[str, str]) -> Dem
         group, _, name = key.rpartition(".")
         if not group and name in names:
             top[name] = tuple(value) if isinstance(value, list) else value
-        elif group in ("", "fit") and name in estimator_names:
-            fit[name] = value
-        elif group == "gaussian_fit" and name in estimator_names:
-            gaussian_fit[name] = value
+        elif group in ("", "fit", "gaussian_fit") and name != "family":
+            fits[group or "fit"][name] = value
         else:
             raise ValueError(
-                f"unknown demo setting {key!r}; use one of {sorted(names)}, or a SpikeDictionary keyword "
-                f"(optionally as fit.NAME or gaussian_fit.NAME): {sorted(estimator_names)}."
+                f"unknown demo setting {key!r}; use one of {sorted(names)}, or a SpikeDictionary setting (optionally "
+                "as fit.NAME or gaussian_fit.NAME), e.g. solver__n_epochs or encoder__n_iterations."
             )
-    return replace(settings, fit=MappingProxyType(fit), gaussian_fit=MappingProxyType(gaussian_fit), **top)
+    for group in fits:
+        try:
+            _estimator_settings({**fits["fit"], **fits[group]})
+        except ValueError as error:
+            raise ValueError(f"demo setting of {group}: {error}") from None
+    frozen = {group: MappingProxyType(values) for group, values in fits.items()}
+    return replace(settings, **frozen, **top)
+
+
+def _estimator_settings(parameters: Mapping[str, Any]) -> Any:
+    """An unfitted ``SpikeDictionary`` with ``parameters`` (nested settings with ``__``)."""
+    from spikedict.estimator import SpikeDictionary
+
+    return SpikeDictionary().set_params(**parameters)
 
 
 @dataclass
@@ -296,16 +306,8 @@ def _build_estimator(
     family: str, parameters: Mapping[str, Any], settings: DemoSettings, device: str, seed: int, progress: bool | None
 ) -> Any:
     """The unfitted ``SpikeDictionary`` of one family's fit."""
-    from spikedict.estimator import SpikeDictionary
-
-    return SpikeDictionary(
-        family=family,
-        template_size=settings.template_size,
-        device=device,
-        seed=seed,
-        progress=progress,
-        **parameters,
-    )
+    common = dict(family=family, template_size=settings.template_size, device=device, seed=seed, progress=progress)
+    return _estimator_settings({**common, **parameters})
 
 
 def _fit_family(
@@ -327,9 +329,10 @@ def _fit_family(
 
     parameters = {**settings.fit, **(settings.gaussian_fit if family == "gaussian" else {})}
     label = "Gaussian mismatch" if family == "gaussian" else "binomial"
-    echo(f"[{step}/5] fitting the {label} model (up to {parameters.get('n_epochs', '?')} epochs on {device_used})")
-    clock = time.perf_counter()
     model = _build_estimator(family, parameters, settings, device, seed, progress)
+    n_epochs = model.get_params().get("solver__n_epochs", "?")
+    echo(f"[{step}/5] fitting the {label} model (up to {n_epochs} epochs on {device_used})")
+    clock = time.perf_counter()
     model.fit(counts)
     timings[f"fit {family}"] = time.perf_counter() - clock
     clock = time.perf_counter()

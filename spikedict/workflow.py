@@ -497,7 +497,7 @@ def _estimator_parameters(
         n_templates=settings.n_templates,
         template_size=int(settings.template_size),
         family=settings.family,
-        n_epochs=settings.n_epochs,
+        solver__n_epochs=settings.n_epochs,
         sparsity=sparsity,
         seed=seed,
         device=device,
@@ -509,10 +509,11 @@ def _estimator_parameters(
 
 
 def _build_estimator(parameters: Mapping[str, Any]) -> Any:
-    """The unfitted ``SpikeDictionary`` of a fit, from :func:`_estimator_parameters`' keywords."""
+    """The unfitted ``SpikeDictionary`` of a fit, from :func:`_estimator_parameters`' keywords (nested settings
+    with ``__``)."""
     from spikedict.estimator import SpikeDictionary
 
-    return SpikeDictionary(**parameters)
+    return SpikeDictionary().set_params(**parameters)
 
 
 def _recording_settings(source: str | Path, settings: RecordingDefaults) -> dict[str, Any]:
@@ -736,7 +737,7 @@ def _run_fit(model: Any, data: Any, resume: bool, timings: dict[str, float]) -> 
     timings["fit"] = time.perf_counter() - clock
     if model.stop_reason_ == "interrupted":
         raise FitInterrupted(
-            f"interrupted after epoch {len(model.history_)} of {model.n_epochs}; the checkpoint "
+            f"interrupted after epoch {len(model.history_)} of {model.solver_.n_epochs}; the checkpoint "
             f"{model.checkpoint_path!r} keeps the finished epochs: run the same command with --resume to continue."
         )
     return model
@@ -809,7 +810,7 @@ def _fit_windows(
     echo(
         f"fitting {parameters['n_templates']} {parameters['family']} templates of {template_size} bins to "
         f"{windows.n_windows} windows of {windows.window_bins} bins x {windows.n_channels} unit(s) "
-        f"({windows.n_bins} bins in all; up to {parameters['n_epochs']} epochs on {device_used}"
+        f"({windows.n_bins} bins in all; up to {parameters['solver__n_epochs']} epochs on {device_used}"
         + (", resuming" if resume else "")
         + ")"
     )

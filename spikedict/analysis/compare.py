@@ -173,8 +173,8 @@ def compare_families(
         Families to fit. ``"gaussian"`` on count data is the paper's Gaussian mismatch.
     variants : sequence of {"tied", "untied"}
         ``"tied"``: DCEA-C (one dictionary). ``"untied"``: DCEA-UC (untied encoder/decoder, learned
-        thresholds); it needs back-propagation through the encoder, so ``backprop`` defaults to
-        ``"truncated"`` for it when not given (or given as ``"none"``).
+        thresholds); it needs back-propagation through the encoder, so its solver defaults to
+        ``"backprop"`` with ``solver__backprop="truncated"`` when not given.
     seeds : sequence of int
         Seeds of the fits (initial templates, shuffling).
     true_templates : ndarray, shape (n_true, n_channels, true_size), optional
@@ -198,7 +198,7 @@ def compare_families(
     return_estimators : bool
         Also return the fitted estimators, in the order of the table's rows.
     **estimator_params
-        Passed to :class:`~spikedict.SpikeDictionary` (e.g. ``n_epochs``, ``sparsity``, ``n_trials``). With
+        Passed to :class:`~spikedict.SpikeDictionary` (e.g. ``sparsity``, ``n_trials``, ``solver__n_epochs``). With
         ground truth, ``n_templates`` and ``template_size`` default to the true ones. ``progress`` defaults
         to False.
 
@@ -216,7 +216,7 @@ def compare_families(
     --------
     >>> from spikedict.simulate import paper_templates, simulate_counts
     >>> simulation = simulate_counts(paper_templates(20), n_examples=4, n_bins=200, n_trials=30, seed=0)
-    >>> table = compare_families(simulation, n_epochs=1, n_inference_iterations=20)
+    >>> table = compare_families(simulation, solver__n_epochs=1, encoder__n_iterations=20)
     >>> table[["family", "variant", "seed", "matched"]].values.tolist()
     [['binomial', 'tied', 0, True], ['gaussian', 'tied', 0, False]]
     """
@@ -326,15 +326,15 @@ def _variant_params(params: dict[str, Any], variant: str) -> dict[str, Any]:
     """The estimator parameters of one variant: ``"untied"`` unties the encoder and back-propagates through it."""
     variant_params = dict(params)
     if variant == "untied":
-        variant_params["tied"] = False
-        if variant_params.get("backprop", "none") == "none":
-            variant_params["backprop"] = "truncated"
+        variant_params["encoder__tied"] = False
+        variant_params.setdefault("solver", "backprop")
+        variant_params.setdefault("solver__backprop", "truncated")
     return variant_params
 
 
 def _build_estimator(family: str | Family, seed: int, params: dict[str, Any]) -> SpikeDictionary:
     """The estimator of one fit of :func:`compare_families` (family, seed and the variant's parameters)."""
-    return SpikeDictionary(family=family, seed=int(seed), **params)
+    return SpikeDictionary(family=family, seed=int(seed)).set_params(**params)
 
 
 def _template_error(model: SpikeDictionary, truth: np.ndarray | None, max_lag: int | None) -> float:
@@ -385,7 +385,7 @@ def family_study(
         See :func:`compare_families`.
     **compare_params
         Further keywords of :func:`compare_families` (``evaluation_family``, ``split_seed``, ...) and estimator
-        parameters (``n_epochs``, ...).
+        parameters (``solver__n_epochs``, ...).
 
     Returns
     -------
@@ -397,7 +397,7 @@ def family_study(
     --------
     >>> from spikedict.simulate import paper_templates
     >>> table = family_study("n_trials", [10, 30], simulation_params=dict(templates=paper_templates(20),
-    ...                      n_examples=4, n_bins=200), n_epochs=1, n_inference_iterations=20)
+    ...                      n_examples=4, n_bins=200), solver__n_epochs=1, encoder__n_iterations=20)
     >>> table[["n_trials", "family"]].values.tolist()
     [[10, 'binomial'], [10, 'gaussian'], [30, 'binomial'], [30, 'gaussian']]
     """

@@ -77,13 +77,13 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
             + (repr(grid) if not isinstance(grid, Mapping) else "an empty dict")
             + "."
         )
-    known = set(SpikeDictionary().get_params())
-    unknown = [name for name in grid if name not in known]
-    if unknown:
+    try:
+        _estimator(fixed, {name: values[0] for name, values in grid.items() if len(values)})
+    except ValueError as error:
         raise ValueError(
-            f"grid has parameter(s) {unknown} that SpikeDictionary does not take; valid names include "
-            "n_templates, template_size, sparsity, n_iterations, family, tied, smoothness."
-        )
+            f"the grid or the fixed parameters name a setting that SpikeDictionary does not take: {error} "
+            "Nested settings are reached with '__', e.g. solver__n_epochs or encoder__n_iterations."
+        ) from None
     both = [name for name in grid if name in fixed]
     if both:
         raise ValueError(f"parameter(s) {both} are both in the grid and fixed; give each in one place.")
@@ -96,6 +96,11 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
             raise ValueError(f"grid[{name!r}] is empty; give at least one value.")
         checked[name] = values
     return checked
+
+
+def _estimator(params: Mapping[str, Any], setting: Mapping[str, Any]) -> SpikeDictionary:
+    """An estimator with the fixed ``params`` and one grid ``setting`` (``__`` reaches nested settings)."""
+    return SpikeDictionary().set_params(**{**params, **setting})
 
 
 def select_model(
@@ -118,7 +123,8 @@ def select_model(
     data : array of shape (n_examples, n_channels, n_bins), SimulatedCounts or counts object
     grid : dict of str -> list
         SpikeDictionary parameters and the values to try, e.g. ``{"n_templates": [2, 3, 4],
-        "sparsity": [0.05, 0.1]}``; every combination is a setting.
+        "sparsity": [0.05, 0.1]}``, nested settings with ``__`` (``"solver__n_epochs": [20, 40]``); every
+        combination is a setting. It is the grid scikit-learn's ``GridSearchCV`` takes.
     cv : int
         Number of folds (>= 2, at most the number of examples, or of blocks).
     blocks : int, optional
@@ -139,7 +145,8 @@ def select_model(
         the encoder sees the counts it is scored on, which favours weak sparsity and many templates;
         ``"other_trials"`` (binomial data) scores trials the encoder never saw and is the fairer choice.
     **estimator_params
-        Fixed SpikeDictionary parameters (``n_epochs``, ``n_trials``, ...). ``progress`` defaults to False.
+        Fixed SpikeDictionary parameters (``n_trials``, ``solver__n_epochs``, ...). ``progress`` defaults to
+        False.
 
     Returns
     -------
@@ -149,8 +156,8 @@ def select_model(
     --------
     >>> from spikedict.simulate import paper_templates, simulate_counts
     >>> simulation = simulate_counts(paper_templates(20), n_examples=4, n_bins=200, n_trials=30, seed=0)
-    >>> result = select_model(simulation, {"n_templates": [1, 3]}, cv=2, template_size=20, n_epochs=1,
-    ...                       n_inference_iterations=20)
+    >>> result = select_model(simulation, {"n_templates": [1, 3]}, cv=2, template_size=20, solver__n_epochs=1,
+    ...                       encoder__n_iterations=20)
     >>> result.summary["n_templates"].tolist(), len(result.table)
     ([1, 3], 4)
     >>> result.best_params["n_templates"] in (1, 3)
@@ -169,7 +176,7 @@ def select_model(
     for index, setting in enumerate(settings):
         for fold, (train_index, heldout_index) in enumerate(folds):
             train, heldout = folded.subset(train_index), folded.subset(heldout_index)
-            model = SpikeDictionary(**{**params, **setting})
+            model = _estimator(params, setting)
             start = time.perf_counter()
             model.fit(train)
             fit_seconds = time.perf_counter() - start
@@ -202,7 +209,7 @@ def select_model(
     summary["rank"] = summary[f"mean_{SCORE}"].rank(ascending=False, method="min").astype(int)
     best = int(np.argmax(summary[f"mean_{SCORE}"].to_numpy()))
     best_params = dict(settings[best])
-    best_estimator = SpikeDictionary(**{**params, **best_params}).fit(analysis_data) if refit else None
+    best_estimator = _estimator(params, best_params).fit(analysis_data) if refit else None
     return ModelSelection(
         table=table,
         summary=summary,

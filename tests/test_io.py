@@ -186,15 +186,16 @@ def test_pooling_rejects_two_spikes_in_a_bin_unless_clipped():
 def test_pooled_counts_fit_with_per_example_trials(rng):
     from spikedict import SpikeDictionary
     from spikedict.families import Binomial
+    from spikedict.settings import Encoder
+    from spikedict.solvers import Alternating
 
     block = binary_block(rng, 5, ("a", "b", "a"))
     pooled = bin_spiketrains(block, BIN, group_by="condition")
     model = SpikeDictionary(
         n_templates=1,
         template_size=5,
-        n_epochs=1,
-        n_iterations=5,
-        n_inference_iterations=5,
+        solver=Alternating(n_epochs=1, n_code_iterations=5),
+        encoder=Encoder(n_iterations=5),
         progress=False,
         device="cpu",
         seed=0,

@@ -21,10 +21,10 @@ TINY_DEMO = [
     "--set", "n_examples=4",
     "--set", "n_bins=300",
     "--set", "template_size=20",
-    "--set", "n_epochs=2",
-    "--set", "n_inference_iterations=30",
+    "--set", "solver__n_epochs=2",
+    "--set", "encoder__n_iterations=30",
 ]  # fmt: skip
-TINY_FIT = ["--n-epochs", "1", "--set", "n_inference_iterations=20", "--quiet"]
+TINY_FIT = ["--n-epochs", "1", "--set", "encoder__n_iterations=20", "--quiet"]
 
 
 def _embedded_pngs(html: str) -> list[bytes]:
@@ -94,9 +94,10 @@ def test_missing_cuda_is_one_line_and_debug_raises(capsys):
 def test_demo_settings_overrides():
     from spikedict.demo import DEMO_SETTINGS, apply_overrides
 
-    settings = apply_overrides(DEMO_SETTINGS["default"], {"gaussian_fit.sparsity": "0.5", "fit.n_epochs": "3"})
-    assert settings.gaussian_fit["sparsity"] == 0.5 and settings.fit["n_epochs"] == 3
-    assert DEMO_SETTINGS["default"].fit["n_epochs"] != 3  # the constant is not changed
+    overrides = {"gaussian_fit.sparsity": "0.5", "fit.solver__n_epochs": "3"}
+    settings = apply_overrides(DEMO_SETTINGS["default"], overrides)
+    assert settings.gaussian_fit["sparsity"] == 0.5 and settings.fit["solver__n_epochs"] == 3
+    assert DEMO_SETTINGS["default"].fit["solver__n_epochs"] != 3  # the constant is not changed
     assert DEMO_SETTINGS["default"].n_trials == 30 and DEMO_SETTINGS["quick"].n_trials == 30
     with pytest.raises(ValueError, match="unknown demo setting 'n_exmaples'"):
         apply_overrides(DEMO_SETTINGS["default"], {"n_exmaples": "3"})
@@ -116,24 +117,24 @@ def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
     assert "trials (segments): 15, each 0.2 s" in text and "ground truth" in text and "pooled by 'example'" in text
 
     # Interrupt the fit after its first epoch (as Ctrl-C would), then resume it.
-    import spikedict.alternating as alternating
+    import spikedict.solvers._runner as runner  # the epoch runner writes every solver's checkpoints
 
-    original = alternating.save_checkpoint
+    original = runner.save_checkpoint
 
     def interrupt_after_saving(path, payload):
         original(path, payload)
         if payload["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(alternating, "save_checkpoint", interrupt_after_saving)
-    command = ["fit", str(study), "--out", "fitted", "--n-epochs", "2", "--set", "n_inference_iterations=20", "--quiet"]
+    monkeypatch.setattr(runner, "save_checkpoint", interrupt_after_saving)
+    command = ["fit", str(study), "--out", "fitted", "--n-epochs", "2", "--set", "encoder__n_iterations=20", "--quiet"]
     assert main(command) == 130
     line = _error_line(capsys)
     assert "interrupted after epoch 1 of 2" in line and "--resume" in line
     assert (tmp_path / "fitted" / "checkpoint.pt").exists()
     assert main(command) == 1  # the folder is not empty
     assert "not empty" in _error_line(capsys)
-    monkeypatch.setattr(alternating, "save_checkpoint", original)
+    monkeypatch.setattr(runner, "save_checkpoint", original)
     assert main([*command, "--resume"]) == 0
     assert "mean_template_error" in capsys.readouterr().out
 
@@ -184,7 +185,7 @@ def test_resume_without_checkpoint_is_an_error(capsys):
         (["fit", "locust", "--bin-size", "5 kg"], "'kg' is not a unit of time"),
         (["fit", "locust", "--n-templates", "0"], "0 is not in the range x>=1"),
         (["fit", "locust", "--sparsity", "lots"], "'lots' is neither a number nor 'auto'"),
-        (["fit", "locust", "--set", "n_epoch=3"], "unknown SpikeDictionary keyword(s) ['n_epoch']"),
+        (["fit", "locust", "--set", "n_epoch=3"], "'n_epoch' is not a parameter of SpikeDictionary; its parameters"),
         (["nonsense"], "No such command 'nonsense'"),
     ],
 )

@@ -27,6 +27,7 @@ import os
 from spikedict import SpikeDictionary, simulate_spikes
 from spikedict.analysis import align_templates
 from spikedict.plotting import plot_codes, plot_raster, plot_templates
+from spikedict.solvers import Alternating
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
 N_EXAMPLES, N_BINS, N_EPOCHS = (4, 300, 2) if QUICK else (20, 1000, 10)
@@ -50,12 +51,18 @@ print(f"{len(simulation.block.segments)} trials; true templates {simulation.temp
 # %% [markdown]
 # ## Fit
 #
-# The binomial family takes the number of pooled trials from the counts object. `n_epochs` is small here to
-# keep the tutorial fast; real fits use more.
+# The binomial family takes the number of pooled trials from the counts object. The templates are learned by
+# the alternating solver (the default for these interpretable, tied templates); its settings live in the solver
+# object. Its `n_epochs` is small here to keep the tutorial fast; real fits use more (the default is 30).
 
 # %%
 model = SpikeDictionary(
-    n_templates=3, template_size=TEMPLATE_SIZE, family="binomial", n_epochs=N_EPOCHS, seed=0, progress=False
+    n_templates=3,
+    template_size=TEMPLATE_SIZE,
+    family="binomial",
+    solver=Alternating(n_epochs=N_EPOCHS),
+    seed=0,
+    progress=False,
 )
 model.fit(counts)
 print("learned templates:", model.templates_.shape)

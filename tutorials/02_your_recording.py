@@ -33,6 +33,7 @@ import quantities as pq
 from spikedict import SpikeDictionary, simulate_spikes
 from spikedict.io import bin_spiketrains, read_recording, write_recording
 from spikedict.plotting import plot_raster, plot_templates, plot_training_curve
+from spikedict.solvers import Alternating
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
 N_EXAMPLES, N_BINS, N_EPOCHS = (4, 300, 2) if QUICK else (12, 1000, 10)
@@ -78,7 +79,8 @@ print(counts)
 # ## Choose the template length and fit
 #
 # The template length is the duration of the rate shapes you expect (here 40 ms = 40 bins). Too short cuts
-# shapes apart; too long merges neighbouring events. `checkpoint_path` lets an interrupted fit continue with
+# shapes apart; too long merges neighbouring events. The solver object holds the training settings (here a
+# short run of the default alternating solver). `checkpoint_path` lets an interrupted fit continue with
 # `fit(counts, resume=True)`.
 
 # %%
@@ -86,7 +88,7 @@ model = SpikeDictionary(
     n_templates=3,
     template_size=40,
     family="binomial",
-    n_epochs=N_EPOCHS,
+    solver=Alternating(n_epochs=N_EPOCHS),
     seed=0,
     progress=False,
     checkpoint_path=str(folder / "checkpoint.pt"),

@@ -43,8 +43,8 @@ SIMULATION = dict(
 FIT = dict(
     n_templates=3,
     template_size=TEMPLATE_SIZE,
-    n_epochs=1 if QUICK else 6,
-    n_inference_iterations=30 if QUICK else 150,
+    solver__n_epochs=1 if QUICK else 6,  # epochs of the (alternating) solver
+    encoder__n_iterations=30 if QUICK else 150,  # encoder iterations when scoring held-out examples
     progress=False,
 )
 

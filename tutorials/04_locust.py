@@ -44,6 +44,8 @@ from spikedict import SpikeDictionary
 from spikedict.analysis import constant_rates, heldout_split, log_likelihood_per_bin
 from spikedict.io import bin_spiketrains, load_dataset
 from spikedict.plotting import plot_raster, plot_templates
+from spikedict.settings import Encoder
+from spikedict.solvers import Alternating
 from spikedict.workflow import select_examples, split_examples
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
@@ -79,8 +81,8 @@ model = SpikeDictionary(
     n_templates=3,
     template_size=TEMPLATE_SIZE,
     family="poisson",
-    n_epochs=N_EPOCHS,
-    n_inference_iterations=N_INFERENCE_ITERATIONS,
+    solver=Alternating(n_epochs=N_EPOCHS),
+    encoder=Encoder(n_iterations=N_INFERENCE_ITERATIONS),
     seed=0,
     progress=False,
 )

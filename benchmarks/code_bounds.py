@@ -40,13 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import core
 
-from spikedict.estimator import noise_level
 from spikedict.families import Gaussian
 from spikedict.model import DCEA, ConvolutionOperator
 from spikedict.simulate import SimulatedCounts
 from spikedict.training import encode_in_batches
 
-L1_MULTIPLES = (0.3, 0.6, 1.0)  # sparsity in noise levels (see spikedict.estimator.noise_level)
+L1_MULTIPLES = (0.3, 0.6, 1.0)  # sparsity in noise levels (see spikedict.families.Family.noise_level)
 GREEDY_PENALTIES = (3.0, 6.0, 12.0)  # nats per event
 SUPPORT_ONLY = 1e6  # l1 weight that keeps a code entry at zero
 
@@ -189,7 +188,7 @@ def bounds(variant: str, seed: int, n_sweeps: int, n_examples: int = core.N_EXAM
         print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
 
     record("true codes", "", true, 0.0)
-    noise = noise_level(y, simulation.family, model.baseline.detach())
+    noise = simulation.family.noise_level(y, model.baseline.detach().reshape(1, -1, 1))
     for multiple in L1_MULTIPLES:
         model.sparsity = multiple * noise
         started = time.perf_counter()

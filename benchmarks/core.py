@@ -16,7 +16,13 @@ Usage::
 
     python benchmarks/core.py                       # seeds 0 1 2, all variants
     python benchmarks/core.py --quick               # one seed, fewer examples: a smoke run
-    python benchmarks/core.py --variants poisson --params '{"n_epochs": 40}'
+    python benchmarks/core.py --variants poisson --params '{"solver__n_epochs": 40}'
+
+``--params`` holds ``SpikeDictionary`` parameters as ``set_params`` takes them: top-level names (``sparsity``,
+``solver``, ...) and nested settings with ``__`` (``solver__n_epochs``, ``solver__n_code_iterations``,
+``encoder__n_iterations``, ``constraints__smoothness``, ...). The flat names of before issue 20 (``n_epochs``,
+``n_iterations``, ``initial_subset``, ...; see ``OLD_PARAMS``) are translated, so that the commands recorded in
+``benchmarks/README.md`` still run.
 
 Tables are printed and written to ``benchmarks/results/`` (``core.csv``, ``core_summary.csv``, ``core.md``;
 ``core_quick.*`` with ``--quick``).
@@ -49,6 +55,7 @@ from spikedict import SpikeDictionary
 from spikedict.analysis.alignment import align_templates
 from spikedict.model import decode
 from spikedict.simulate import SimulatedCounts, paper_templates, simulate_counts
+from spikedict.solvers import get_solver
 
 N_TEMPLATES = 3
 TEMPLATE_SIZE = 50
@@ -82,6 +89,28 @@ FLOOR_MAX_ROUNDS = 20
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The flat SpikeDictionary keywords of before issue 20 and their nested names now (``solver__*``: settings of the
+# solver that the old ``solver="auto"`` chose), so that old --params still work.
+OLD_PARAMS = {
+    "n_epochs": "solver__n_epochs",
+    "n_iterations": "solver__n_code_iterations",
+    "n_inference_iterations": "encoder__n_iterations",
+    "algorithm": "encoder__algorithm",
+    "nonnegative_codes": "encoder__nonnegative_codes",
+    "tied": "encoder__tied",
+    "nonnegative_templates": "constraints__nonnegative",
+    "zero_edges": "constraints__zero_edges",
+    "smoothness": "constraints__smoothness",
+    **{
+        name: f"solver__{name}"
+        for name in (
+            *("reweighting", "n_restarts", "continuation", "n_spare_templates", "padding", "initial_subset"),
+            *("epoch_subset", "tolerance", "n_dictionary_steps", "batch_size", "learning_rate", "backprop"),
+            *("warm_start", "validation_fraction", "patience"),
+        )
+    },
+}
+
 
 # --------------------------------------------------------------------------------------------- data
 def simulate(variant: str, seed: int, n_examples: int) -> SimulatedCounts:
@@ -98,7 +127,8 @@ def simulate(variant: str, seed: int, n_examples: int) -> SimulatedCounts:
 
 
 def estimator_kwargs(variant: str, seed: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Constructor arguments of the benchmarked ``SpikeDictionary``: the defaults plus ``params``."""
+    """Parameters of the benchmarked ``SpikeDictionary`` (``SpikeDictionary().set_params(**kwargs)``, nested ones
+    with ``__``): the defaults plus ``params``."""
     kwargs: dict[str, Any] = {
         "n_templates": N_TEMPLATES,
         "template_size": TEMPLATE_SIZE,
@@ -205,7 +235,7 @@ def fit_in_child(counts: np.ndarray, kwargs: dict[str, Any], n_threads: int) -> 
     the peak also covers start-up, and ``fit_memory_mb`` is a lower bound.
     """
     torch.set_num_threads(n_threads)
-    model = SpikeDictionary(**kwargs)
+    model = SpikeDictionary().set_params(**kwargs)
     exact = _reset_peak_memory() and _read_status_mb("VmHWM") is not None
     rss_before_fit = _read_status_mb("VmRSS") if exact else _max_rss_mb()
     start = time.perf_counter()
@@ -391,9 +421,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help=f"smoke run: the first seed only, {QUICK_N_EXAMPLES} examples, 1 thread"
     )
     parser.add_argument("--n-examples", type=int, default=None, help=f"signals per data set (default {N_EXAMPLES})")
-    parser.add_argument(
-        "--params", default="{}", help="extra SpikeDictionary keyword arguments as JSON, e.g. '{\"n_epochs\": 40}'"
-    )
+    parser.add_argument("--params", default="{}", help=PARAMS_HELP)
     parser.add_argument(
         "--threads",
         type=int,
@@ -408,15 +436,57 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+PARAMS_HELP = (
+    "extra SpikeDictionary parameters as JSON, as set_params takes them: top-level names (sparsity, solver, ...) "
+    "and nested settings with '__' (solver__n_epochs, solver__n_code_iterations, solver__initial_subset, "
+    "encoder__n_iterations, constraints__smoothness, ...), e.g. '{\"solver__n_epochs\": 40}'. The flat names of "
+    "before issue 20 (n_epochs, n_iterations, n_inference_iterations, ...) are translated."
+)
+
+
 def parse_params(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
-    """``--params``: a JSON object of ``SpikeDictionary`` keyword arguments (``parser.error`` otherwise)."""
+    """``--params``: a JSON object of ``SpikeDictionary`` parameters, old names translated (``parser.error``
+    otherwise)."""
     try:
         params = json.loads(text)
     except json.JSONDecodeError as error:
-        parser.error(f"--params must be a JSON object, e.g. '{{\"n_epochs\": 40}}': {error}")
+        parser.error(f"--params must be a JSON object, e.g. '{{\"solver__n_epochs\": 40}}': {error}")
     if not isinstance(params, dict):
-        parser.error(f"--params must be a JSON object of SpikeDictionary keyword arguments, got {params!r}")
-    return params
+        parser.error(f"--params must be a JSON object of SpikeDictionary parameters, got {params!r}")
+    try:
+        return translate_old_params(params)
+    except ValueError as error:
+        parser.error(f"--params: {error}")
+
+
+def translate_old_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the flat names of before issue 20 (``OLD_PARAMS``) replaced by the nested ones.
+
+    The solver is the one the old ``solver="auto"`` chose for in-memory data (backprop for an untied encoder or
+    for back-propagation, else alternating). A solver setting that this solver does not take (the old estimator
+    ignored ``batch_size`` or ``learning_rate`` with the alternating solver, say) is dropped, with a note.
+    """
+    old = [name for name in params if name in OLD_PARAMS]
+    if not old:
+        return dict(params)
+    solver = params.get("solver", "auto")
+    if solver == "auto":
+        untied = not params.get("tied", True) or params.get("backprop", "none") != "none"
+        solver = "backprop" if untied else "alternating"
+    takes = get_solver(solver).get_params(deep=False)
+    new: dict[str, Any] = {"solver": solver}
+    for name, value in params.items():
+        target = OLD_PARAMS.get(name, name)
+        if name == "solver" or (name == "n_dictionary_steps" and value == "auto"):  # "auto": the defaults now
+            continue
+        if name == "n_dictionary_steps" and solver == "alternating":
+            target = "solver__n_dictionary_iterations"
+        if target.startswith("solver__") and target.removeprefix("solver__") not in takes:
+            print(f"--params: {name}={value!r} does not apply to the {solver} solver; dropped", file=sys.stderr)
+            continue
+        new[target] = value
+    print(f"--params: old names {old} read as {json.dumps(new)}", file=sys.stderr)
+    return new
 
 
 def write_results(output_dir: Path, stem: str, tables: dict[str, pd.DataFrame], markdown: str) -> None:
@@ -433,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     params = args.params
     try:  # catch misspelt settings before any work
-        SpikeDictionary(**estimator_kwargs(args.variants[0], args.seeds[0], params))
-    except TypeError as error:
+        SpikeDictionary().set_params(**estimator_kwargs(args.variants[0], args.seeds[0], params))
+    except (TypeError, ValueError) as error:
         print(f"--params: {error}", file=sys.stderr)
         return 2
     # A smoke run uses one thread unless told otherwise: on a busy machine, multi-threaded torch spends the

@@ -36,6 +36,10 @@ Usage::
     .venv-peers/bin/python benchmarks/peers.py                  # seeds 0 1 2, all variants and methods
     .venv-peers/bin/python benchmarks/peers.py --seeds 0 --methods spikedict alphacsc
     python benchmarks/peers.py --methods spikedict --n-examples 4   # spikedict alone, in .venv
+    python benchmarks/peers.py --methods spikedict --params '{"solver__n_epochs": 20, "solver__n_code_iterations": 30}'
+
+``--params`` takes ``SpikeDictionary`` parameters as in ``core.py`` (nested settings with ``__``; the flat names of
+before issue 20 are translated).
 
 Writes ``benchmarks/results/peers.csv``, ``peers_summary.csv`` and ``peers.md`` (``--name`` changes the stem).
 """
@@ -67,6 +71,7 @@ from core import (
     N_BINS,
     N_EXAMPLES,
     N_TEMPLATES,
+    PARAMS_HELP,
     RESULTS,
     TEMPLATE_SIZE,
     VARIANTS,
@@ -386,7 +391,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
     parser.add_argument("--n-examples", type=int, default=N_EXAMPLES, help=f"signals per problem ({N_EXAMPLES})")
-    parser.add_argument("--params", default="{}", help="extra SpikeDictionary keyword arguments as JSON")
+    parser.add_argument("--params", default="{}", help=PARAMS_HELP)
     parser.add_argument("--threads", type=int, default=None, help="threads of every method (default os.cpu_count())")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--name", default="peers", help="stem of the output files")

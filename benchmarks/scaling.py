@@ -2,7 +2,8 @@
 
 Three sweeps, each point fitted in a fresh child process (``core.run_fit``: peak resident memory reset just
 before ``fit``), all with the estimator's defaults except a fixed, short number of passes over the data
-(``--epochs``, default 2) so that the time measures the cost of a pass and not a convergence criterion:
+(``--epochs``: the solver's ``n_epochs``, default 2) so that the time measures the cost of a pass and not a
+convergence criterion:
 
 - ``bins``: total bins (examples x 2000 bins, one channel, 3 templates of 50): 1e5, 3e5 and 1e6 by default;
   ``--long`` adds 3e6 and 1e7 (about 6 more minutes on 2 cores), ``--large`` also 3e7 and 1e8 (hours, GBs);
@@ -10,7 +11,7 @@ before ``fit``), all with the estimator's defaults except a fixed, short number 
 - ``templates``: 1 to 32 templates of 50 bins at 20 examples x 2000 bins (one channel; the event rate per
   template is ``0.03 / n_templates`` so that the density of events stays that of the standard problem).
 
-Every point also encodes its data (``transform``, the estimator's ``n_inference_iterations``) and reports
+Every point also encodes its data (``transform``, the estimator's ``encoder.n_iterations``) and reports
 the throughput in bins per second. Each sweep gets a fitted exponent ``k`` of ``time ~ size^k`` (least
 squares on log-log, the smallest size left out with ``--drop-smallest`` when fixed costs dominate it).
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at start: {load} (timings on a shared machine are upper bounds)",
         f"spikedict revision: {git_revision()}",
         f"command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}",
-        f"fits: SpikeDictionary defaults (poisson, templates of {TEMPLATE_SIZE}), n_epochs={args.epochs}, "
+        f"fits: SpikeDictionary defaults (poisson, templates of {TEMPLATE_SIZE}), solver__n_epochs={args.epochs}, "
         f"device={args.device}; each in a fresh process; peak memory = VmHWM during fit (host RAM)",
     ]
     print("\n".join(lines), flush=True)
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_templates": description["n_templates"],
                 "template_size": TEMPLATE_SIZE,
                 "family": "poisson",
-                "n_epochs": args.epochs,
+                "solver__n_epochs": args.epochs,
                 "device": args.device,
                 "seed": args.seed,
                 "progress": False,

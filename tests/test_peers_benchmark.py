@@ -69,7 +69,7 @@ def test_methods_alternate_and_dropped_templates_score_as_unlearned():
 def test_tiny_run_writes_the_issue_columns(tmp_path, monkeypatch):
     # The peer is reported as missing (whatever this environment holds), spikedict runs for real.
     monkeypatch.setattr(peers, "peer_status", lambda: {name: "cannot import x: test" for name in peers.PEER_MODULES})
-    params = '{"n_epochs": 1, "n_iterations": 3, "n_inference_iterations": 3}'
+    params = '{"solver__n_epochs": 1, "solver__n_code_iterations": 3, "encoder__n_iterations": 3}'
     argv = ["--seeds", "0", "--variants", "gaussian", "--methods", "spikedict", "sporco", "--n-examples", "2"]
     assert peers.main([*argv, "--params", params, "--threads", "1", "--output-dir", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "peers.csv")

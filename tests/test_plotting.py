@@ -71,7 +71,7 @@ def test_templates_against_truth(true_templates, tmp_path):
 
 
 def test_templates_without_truth_from_a_fitted_model_and_in_seconds(binomial_counts):
-    model = small_model(n_epochs=1).fit(binomial_counts)
+    model = small_model(solver__n_epochs=1).fit(binomial_counts)
     figure = plotting.plot_templates(model, bin_size=2 * pq.ms)
     assert len(figure.axes) == 3
     axis = figure.axes[1]

@@ -134,6 +134,8 @@ def test_written_simulation_keeps_spikes_and_truth(binomial, tmp_path):
 
 def test_fit_a_simulated_block_end_to_end():
     from spikedict import SpikeDictionary
+    from spikedict.settings import Encoder
+    from spikedict.solvers import Alternating
 
     simulation = simulate_spikes(
         "paper", family="binomial", n_examples=4, n_bins=150, n_trials=10, template_size=20, event_rate=0.02, seed=8
@@ -141,9 +143,8 @@ def test_fit_a_simulated_block_end_to_end():
     model = SpikeDictionary(
         n_templates=3,
         template_size=20,
-        n_epochs=1,
-        n_iterations=10,
-        n_inference_iterations=10,
+        solver=Alternating(n_epochs=1, n_code_iterations=10),
+        encoder=Encoder(n_iterations=10),
         progress=False,
         device="cpu",
         seed=0,

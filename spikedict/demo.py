@@ -12,6 +12,7 @@ All settings of the study live in :data:`DEMO_SETTINGS` below, one :class:`DemoS
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -157,7 +158,7 @@ def _estimator_settings(parameters: Mapping[str, Any]) -> Any:
     """An unfitted ``SpikeDictionary`` with ``parameters`` (nested settings with ``__``)."""
     from spikedict.estimator import SpikeDictionary
 
-    return SpikeDictionary().set_params(**parameters)
+    return SpikeDictionary().set_params(**copy.deepcopy(dict(parameters)))  # settings objects of its own
 
 
 @dataclass

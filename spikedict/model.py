@@ -186,14 +186,21 @@ class ConvolutionOperator:
         self._derived_weights: dict[tuple[str, bool], Tensor] = {}
         self._workspace: dict[str, Tensor] = {}
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``."""
+    def decode(self, codes: Tensor, *, workspace: bool = False) -> Tensor:
+        """``(n_examples, n_templates, *code_shape) -> (n_examples, n_channels, *signal_shape)``.
+
+        With ``workspace`` (no autograd) the result is written into a buffer the operator keeps: a view valid
+        until the next call of the same method with ``workspace``. Loops that call the operator many times then
+        allocate nothing. Without FFTs (or in half precision) it allocates as usual.
+        """
         if self.use_fft:
-            return self._apply(codes, [self.spectra], self.signal_shape[0])
+            return self._apply(
+                codes, [self.spectra], self.signal_shape[0], self._workspace_name("decode", codes, workspace)
+            )
         output = _CONVOLUTIONS[self.n_spatial][1](codes, self.templates, stride=self.stride)
         return output[(Ellipsis,) + tuple(slice(0, s) for s in self.signal_shape)]
 
-    def gram(self, codes: Tensor) -> Tensor:
+    def gram(self, codes: Tensor, *, workspace: bool = False) -> Tensor:
         """``correlate(decode(codes))``, the normal operator ``H^T H``, with one forward and one inverse FFT.
 
         The FFT is at least as long as the signal and ``decode`` fills exactly ``signal_shape`` bins, so the two
@@ -205,6 +212,8 @@ class ConvolutionOperator:
         Parameters
         ----------
         codes : Tensor, shape (n_examples, n_templates, *code_shape)
+        workspace : bool
+            Into the operator's buffers, as for :meth:`decode`.
 
         Returns
         -------
@@ -212,7 +221,9 @@ class ConvolutionOperator:
         """
         if not self.use_fft:
             return self.correlate(self.decode(codes))
-        return self._apply(codes, self._gram_weights(), self.code_shape[0])
+        return self._apply(
+            codes, self._gram_weights(), self.code_shape[0], self._workspace_name("gram", codes, workspace)
+        )
 
     def _gram_weights(self) -> list[Tensor]:
         """The spectral weights of :meth:`gram`: through the channels (the decode's, then the correlate's) with
@@ -255,10 +266,8 @@ class ConvolutionOperator:
         output = self._buffer(f"{name}_out", spectrum.shape[:2] + (self.n_fft,), values.dtype, values.device)
         return torch.fft.irfft(spectrum, n=self.n_fft, out=output)[..., :length]
 
-    # In-place variants for loops without autograd (the encoder's no-grad path). Each writes into buffers the
-    # operator keeps and returns a view of one: valid until the next call of the same method. This spares the
-    # CPU from allocating every intermediate afresh (fresh multi-megabyte arrays leave the caches and fault
-    # their pages in). Without FFTs (or in half precision) they are the plain methods.
+    # Buffers for loops without autograd (the encoder's): fresh multi-megabyte arrays in every iteration leave
+    # the CPU's caches and fault their pages in.
     def _buffer(self, name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
         buffer = self._workspace.get(name)
         if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype or buffer.device != device:
@@ -269,28 +278,16 @@ class ConvolutionOperator:
     def _in_place(self, values: Tensor) -> bool:
         return self.use_fft and values.dtype in _COMPLEX
 
-    def gram_into(self, codes: Tensor) -> Tensor:
-        """:meth:`gram` without autograd, into operator buffers."""
-        if not self._in_place(codes):
-            return self.gram(codes)
-        return self._apply(codes, self._gram_weights(), self.code_shape[0], "gram")
+    def _workspace_name(self, name: str, values: Tensor, workspace: bool) -> str | None:
+        """The buffers' name of a call with ``workspace`` that can use them (FFTs, float32 or float64), else None."""
+        return name if workspace and self._in_place(values) else None
 
-    def decode_into(self, codes: Tensor) -> Tensor:
-        """:meth:`decode` without autograd, into operator buffers."""
-        if not self._in_place(codes):
-            return self.decode(codes)
-        return self._apply(codes, [self.spectra], self.signal_shape[0], "decode")
-
-    def correlate_into(self, signal: Tensor) -> Tensor:
-        """:meth:`correlate` without autograd, into operator buffers."""
-        if not self._in_place(signal):
-            return self.correlate(signal)
-        return self._apply(signal, [self._correlate_weights()], self.code_shape[0], "correlate")
-
-    def correlate(self, signal: Tensor) -> Tensor:
-        """Adjoint of :meth:`decode`: ``(n_examples, n_channels, *signal_shape) -> codes shape``."""
+    def correlate(self, signal: Tensor, *, workspace: bool = False) -> Tensor:
+        """Adjoint of :meth:`decode`: ``(n_examples, n_channels, *signal_shape) -> codes shape``; ``workspace`` as
+        for :meth:`decode`."""
         if self.use_fft:
-            return self._apply(signal, [self._correlate_weights()], self.code_shape[0])
+            name = self._workspace_name("correlate", signal, workspace)
+            return self._apply(signal, [self._correlate_weights()], self.code_shape[0], name)
         padding: list[int] = []
         for size, n_code, kernel, step in zip(
             reversed(self.signal_shape),
@@ -449,6 +446,126 @@ def shrink(
     return torch.sign(values) * F.relu(values.abs() - threshold)
 
 
+#: Codes as a pair: the tensor the operators transform (zero-padded to the FFT length in an encoder's
+#: workspace) and the view of its first ``code_length`` bins that the element-wise updates work on.
+_Codes = tuple[Tensor, Tensor]
+
+
+class _EncoderIteration:
+    """One proximal-gradient iteration of the DCEA encoder: ``shrink(momentum + step * gradient, step * threshold)``.
+
+    The gradient is ``encoder.correlate(family.residual(y, dictionary.decode(momentum) + baseline))``; with
+    ``normal`` (identity link, tied, FFTs) it is ``H^T residual(y, baseline) - H^T H momentum / residual_scale``,
+    the data correlated once and ``H^T H`` costing two FFTs instead of four. Called with an ``out`` pair, the
+    iteration writes into it and into the operators' buffers (no autograd); without, it allocates.
+    """
+
+    def __init__(
+        self,
+        y: Tensor,
+        family: Family,
+        baseline: Tensor,
+        dictionary: ConvolutionOperator,
+        encoder: ConvolutionOperator,
+        step: float,
+        step_threshold: Tensor | float,
+        nonnegative: bool,
+        nonnegative_threshold: bool | None,
+        normal: bool,
+    ) -> None:
+        self.y, self.family, self.baseline = y, family, baseline
+        self.dictionary, self.encoder = dictionary, encoder
+        self.step, self.step_threshold = step, step_threshold
+        self.nonnegative, self.nonnegative_threshold, self.normal = nonnegative, nonnegative_threshold, normal
+        if normal:
+            self.data_term = step * dictionary.correlate(family.residual(y, baseline.expand_as(y)))
+            self.gram_step = step / family.residual_scale
+            self._folded: Tensor | None = None
+
+    def _folded_data_term(self) -> Tensor:
+        """The data term minus the threshold: one-sided shrinkage in place is then ``relu`` in one pass."""
+        if self._folded is None:
+            self._folded = self.data_term - self.step_threshold
+        return self._folded
+
+    def __call__(self, momentum: _Codes, out: _Codes | None = None) -> _Codes:
+        transformed, codes = momentum
+        workspace = out is not None
+        if self.normal:
+            gram = self.dictionary.gram(transformed, workspace=workspace)
+            if workspace:
+                update = torch.sub(codes, gram, alpha=self.gram_step, out=out[1])
+                if self.nonnegative:
+                    return out[0], update.add_(self._folded_data_term()).relu_()
+                update.add_(self.data_term)
+            else:
+                update = torch.sub(torch.add(codes, self.data_term), gram, alpha=self.gram_step)
+        else:
+            eta = self.dictionary.decode(transformed, workspace=workspace)
+            eta = eta.add_(self.baseline) if workspace else eta + self.baseline
+            correlation = self.encoder.correlate(self.family.residual(self.y, eta), workspace=workspace)
+            update = torch.add(codes, correlation, alpha=self.step, out=None if out is None else out[1])
+        if workspace and self.nonnegative:
+            return out[0], update.sub_(self.step_threshold).relu_()
+        shrunk = shrink(update, self.step_threshold, self.nonnegative, nonnegative_threshold=self.nonnegative_threshold)
+        if workspace:
+            return out[0], update.copy_(shrunk)
+        return shrunk, shrunk
+
+
+class _Workspace:
+    """The code buffers of an encoder run without autograd: the current codes, the spare that receives the next
+    ones and (FISTA) the momentum, zero-padded to the operator's FFT length so that the operators transform them
+    without a padded copy; the padding stays zero."""
+
+    def __init__(self, codes: Tensor, dictionary: ConvolutionOperator, fista: bool) -> None:
+        self.pad = dictionary.n_fft - codes.shape[-1] if dictionary._in_place(codes) else 0
+        self.codes = codes
+        self.current, self.spare = self._pair(), self._pair()
+        self.current[1].copy_(codes)
+        self.momentum = self._pair() if fista else None
+
+    def _pair(self) -> _Codes:
+        codes, pad = self.codes, self.pad
+        full = codes.new_zeros(codes.shape[:-1] + (codes.shape[-1] + pad,)) if pad else torch.empty_like(codes)
+        return full, full[..., : codes.shape[-1]]
+
+
+def _run_encoder(
+    iteration: _EncoderIteration, codes: Tensor, n_iterations: int, fista: bool, workspace: bool, n_free: int = 0
+) -> Tensor:
+    """``n_iterations`` of ``iteration`` from ``codes`` (not modified), with FISTA momentum if ``fista``.
+
+    With ``workspace`` (no autograd) the iterations run in reused buffers; else they allocate, and the first
+    ``n_free`` run without recording gradients (truncated back-propagation).
+    """
+    buffers = _Workspace(codes, iteration.dictionary, fista) if workspace else None
+    current: _Codes = buffers.current if buffers else (codes, codes)
+    momentum = current
+    grad_enabled = torch.is_grad_enabled()
+    t = 1.0
+    for index in range(n_iterations):
+        with torch.set_grad_enabled(grad_enabled and index >= n_free):
+            new = iteration(momentum, buffers.spare if buffers else None)
+            if fista:
+                t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+                # new + (t - 1) / t_next * (new - current), in one pass
+                weight = 1.0 + (t - 1.0) / t_next
+                if buffers:
+                    momentum = buffers.momentum
+                    torch.lerp(current[1], new[1], weight, out=momentum[1])
+                else:
+                    lerped = torch.lerp(current[1], new[1], weight)
+                    momentum = (lerped, lerped)
+                t = t_next
+            else:
+                momentum = new
+            if buffers:
+                buffers.spare = current
+            current = new
+    return current[1].clone() if buffers and buffers.pad else current[1]
+
+
 def proximal_gradient_step(
     codes: Tensor,
     y: Tensor,
@@ -460,8 +577,6 @@ def proximal_gradient_step(
     threshold: Tensor | float,
     nonnegative: bool = True,
     nonnegative_threshold: bool | None = None,
-    *,
-    step_threshold: Tensor | float | None = None,
 ) -> Tensor:
     """One proximal-gradient (ISTA) iteration of the DCEA encoder.
 
@@ -485,88 +600,16 @@ def proximal_gradient_step(
     nonnegative : bool
     nonnegative_threshold : bool, optional
         Whether every threshold is >= 0 (see :func:`shrink`).
-    step_threshold : float or Tensor, optional
-        ``step_size * threshold`` (thresholds of shape (n_templates,) reshaped to broadcast), if the caller has
-        it already: a loop with per-entry thresholds then saves a pass over the codes per iteration.
 
     Returns
     -------
     Tensor, same shape as ``codes``.
     """
-    eta = dictionary.decode(codes) + baseline
-    update = torch.add(codes, encoder.correlate(family.residual(y, eta)), alpha=step_size)
-    if step_threshold is None:
-        step_threshold = step_size * _per_template(threshold, codes.ndim)
-    return shrink(update, step_threshold, nonnegative, nonnegative_threshold=nonnegative_threshold)
-
-
-def _encode_without_autograd(
-    codes: Tensor,
-    y: Tensor,
-    family: Family,
-    baseline: Tensor,
-    dictionary: ConvolutionOperator,
-    encoder: ConvolutionOperator,
-    step: float,
-    step_threshold: Tensor | float,
-    n_iterations: int,
-    *,
-    fista: bool,
-    nonnegative: bool,
-    nonnegative_threshold: bool | None,
-    normal: bool,
-) -> Tensor:
-    """The iterations of :meth:`DCEA.encode` when no gradient is recorded, in buffers reused across iterations.
-
-    The same updates as :func:`proximal_gradient_step` (or, for an identity link, the normal-operator form of
-    :meth:`DCEA.encode`), computed in place in reused buffers, where the autograd-friendly loop allocates every
-    intermediate afresh. ``codes`` (the warm start) is not modified.
-    """
-    # With FFTs the codes live in zero-padded buffers of the FFT length, so that their transforms need no
-    # padded copy before each forward FFT; the element-wise updates work on views of the first code_length bins
-    # and the padding stays zero.
-    pad = dictionary.n_fft - codes.shape[-1] if dictionary._in_place(codes) else 0
-
-    def buffer() -> tuple[Tensor, Tensor]:
-        full = codes.new_zeros(codes.shape[:-1] + (codes.shape[-1] + pad,)) if pad else torch.empty_like(codes)
-        return full, full[..., : codes.shape[-1]]
-
-    current_full, current = buffer()
-    current.copy_(codes)
-    spare_full, spare = buffer()
-    momentum_full, momentum = current_full, current
-    momentum_buffer = buffer() if fista else None
-    if normal:
-        # (momentum - step * H^T H momentum / scale) + step * H^T (y - baseline) / scale, shrunk. For one-sided
-        # shrinkage the threshold is folded into the constant data term: relu(v - threshold) in one pass.
-        data_term = step * dictionary.correlate(family.residual(y, baseline.expand_as(y)))
-        if nonnegative:
-            data_term = data_term - step_threshold
-        gram_step = step / family.residual_scale
-    t = 1.0
-    for _ in range(n_iterations):
-        if normal:
-            torch.sub(momentum, dictionary.gram_into(momentum_full), alpha=gram_step, out=spare)
-            spare.add_(data_term)
-        else:
-            eta = dictionary.decode_into(momentum_full)
-            eta.add_(baseline)
-            torch.add(momentum, encoder.correlate_into(family.residual(y, eta)), alpha=step, out=spare)
-        if nonnegative:
-            if not normal:
-                spare.sub_(step_threshold)
-            spare.relu_()
-        else:
-            spare.copy_(shrink(spare, step_threshold, False, nonnegative_threshold=nonnegative_threshold))
-        if fista:
-            t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-            momentum_full, momentum = momentum_buffer
-            torch.lerp(current, spare, 1.0 + (t - 1.0) / t_next, out=momentum)
-            t = t_next
-        else:
-            momentum_full, momentum = spare_full, spare
-        (current_full, current), (spare_full, spare) = (spare_full, spare), (current_full, current)
-    return current.clone() if pad else current
+    step_threshold = step_size * _per_template(threshold, codes.ndim)
+    iteration = _EncoderIteration(
+        y, family, baseline, dictionary, encoder, step_size, step_threshold, nonnegative, nonnegative_threshold, False
+    )
+    return iteration((codes, codes))[1]
 
 
 def _per_template(threshold: Tensor | float, n_dims: int) -> Tensor | float:
@@ -792,63 +835,23 @@ class DCEA(nn.Module):
         step = float(self.step_size)
         n_free = 0 if n_backprop_iterations is None else max(n_iterations - n_backprop_iterations, 0)
 
-        grad_enabled = torch.is_grad_enabled()
-        # Identity link (Gaussian), tied, FFT convolutions: the gradient is H^T residual(y, baseline) - H^T H codes
-        # / residual_scale; the data are correlated once and H^T H costs two FFTs per iteration instead of four.
+        # Identity link (Gaussian), tied, FFT convolutions: the normal-operator form of the gradient.
         normal = self.tied and family.linear_residual and dictionary.use_fft
-        nonnegative = self.nonnegative_codes
-        step_threshold = step * _per_template(threshold, codes.ndim)  # once, not once per iteration
-        if not grad_enabled:
-            return _encode_without_autograd(
-                codes,
-                y,
-                family,
-                baseline,
-                dictionary,
-                encoder,
-                step,
-                step_threshold,
-                n_iterations,
-                fista=self.algorithm == "fista",
-                nonnegative=nonnegative,
-                nonnegative_threshold=True if self.tied else None,
-                normal=normal,
-            )
-        if normal:
-            # recorded whenever gradients are: the iterations after the free ones use it too
-            stepped_data = step * dictionary.correlate(family.residual(y, baseline.expand_as(y)))
-        momentum_codes = codes
-        t = 1.0
-        for iteration in range(n_iterations):
-            with torch.set_grad_enabled(grad_enabled and iteration >= n_free):
-                if normal:
-                    update = torch.add(momentum_codes, stepped_data)
-                    update = torch.sub(update, dictionary.gram(momentum_codes), alpha=step / family.residual_scale)
-                    new_codes = shrink(update, step_threshold, nonnegative, nonnegative_threshold=True)
-                else:
-                    # Tied thresholds (the sparsity, or reweighted-l1 weights) are >= 0; learned ones may not be.
-                    new_codes = proximal_gradient_step(
-                        momentum_codes,
-                        y,
-                        family,
-                        baseline,
-                        dictionary,
-                        encoder,
-                        step,
-                        threshold,
-                        nonnegative,
-                        nonnegative_threshold=True if self.tied else None,
-                        step_threshold=step_threshold,
-                    )
-                if self.algorithm == "fista":
-                    t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-                    # new + (t - 1) / t_next * (new - codes), in one pass
-                    momentum_codes = torch.lerp(codes, new_codes, 1.0 + (t - 1.0) / t_next)
-                    t = t_next
-                else:
-                    momentum_codes = new_codes
-                codes = new_codes
-        return codes
+        # Tied thresholds (the sparsity, or reweighted-l1 weights) are >= 0; learned ones may not be.
+        iteration = _EncoderIteration(
+            y,
+            family,
+            baseline,
+            dictionary,
+            encoder,
+            step,
+            step * _per_template(threshold, codes.ndim),  # once, not once per iteration
+            self.nonnegative_codes,
+            True if self.tied else None,
+            normal,
+        )
+        fista = self.algorithm == "fista"
+        return _run_encoder(iteration, codes, n_iterations, fista, not torch.is_grad_enabled(), n_free)
 
     def decode(self, codes: Tensor, signal_shape: Sequence[int] | None = None) -> Tensor:
         """Linear predictor ``eta = decode(codes) + baseline``, shape (n_examples, n_channels, *signal_shape)."""

@@ -69,8 +69,9 @@ class Settings:
                 nested.setdefault(name, {})[rest] = value
             else:
                 setattr(self, name, value)
-        for name, values in nested.items():
-            self._nested_settings(name).set_params(**values)
+        # the solver last: its shorthand ("auto") resolves by the encoder's settings set in the same call
+        for name in sorted(nested, key=lambda name: name == "solver"):
+            self._nested_settings(name).set_params(**nested[name])
         return self
 
     def _nested_settings(self, name: str) -> Any:

@@ -266,22 +266,21 @@ def test_spectral_operator_norm_rejects_what_it_cannot_bound():
 
 
 @pytest.mark.parametrize(("n_templates", "n_channels"), [(3, 1), (2, 3)])
-def test_in_place_operators_equal_the_allocating_ones(n_templates, n_channels):
+def test_operators_in_their_workspace_equal_the_allocating_ones(n_templates, n_channels):
     templates = randn((n_templates, n_channels, 12), seed=27)
     operator = ConvolutionOperator(templates, (90,))
     codes = randn((4, n_templates, 79), seed=28)
     signal = randn((4, n_channels, 90), seed=29)
-    pairs = [
-        (operator.gram_into, operator.gram, codes),
-        (operator.decode_into, operator.decode, codes),
-        (operator.correlate_into, operator.correlate, signal),
-    ]
-    for in_place, allocating, values in pairs:
-        expected = allocating(values)
-        first = in_place(values).clone()
-        second = in_place(-2 * values)  # the buffers are reused: the second call overwrites the first's result
+    pairs = [(operator.gram, codes), (operator.decode, codes), (operator.correlate, signal)]
+    for method, values in pairs:
+        expected = method(values)
+        first = method(values, workspace=True)
+        assert first.data_ptr() != expected.data_ptr()
+        first = first.clone()
+        second = method(-2 * values, workspace=True)  # the buffers are reused: the second call overwrites the first
+        assert second.data_ptr() == method(values, workspace=True).data_ptr()
         torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(second, -2 * expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(method(-2 * values, workspace=True), -2 * expected, rtol=1e-12, atol=1e-12)
 
 
 ENCODER_FAMILIES = {

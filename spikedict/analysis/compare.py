@@ -34,6 +34,7 @@ on the training examples.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import time
@@ -51,6 +52,7 @@ from spikedict.analysis.metrics import DEFAULT_CLIP, constant_rates, deviance_pe
 from spikedict.estimator import SpikeDictionary
 from spikedict.families import Binomial, Family
 from spikedict.simulate import paper_templates, simulate_counts
+from spikedict.solvers import get_solver
 
 __all__ = ["compare_families", "evaluate_heldout", "family_study"]
 
@@ -323,11 +325,13 @@ def _truth_and_params(
 
 
 def _variant_params(params: dict[str, Any], variant: str) -> dict[str, Any]:
-    """The estimator parameters of one variant: ``"untied"`` unties the encoder and back-propagates through it."""
-    variant_params = dict(params)
+    """The estimator parameters of one variant: ``"untied"`` unties the encoder and back-propagates through it (a
+    solver other than back-propagation is replaced by it)."""
+    variant_params = copy.deepcopy(dict(params))  # settings objects of its own: set_params changes them in place
     if variant == "untied":
         variant_params["encoder__tied"] = False
-        variant_params.setdefault("solver", "backprop")
+        if get_solver(variant_params.get("solver", "backprop"), tied=False).name != "backprop":
+            variant_params["solver"] = "backprop"
         variant_params.setdefault("solver__backprop", "truncated")
     return variant_params
 

@@ -9,6 +9,7 @@ examples are first cut into time blocks and the folds run over blocks (for few l
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Mapping, Sequence
@@ -100,7 +101,7 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
 
 def _estimator(params: Mapping[str, Any], setting: Mapping[str, Any]) -> SpikeDictionary:
     """An estimator with the fixed ``params`` and one grid ``setting`` (``__`` reaches nested settings)."""
-    return SpikeDictionary().set_params(**{**params, **setting})
+    return SpikeDictionary().set_params(**copy.deepcopy({**params, **setting}))  # settings objects of its own
 
 
 def select_model(

@@ -16,8 +16,9 @@ x_k[n, u] x_l[n, u + s - t]``, is block Toeplitz: it takes one FFT of the codes 
   searches the step length along that direction in the same way. Each step is far more accurate than
   L-BFGS's; on the standard problem the fits are no better for it.
 
-Neither uses ``torch.optim``: its optimisers import ``torch._dynamo`` on construction, about 3 s once per
-process on 2 cores, a fifth of a count fit.
+Neither uses ``torch.optim``: its optimisers import ``torch._dynamo`` on construction, a cost once per process
+that is a sizeable part of a short count fit (benchmarks/README.md); the alternating solver's template step
+for 2-D or strided templates, which these steps do not cover, uses ``torch.optim.LBFGS``.
 
 Across processes (``torchrun``), each process may hold a share of the examples (its rows of ``y`` and of the
 codes, e.g. chosen by :func:`spikedict.distributed.shard`): pass ``reduce=spikedict.distributed.all_reduce_tensor``
@@ -615,11 +616,10 @@ def lbfgs_template_step(
     over the last ``history_size`` moves, initial scaling ``s.y / y.y``). The first direction is the negative
     gradient, scaled by the one-dimensional Newton step along it; later ones take the quasi-Newton step whole
     when it lowers the objective, as ``torch.optim.LBFGS`` does, and search the step length only when it does
-    not. Searching every step further (up to 4x) lowered the objective faster but, early in a fit, when the
-    templates have a few events each, fitted those events' noise: on 8 Poisson examples of 300 bins the next
-    code steps found no events at all. Each iteration costs one gradient and one decode of the direction (the
-    codes' spectra are computed once per step), and there is no ``torch.optim`` import (about 3 s once per
-    process, for ``torch._dynamo``).
+    not. Searching every step further lowered the objective faster but, early in a fit, when the templates have
+    a few events each, fitted those events' noise so that the next code steps found no events (see
+    benchmarks/README.md). Each iteration costs one gradient and one decode of the direction (the codes'
+    spectra are computed once per step), and there is no ``torch.optim`` import.
 
     Parameters
     ----------

@@ -452,7 +452,7 @@ def _safe_warm_start(
     A working encoder lowers ``NLL / residual_scale + sum(weights * |codes|)`` below its value at zero codes.
     A warm start above that value is far from the solution: after the spare templates are dropped, the kept
     templates' codes can leave rates that the dropped ones held down (on Poisson counts at high contrast the
-    loss went from 0.5 to 9e3 per bin), and a fixed-step encoder started there diverged (codes of 1e9).
+    loss rose by orders of magnitude), and a fixed-step encoder started there diverged.
     Such examples start from zero instead, as the first iteration did. With an identity link (Gaussian) the
     objective is quadratic, the encoder's step is safe from any start, and the warm start is kept.
     """

@@ -57,8 +57,8 @@ class DemoSettings:
     # --- simulation -------------------------------------------------------------------------------------
     # The paper's three templates and M = 30 trials, at a rate where single events stand out of the count
     # noise (baseline log-odds -0.5 per 10 ms bin, about 38 spikes/s; amplitudes in [3, 5]): there the binomial
-    # fit recovers the templates (error 0.047 at seed 0) and the Gaussian mismatch visibly does not (0.12). At
-    # the benchmark's baseline -2 with amplitudes in [1, 2] neither does yet (see docs/status.md).
+    # fit recovers the templates and the Gaussian mismatch visibly does not (errors in docs/demo.md). At the
+    # benchmark's baseline -2 with amplitudes in [1, 2] neither does yet (see docs/status.md).
     n_examples: int = 100
     n_bins: int = 1000
     n_trials: int = 30

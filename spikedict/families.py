@@ -162,6 +162,11 @@ class Family(ABC):
         """
         return 1.0
 
+    def clipped_link(self, mean: Tensor, clip: float) -> Tensor:
+        """The natural parameter of ``mean`` after clipping it ``clip`` inside the open support of the mean (so
+        that a predicted rate of 0, or of every trial, keeps a finite log-likelihood)."""
+        return self.link(mean)
+
     # ------------------------------------------------------------------- what a fit needs
     #: True when the family has a scale that a fit estimates from its residuals (the Gaussian's ``std``).
     scale_from_residuals: bool = False
@@ -431,6 +436,10 @@ class Binomial(Family):
         moved._n_trials = self._n_trials.to(device)
         return moved
 
+    def clipped_link(self, mean: Tensor, clip: float) -> Tensor:
+        probability = (mean / self._trials_like(mean)).clamp(clip, 1 - clip)
+        return torch.log(probability) - torch.log1p(-probability)
+
     def baseline_from_mean(self, mean: Tensor, n_examples: int) -> Tensor:
         """The natural parameter of ``mean`` for each example's ``n_trials``, averaged over the examples."""
         per_example = mean.reshape(1, -1, 1).expand(n_examples, -1, 1)
@@ -505,6 +514,9 @@ class Poisson(Family):
     def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.poisson(self.mean(eta), generator=generator)
 
+    def clipped_link(self, mean: Tensor, clip: float) -> Tensor:
+        return torch.log(mean.clamp(min=clip))
+
     def link(self, mean: Tensor) -> Tensor:
         return self.link_saturated(mean)
 
@@ -530,8 +542,11 @@ class Poisson(Family):
 FAMILIES: dict[str, type[Family]] = {"gaussian": Gaussian, "binomial": Binomial, "poisson": Poisson}
 
 
-def resolve_family(family: str | Family, n_trials: Any = None, n_trials_from_data: Any = None) -> Family:
-    """The family a fit uses: a name resolved with the binomial family's ``n_trials`` (given, else the data's).
+def resolve_family(
+    family: str | Family, n_trials: Any = None, n_trials_from_data: Any = None, **parameters: Any
+) -> Family:
+    """The family a fit or an evaluation uses: a name resolved with the binomial family's ``n_trials`` (given, else
+    the data's); ``parameters`` go to the family's constructor (e.g. the Gaussian's ``std``).
 
     Raises
     ------
@@ -542,15 +557,15 @@ def resolve_family(family: str | Family, n_trials: Any = None, n_trials_from_dat
         return family
     name = str(family).strip().lower()
     if name != "binomial":
-        return get_family(name)
+        return get_family(name, **parameters)
     n_trials = n_trials if n_trials is not None else n_trials_from_data
     if n_trials is None:
         raise ValueError(
-            "the binomial family needs n_trials, the number of repeated trials pooled per example "
-            "(30 in the DCEA paper): pass SpikeDictionary(..., n_trials=M), or use family='poisson' "
-            "for counts without an upper bound."
+            "the binomial family needs n_trials, the number of repeated trials pooled per example (30 in the DCEA "
+            "paper): pass n_trials=M (e.g. SpikeDictionary(..., n_trials=M)) or data that carry it (SpikeCounts, "
+            "SimulatedCounts), or use family='poisson' for counts without an upper bound."
         )
-    return get_family(name, n_trials=n_trials)
+    return get_family(name, n_trials=n_trials, **parameters)
 
 
 def get_family(name: str | Family, **parameters: Any) -> Family:

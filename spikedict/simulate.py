@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikedict.families import Binomial, Family, get_family
+from spikedict.families import Binomial, Family, get_family, resolve_family
 from spikedict.model import code_shape, decode
 
 __all__ = [
@@ -210,9 +210,7 @@ def simulate_counts(
     SimulatedCounts
     """
     templates = np.asarray(templates, dtype=np.float64)
-    if family == "binomial" and n_trials is None:
-        raise ValueError("the binomial family needs n_trials, the number of repeated trials per example (e.g. 30).")
-    family = get_family(family, n_trials=n_trials, std=noise_std)
+    family = resolve_family(family, n_trials, std=noise_std)
     rng = np.random.default_rng(seed)
     n_templates, n_channels, template_size = templates.shape
     (n_code_bins,) = code_shape((n_bins,), (template_size,))

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spikedict.families import Binomial, Family, get_family
+from spikedict import families
+from spikedict.families import Binomial, Family
 
 __all__ = ["AnalysisData", "as_analysis_data", "example_folds", "heldout_split", "split_trials", "time_blocks"]
 
@@ -151,17 +152,7 @@ def resolve_family(family: str | Family | None, data: AnalysisData, n_trials: An
                 "'gaussian', or pass a SimulatedCounts that carries its family."
             )
         return data.family
-    if isinstance(family, Family):
-        return family
-    if str(family).strip().lower() == "binomial":
-        trials = n_trials if n_trials is not None else _carried_n_trials(data)
-        if trials is None:
-            raise ValueError(
-                "the binomial family needs n_trials, the number of repeated trials pooled per example: pass "
-                "n_trials=M, or data that carry n_trials (a SpikeCounts or SimulatedCounts)."
-            )
-        return get_family("binomial", n_trials=trials)
-    return get_family(family)
+    return families.resolve_family(family, n_trials, _carried_n_trials(data))
 
 
 def heldout_split(n_examples: int, validation: float | int | Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

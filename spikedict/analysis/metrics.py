@@ -26,7 +26,7 @@ import torch
 
 from spikedict.analysis._data import as_analysis_data, resolve_family
 from spikedict.analysis.alignment import Alignment, align_templates
-from spikedict.families import Binomial, Family, Gaussian, Poisson
+from spikedict.families import Binomial, Family, Gaussian
 
 __all__ = [
     "constant_rates",
@@ -67,14 +67,7 @@ def _natural_parameter(rates: np.ndarray, family: Family, counts: np.ndarray, cl
     """``eta`` whose mean is ``rates``, after clipping the rates into the open support of ``family``."""
     if not 0 < clip < 0.5:
         raise ValueError(f"clip must lie in (0, 0.5), got {clip}.")
-    rates_tensor = _tensor(rates)
-    if isinstance(family, Binomial):
-        trials = family._trials_like(_tensor(counts))
-        probability = (rates_tensor / trials).clamp(clip, 1 - clip)
-        return torch.log(probability) - torch.log1p(-probability)
-    if isinstance(family, Poisson):
-        return torch.log(rates_tensor.clamp(min=clip))
-    return family.link(rates_tensor)
+    return family.clipped_link(_tensor(rates), clip)
 
 
 def _resolve(

@@ -18,9 +18,10 @@ from torch import Tensor
 from spikedict.families import Family
 from spikedict.io._windows import RecordingWindows, stitch_cuts
 from spikedict.model import DCEA
+from spikedict.solvers.base import FitResult
 from spikedict.training import encode_in_batches, reweighted_thresholds
 
-__all__ = ["encode", "encoding_batch_size", "residual_rms", "stitched_codes", "stitched_eta"]
+__all__ = ["encode", "encoding_batch_size", "fitted_scale", "residual_rms", "stitched_codes", "stitched_eta"]
 
 #: Largest tensor of one encoder call, in entries: GPUs stay busy with large calls; on a CPU a call whose FFT
 #: buffers stay in the caches is faster (see benchmarks/README.md).
@@ -73,6 +74,16 @@ def residual_rms(model: DCEA, y: Tensor, codes: Tensor, batch_size: int) -> floa
         eta = model.decode(codes[first : first + batch_size].to(device), batch.shape[2:])
         total += float((batch - eta).pow(2).sum(dtype=torch.float64))
     return math.sqrt(total / max(y.numel(), 1))
+
+
+def fitted_scale(model: DCEA, family: Family, result: FitResult, sample: Tensor, n_iterations: int) -> Family:
+    """``family`` with its scale fitted to the residuals of the fit (the Gaussian's maximum-likelihood ``std``):
+    from the solver's final codes where it has them, else from codes inferred on ``sample``."""
+    rms = result.residual_rms
+    if rms is None:
+        codes = encode(model, sample, family, n_iterations, result.reweighting_delta)
+        rms = residual_rms(model, sample, codes, max(1, sample.shape[0]))
+    return family.with_residual_rms(rms)
 
 
 def _windows_per_call(model: DCEA, windows: RecordingWindows) -> int:

@@ -10,8 +10,10 @@ from torch import Tensor
 
 from spikedict.families import Family
 from spikedict.io._windows import RecordingWindows
+from spikedict.model import DCEA
+from spikedict.settings import Encoder, TemplateConstraints
 
-__all__ = ["initial_baseline", "initial_templates"]
+__all__ = ["build_model", "initial_baseline", "initial_templates", "set_start"]
 
 
 def initial_templates(
@@ -71,3 +73,46 @@ def initial_baseline(baseline: Any, y: Tensor | RecordingWindows, family: Family
     if values is None or not np.all(np.isfinite(values)):
         raise ValueError(f"baseline must be finite, one number or one per channel ({n_channels}), got {baseline!r}.")
     return torch.as_tensor(values.copy(), dtype=torch.get_default_dtype())
+
+
+def build_model(
+    shape: tuple[int, ...],
+    family: Family,
+    encoder: Encoder,
+    constraints: TemplateConstraints,
+    stride: int,
+    learn_baseline: bool,
+    n_code_iterations: int,
+    generator: torch.Generator,
+) -> DCEA:
+    """The network for templates of ``shape`` (n_templates, n_channels, *template_shape) with these settings; its
+    templates are drawn from ``generator`` (see :func:`set_start`)."""
+    return DCEA(
+        shape[0],
+        shape[1],
+        tuple(shape[2:]),
+        family,
+        sparsity=0.0,
+        n_iterations=int(n_code_iterations),
+        algorithm=encoder.algorithm,
+        nonnegative_codes=encoder.nonnegative_codes,
+        stride=stride,
+        tied=encoder.tied,
+        learn_baseline=learn_baseline,
+        nonnegative_templates=constraints.nonnegative,
+        zero_edges=constraints.zero_edges,
+        smoothness=constraints.smoothness,
+        generator=generator,
+    )
+
+
+@torch.no_grad()
+def set_start(model: DCEA, templates: Tensor, baseline: Tensor) -> None:
+    """Give ``model`` its initial templates (projected onto its constraints, unit norm) and baseline; an untied
+    model's encoder and decoder weights start from the same templates."""
+    model.templates.copy_(templates)
+    model.project_templates_()
+    model.baseline.copy_(baseline)
+    if not model.tied:
+        model.encoder_templates.copy_(model.templates)
+        model.decoder_templates.copy_(model.templates)

@@ -17,7 +17,6 @@ Alternating(n_epochs=4)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,13 +26,14 @@ import torch
 from torch import Tensor
 
 from spikedict import _inference
-from spikedict._initialisation import initial_baseline, initial_templates
+from spikedict._initialisation import build_model, initial_baseline, initial_templates, set_start
 from spikedict._validation import check_counts, check_out, check_windows, family_for, into, template_shape, unpack
 from spikedict.families import Family, resolve_family
 from spikedict.io._windows import RecordingWindows
 from spikedict.model import DCEA
-from spikedict.settings import Encoder, Settings, TemplateConstraints
+from spikedict.settings import Encoder, Settings, TemplateConstraints, transformer_tags
 from spikedict.solvers import FitProblem, FitResult, Solver, get_solver, run_epochs
+from spikedict.solvers._runner import warn_interrupted
 from spikedict.training import resolve_device
 
 __all__ = ["NotFittedError", "SpikeDictionary"]
@@ -157,17 +157,8 @@ class SpikeDictionary(Settings):
     __hash__ = object.__hash__
 
     def __sklearn_tags__(self) -> Any:
-        """scikit-learn's description of the estimator (an unsupervised transformer of 3-D and 4-D arrays of
-        counts); read by scikit-learn only, which is then installed."""
-        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
-
-        return Tags(
-            estimator_type=None,
-            target_tags=TargetTags(required=False),
-            transformer_tags=TransformerTags(preserves_dtype=[]),
-            input_tags=InputTags(two_d_array=False, three_d_array=True, positive_only=True),
-            non_deterministic=False,
-        )
+        """scikit-learn's description of the estimator; read by scikit-learn only, which is then installed."""
+        return transformer_tags()
 
     # ------------------------------------------------------------------------ settings
     def _nested_settings(self, name: str) -> Any:
@@ -189,7 +180,7 @@ class SpikeDictionary(Settings):
     def _template_shape(self) -> tuple[int, ...]:
         return template_shape(self.template_size)
 
-    def _checked_settings(self) -> tuple[Solver, Encoder, TemplateConstraints]:
+    def _checked_settings(self) -> tuple[Solver, Encoder]:
         if not isinstance(self.n_templates, (int, np.integer)) or self.n_templates < 1:
             raise ValueError(f"n_templates must be an integer >= 1, got {self.n_templates!r}.")
         if self.sparsity != "auto" and not (isinstance(self.sparsity, (int, float)) and self.sparsity >= 0):
@@ -202,7 +193,7 @@ class SpikeDictionary(Settings):
         encoder.validate()
         constraints.validate()
         solver.validate(tied=encoder.tied)
-        return solver, encoder, constraints
+        return solver, encoder
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -251,7 +242,7 @@ class SpikeDictionary(Settings):
         ``fit`` on the same data; the solver splits the work between them (the alternating solver the examples,
         back-propagation each batch) so that the templates match a one-process fit.
         """
-        solver, encoder, constraints = self._checked_settings()
+        solver, encoder = self._checked_settings()
         data, family = self._data(X)
         streaming = isinstance(data, RecordingWindows)
         sample = data[torch.as_tensor(data.sample(32, seed=int(self.seed)))] if streaming else data
@@ -259,9 +250,10 @@ class SpikeDictionary(Settings):
         fits: list[tuple[DCEA, FitResult, np.ndarray]] = []
         for restart in range(int(solver.n_restarts)):
             # A restart that had not started when the fit was interrupted has no checkpoint yet: it starts afresh.
-            checkpoint = self._checkpoint_of(restart)
+            suffix = f".restart{restart}" if restart else ""
+            checkpoint = f"{self.checkpoint_path}{suffix}" if self.checkpoint_path else None
             resume_this = resume and (restart == 0 or (checkpoint is not None and Path(checkpoint).exists()))
-            setup = (solver, encoder, constraints, data, sample, family, baseline)
+            setup = (solver, data, sample, family, baseline)
             fits.append(self._fit_once(*setup, int(self.seed) + restart, checkpoint, resume_this))
             if fits[-1][1].stop_reason == "interrupted":
                 break
@@ -270,15 +262,11 @@ class SpikeDictionary(Settings):
         self.restart_losses_ = [fit[1].final_loss for fit in fits]
         self.best_restart_ = [fit[0] for fit in fits].index(model)
         if fits[-1][1].stop_reason == "interrupted":
-            self._warn_interrupted(fits, solver, bool(finished))
+            epochs = (len(fits[-1][1].history), solver.n_epochs)
+            warn_interrupted(epochs, (len(fits), solver.n_restarts), bool(finished), self.checkpoint_path)
         if family.scale_from_residuals and not isinstance(self.family, Family):
             # the maximum-likelihood scale, so that score() is a proper log-likelihood
-            rms = result.residual_rms
-            if rms is None:
-                codes = _inference.encode(model, sample, family, encoder.n_iterations, result.reweighting_delta)
-                rms = _inference.residual_rms(model, sample, codes, max(1, sample.shape[0]))
-            family = family.with_residual_rms(rms)
-            model.family = family
+            family = model.family = _inference.fitted_scale(model, family, result, sample, encoder.n_iterations)
         self.model_, self.family_, self.solver_ = model, family, solver
         self.sparsity_, self.reweighting_delta_ = float(model.sparsity), result.reweighting_delta
         self.n_channels_, self.history_, self.stop_reason_ = int(data.shape[1]), result.history, result.stop_reason
@@ -288,8 +276,6 @@ class SpikeDictionary(Settings):
     def _fit_once(
         self,
         solver: Solver,
-        encoder: Encoder,
-        constraints: TemplateConstraints,
         data: Tensor | RecordingWindows,
         sample: Tensor,
         family: Family,
@@ -306,40 +292,27 @@ class SpikeDictionary(Settings):
             shape,
             data.shape[2:],
             given_init=not isinstance(self.init, str),
-            zero_edges=int(constraints.zero_edges),
+            zero_edges=int(self._settings_of("constraints").zero_edges),
         )
         n_initial = int(self.n_templates) + n_spare
         initial = initial_templates(self.init, sample, family, baseline, generator, (n_initial, data.shape[1], *shape))
         if padding:
             initial = torch.nn.functional.pad(initial, (padding, padding))
         model = self._new_model(n_initial, int(data.shape[1]), initial.shape[2:], family, solver, generator)
-        with torch.no_grad():
-            model.templates.copy_(initial)
-            model.project_templates_()
-            model.baseline.copy_(baseline)
-            if not model.tied:
-                model.encoder_templates.copy_(model.templates)
-                model.decoder_templates.copy_(model.templates)
+        set_start(model, initial, baseline)
         start = model.templates.detach()[..., padding : model.templates.shape[-1] - padding]
         start = start[: self.n_templates].cpu().numpy().copy()
-        sparsity = float(self.sparsity) if self.sparsity != "auto" else None
-        if sparsity is None:  # a multiple of the noise level of the correlated residual at the baseline
-            at_baseline = baseline.reshape((1, -1) + (1,) * (sample.ndim - 2))
-            sparsity = solver.auto_sparsity_multiple * family.noise_level(sample, at_baseline)
-        model.sparsity = sparsity
-        if not model.tied:
-            with torch.no_grad():
-                model.thresholds.fill_(sparsity)
+        # "auto": a multiple of the noise level of the correlated residual at the baseline
+        at_baseline = baseline.reshape((1, -1) + (1,) * (sample.ndim - 2))
+        auto = self.sparsity == "auto"
+        sparsity = solver.auto_sparsity_multiple * family.noise_level(sample, at_baseline) if auto else self.sparsity
+        model.set_sparsity(float(sparsity))
         batch_size = _inference.encoding_batch_size(model, data.shape[2:], resolve_device(self.device), data.shape[0])
-        problem = FitProblem(
-            model, data, family, sparsity, int(self.n_templates), padding, seed, self.device, batch_size
-        )
+        problem = FitProblem(model, data, family, float(sparsity), int(self.n_templates), padding, seed, self.device)
+        problem.batch_size = batch_size
+        run = solver.start(problem)
         result = run_epochs(
-            solver.start(problem),
-            int(solver.n_epochs),
-            checkpoint_path=checkpoint,
-            resume=resume,
-            progress=self.progress,
+            run, int(solver.n_epochs), checkpoint_path=checkpoint, resume=resume, progress=self.progress
         )
         model.eval()
         return model, result, start
@@ -353,39 +326,14 @@ class SpikeDictionary(Settings):
         solver: Solver,
         generator: torch.Generator | None = None,
     ) -> DCEA:
-        """The network of these settings (random templates; the caller sets them)."""
+        """The network of these settings (random templates from ``generator``; the caller sets them)."""
         encoder, constraints = self._settings_of("encoder"), self._settings_of("constraints")
-        return DCEA(
-            n_templates,
-            n_channels,
-            tuple(template_shape),
-            family,
-            sparsity=0.0,
-            n_iterations=int(solver.n_code_iterations),
-            algorithm=encoder.algorithm,
-            nonnegative_codes=encoder.nonnegative_codes,
-            stride=self.stride,
-            tied=encoder.tied,
-            learn_baseline=isinstance(self.baseline, str) and self.baseline == "learn",
-            nonnegative_templates=constraints.nonnegative,
-            zero_edges=constraints.zero_edges,
-            smoothness=constraints.smoothness,
-            generator=generator,
+        learn_baseline = isinstance(self.baseline, str) and self.baseline == "learn"
+        shape = (n_templates, n_channels, *template_shape)
+        generator = torch.Generator() if generator is None else generator  # never the global random stream
+        return build_model(
+            shape, family, encoder, constraints, self.stride, learn_baseline, solver.n_code_iterations, generator
         )
-
-    def _warn_interrupted(self, fits: list[tuple[DCEA, FitResult, np.ndarray]], solver: Solver, finished: bool) -> None:
-        epochs = f"epoch {len(fits[-1][1].history)} of {solver.n_epochs}"
-        if solver.n_restarts > 1:
-            epochs = f"restart {len(fits)} of {solver.n_restarts} at {epochs}"
-        kept = "the best finished restart" if finished else f"the parameters after {epochs}"
-        resume = f"; fit(X, resume=True) continues from {self.checkpoint_path!r}." if self.checkpoint_path else "."
-        warnings.warn(f"fit interrupted ({epochs}): the model holds {kept}{resume}", RuntimeWarning, stacklevel=3)
-
-    def _checkpoint_of(self, restart: int) -> str | None:
-        """Checkpoint file of a restart: ``checkpoint_path`` for the first, ``<checkpoint_path>.restart<r>`` after."""
-        if not self.checkpoint_path or restart == 0:
-            return None if not self.checkpoint_path else str(self.checkpoint_path)
-        return f"{self.checkpoint_path}.restart{restart}"
 
     def _set_fitted_arrays(self) -> None:
         # DCEA-UC: the decoder's weights are the templates that generate the rates.

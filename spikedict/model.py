@@ -756,6 +756,13 @@ class DCEA(nn.Module):
         norms = templates.flatten(1).norm(dim=1).clamp(min=torch.finfo(templates.dtype).tiny)
         templates /= norms.reshape((-1,) + (1,) * (templates.ndim - 1))
 
+    @torch.no_grad()
+    def set_sparsity(self, sparsity: float) -> None:
+        """Set the l1 weight of the codes (and, untied, every template's learned threshold to it)."""
+        self.sparsity = float(sparsity)
+        if not self.tied:
+            self.thresholds.fill_(self.sparsity)
+
     def penalty(self) -> Tensor:
         """Smoothness penalty ``smoothness * sum ||diff(templates)||^2`` over the template axes."""
         if self.smoothness == 0:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Encoder", "Settings", "TemplateConstraints", "same_value"]
+__all__ = ["Encoder", "Settings", "TemplateConstraints", "same_value", "transformer_tags"]
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -161,3 +161,17 @@ class TemplateConstraints(Settings):
             raise ValueError(f"zero_edges must be an integer >= 0, got {self.zero_edges!r}.")
         if not (isinstance(self.smoothness, (int, float)) and self.smoothness >= 0):
             raise ValueError(f"smoothness must be a number >= 0, got {self.smoothness!r}.")
+
+
+def transformer_tags() -> Any:
+    """scikit-learn's tags of an unsupervised transformer of 3-D (and 4-D) arrays of counts: ``fit(X)`` without
+    targets, ``score(X)`` to choose settings by."""
+    from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+    return Tags(
+        estimator_type=None,
+        target_tags=TargetTags(required=False),
+        transformer_tags=TransformerTags(preserves_dtype=[]),
+        input_tags=InputTags(two_d_array=False, three_d_array=True, positive_only=True),
+        non_deterministic=False,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from spikedict import distributed
 from spikedict._atomic import atomic_path
 from spikedict.solvers.base import EpochRun, FitResult
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "run_epochs", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "load_checkpoint",
+    "run_epochs",
+    "save_checkpoint",
+    "warn_interrupted",
+]
 
 CHECKPOINT_FORMAT = "spikedict-checkpoint"
 #: 2: one layout for every solver (``signature``, ``state``, ``history``); version 1 files are refused.
@@ -188,3 +196,16 @@ def run_epochs(
     finally:
         bar.close()
     return run.finish(stop_reason or "n_epochs", history)
+
+
+def warn_interrupted(
+    epochs: tuple[int, int], restarts: tuple[int, int], finished: bool, checkpoint_path: str | os.PathLike | None
+) -> None:
+    """Warn that a fit was interrupted after ``epochs`` (done, planned) of restart ``restarts`` (number, planned)
+    and say what the model holds (``finished``: an earlier restart finished) and how to resume."""
+    where = f"epoch {epochs[0]} of {epochs[1]}"
+    if restarts[1] > 1:
+        where = f"restart {restarts[0]} of {restarts[1]} at {where}"
+    kept = "the best finished restart" if finished else f"the parameters after {where}"
+    resume = f"; fit(X, resume=True) continues from {str(checkpoint_path)!r}." if checkpoint_path else "."
+    warnings.warn(f"fit interrupted ({where}): the model holds {kept}{resume}", RuntimeWarning, stacklevel=4)

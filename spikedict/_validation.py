@@ -97,12 +97,12 @@ def check_counts(
                 f"template_size {template_size} is longer than the examples ({tuple(y.shape[2:])} bins); "
                 "use shorter templates or longer examples (a larger time window per example)."
             )
-    _check_scale(y, name)
     return y
 
 
 def family_for(family: Family, n_trials: Any, y: Tensor) -> Family:
-    """The fitted ``family`` for the examples of ``y``: with the data's own ``n_trials`` where it brings them."""
+    """The ``family`` for the examples of ``y`` (with the data's own ``n_trials`` where it brings them), after
+    checking that ``y`` lies in its support and that the losses cannot overflow."""
     if n_trials is not None and isinstance(family, Binomial):
         family = Binomial(n_trials)
     elif isinstance(family, Binomial) and not isinstance(family.n_trials, int) and len(family.n_trials) != y.shape[0]:
@@ -111,6 +111,7 @@ def family_for(family: Family, n_trials: Any, y: Tensor) -> Family:
             "a counts object that carries n_trials, or refit with a single n_trials."
         )
     family.validate(y, "X")
+    _check_scale(y, "X")
     return family
 
 

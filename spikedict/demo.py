@@ -138,18 +138,18 @@ def apply_overrides(settings: DemoSettings, overrides: Mapping[str, str]) -> Dem
         group, _, name = key.rpartition(".")
         if not group and name in names:
             top[name] = tuple(value) if isinstance(value, list) else value
-        elif group in ("", "fit", "gaussian_fit") and name != "family":
-            fits[group or "fit"][name] = value
-        else:
+            continue
+        target = group or "fit"
+        try:
+            if target not in fits or name == "family":
+                raise ValueError(f"the groups are fit and gaussian_fit, and the family is set per fit, got {key!r}.")
+            _estimator_settings({**fits["fit"], **fits[target], name: value})
+        except ValueError as error:
             raise ValueError(
                 f"unknown demo setting {key!r}; use one of {sorted(names)}, or a SpikeDictionary setting (optionally "
-                "as fit.NAME or gaussian_fit.NAME), e.g. solver__n_epochs or encoder__n_iterations."
-            )
-    for group in fits:
-        try:
-            _estimator_settings({**fits["fit"], **fits[group]})
-        except ValueError as error:
-            raise ValueError(f"demo setting of {group}: {error}") from None
+                f"as fit.NAME or gaussian_fit.NAME), e.g. solver__n_epochs or encoder__n_iterations ({error})"
+            ) from None
+        fits[target][name] = value
     frozen = {group: MappingProxyType(values) for group, values in fits.items()}
     return replace(settings, **frozen, **top)
 

@@ -309,7 +309,7 @@ class SpikeDictionary(Settings):
         model.set_sparsity(float(sparsity))
         batch_size = _inference.encoding_batch_size(model, data.shape[2:], resolve_device(self.device), data.shape[0])
         problem = FitProblem(model, data, family, float(sparsity), int(self.n_templates), padding, seed, self.device)
-        problem.batch_size = batch_size
+        problem.batch_size, problem.checkpoint_path = batch_size, checkpoint
         run = solver.start(problem)
         result = run_epochs(
             run, int(solver.n_epochs), checkpoint_path=checkpoint, resume=resume, progress=self.progress

@@ -78,13 +78,6 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
             + (repr(grid) if not isinstance(grid, Mapping) else "an empty dict")
             + "."
         )
-    try:
-        _estimator(fixed, {name: values[0] for name, values in grid.items() if len(values)})
-    except ValueError as error:
-        raise ValueError(
-            f"the grid or the fixed parameters name a setting that SpikeDictionary does not take: {error} "
-            "Nested settings are reached with '__', e.g. solver__n_epochs or encoder__n_iterations."
-        ) from None
     both = [name for name in grid if name in fixed]
     if both:
         raise ValueError(f"parameter(s) {both} are both in the grid and fixed; give each in one place.")
@@ -96,6 +89,13 @@ def _check_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]) -> 
         if not values:
             raise ValueError(f"grid[{name!r}] is empty; give at least one value.")
         checked[name] = values
+    try:
+        _estimator(fixed, {name: values[0] for name, values in checked.items()})
+    except ValueError as error:
+        raise ValueError(
+            f"the grid or the fixed parameters name a setting that SpikeDictionary does not take: {error} "
+            "Nested settings are reached with '__', e.g. solver__n_epochs or encoder__n_iterations."
+        ) from None
     return checked
 
 

@@ -200,6 +200,7 @@ class Alternating(Solver):
             seed=problem.seed,
             batch_size=problem.batch_size,
             device=problem.device,
+            checkpoint_path=problem.checkpoint_path,
         )
         return _CutRun(model, problem.data, problem.sparsity, config, problem.n_templates)
 

@@ -99,4 +99,5 @@ class Backprop(Solver):
 
     def start(self, problem: FitProblem) -> EpochRun:
         problem.model.n_iterations = int(self.n_code_iterations)
-        return BackpropRun(problem.model, problem.data, self.config(device=problem.device, seed=problem.seed))
+        config = self.config(device=problem.device, seed=problem.seed, checkpoint_path=problem.checkpoint_path)
+        return BackpropRun(problem.model, problem.data, config)

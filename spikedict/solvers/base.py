@@ -62,6 +62,8 @@ class FitProblem:
     device : str
     batch_size : int
         Examples encoded at once (it bounds memory).
+    checkpoint_path : str or None
+        Where the runner keeps the fit's checkpoint (named in the diagnosis of a diverged epoch).
     """
 
     model: DCEA
@@ -73,6 +75,7 @@ class FitProblem:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 100
+    checkpoint_path: str | None = None
 
 
 @dataclass

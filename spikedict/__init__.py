@@ -2,16 +2,22 @@
 
 from spikedict.estimator import NotFittedError, SpikeDictionary
 from spikedict.families import Binomial, Family, Gaussian, Poisson, get_family
+from spikedict.settings import Encoder, TemplateConstraints
+from spikedict.solvers import Alternating, Backprop
 from spikedict.training import TrainingConfig
 
 __all__ = [
+    "Alternating",
+    "Backprop",
     "Binomial",
+    "Encoder",
     "Family",
     "Gaussian",
     "NotFittedError",
     "Poisson",
     "SpikeCounts",
     "SpikeDictionary",
+    "TemplateConstraints",
     "TrainingConfig",
     "bin_spiketrains",
     "get_family",
@@ -23,8 +29,8 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# The data layer (spikedict.io) and the simulator are loaded on first use: importing neo and elephant takes
-# about a second, which `import spikedict` should not pay.
+# The data layer (spikedict.io) and the simulator are loaded on first use: importing neo and elephant is slow
+# next to `import spikedict` itself.
 _LAZY = {
     "SpikeCounts": "spikedict.io",
     "bin_spiketrains": "spikedict.io",

@@ -6,11 +6,12 @@ failures, 130 for an interrupted fit); ``spikedict --debug ...`` shows the full 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +200,18 @@ def demo(
         settings = apply_overrides(DEMO_SETTINGS["quick" if quick else "default"], _key_values(overrides, "--set"))
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
-    folder = prepare_output_directory(out or _free_folder("spikedict-demo"), overwrite=overwrite)
+    target = out or _free_folder("spikedict-demo")
+    created = not target.exists()
+    folder = prepare_output_directory(target, overwrite=overwrite)
     _use_agg()
     from spikedict.demo import run_demo
 
     started = time.perf_counter()
     click.echo(f"spikedict demo{' --quick' if quick else ''}: writing to {folder}/ ({_threads_note()})", err=True)
-    result = run_demo(folder, settings=settings, device=device, seed=seed, progress=_progress(quiet), echo=_echo_step)
+    with _no_empty_folder(folder, created):
+        result = run_demo(
+            folder, settings=settings, device=device, seed=seed, progress=_progress(quiet), echo=_echo_step
+        )
     seconds = time.perf_counter() - started
     table = result.summary[["family", "mean_initial_error", "mean_error", "max_error", "rate_rmse", "fit_seconds"]]
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -363,6 +369,7 @@ def fit(
             raise click.UsageError("--distributed needs --out: every process must know the shared output folder.")
         rank, world = distributed.init_from_environment()
         click.echo(f"process {rank} of {world} ({distributed.dist.get_backend()})", err=True)
+    created = rank == 0 and not (out or default).exists()
     if rank == 0:
         folder = prepare_output_directory(out or default, overwrite=overwrite, resume=resume)
     distributed.barrier()
@@ -373,27 +380,28 @@ def fit(
         folder = Path(tempfile.mkdtemp(prefix=f"spikedict-rank{rank}-"))
     else:
         click.echo(f"spikedict fit {recording}: writing to {folder}/ ({_threads_note()})", err=True)
-    result = fit_recording(
-        recording,
-        folder,
-        family=family,
-        bin_size=bin_size,
-        n_templates=n_templates,
-        template_size=template_size,
-        group_by=group_by,
-        example_duration=example_duration,
-        n_epochs=n_epochs,
-        sparsity=sparsity_value,
-        seed=seed,
-        device=device,
-        resume=resume,
-        progress=_progress(quiet),
-        estimator_params=estimator_params,
-        echo=_echo_step if rank == 0 else lambda message: None,
-        checkpoint_path=checkpoint,
-        window=window,
-        overlap=overlap,
-    )
+    with _no_empty_folder(folder, created):
+        result = fit_recording(
+            recording,
+            folder,
+            family=family,
+            bin_size=bin_size,
+            n_templates=n_templates,
+            template_size=template_size,
+            group_by=group_by,
+            example_duration=example_duration,
+            n_epochs=n_epochs,
+            sparsity=sparsity_value,
+            seed=seed,
+            device=device,
+            resume=resume,
+            progress=_progress(quiet),
+            estimator_params=estimator_params,
+            echo=_echo_step if rank == 0 else lambda message: None,
+            checkpoint_path=checkpoint,
+            window=window,
+            overlap=overlap,
+        )
     if rank != 0:
         import shutil
 
@@ -402,6 +410,20 @@ def fit(
     shown = result.summary.T.rename(columns={0: "value"})
     click.echo(shown.to_string(float_format=lambda v: f"{v:.4g}"))
     click.echo(f"report: {folder / 'report.html'}")
+
+
+@contextlib.contextmanager
+def _no_empty_folder(folder: Path, created: bool) -> Iterator[None]:
+    """On an error inside the block, remove ``folder`` if this command created it and nothing was written into
+    it (a failure before the first file leaves no debris; a checkpoint or a partial report stays)."""
+    from spikedict.report import remove_if_empty
+
+    try:
+        yield
+    except BaseException:
+        if created:
+            remove_if_empty(folder)
+        raise
 
 
 def _check_estimator_keywords(params: dict[str, Any]) -> None:

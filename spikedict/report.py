@@ -96,6 +96,14 @@ def prepare_output_directory(path: str | os.PathLike, *, overwrite: bool = False
     return path
 
 
+def remove_if_empty(path: str | os.PathLike) -> None:
+    """Remove the folder ``path`` if it exists and holds nothing (what a command that failed before writing
+    anything leaves behind)."""
+    path = Path(path)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
 def figure_png(figure: Any, dpi: int = 110) -> bytes:
     """A matplotlib figure as PNG bytes; the figure is closed afterwards."""
     import matplotlib.pyplot as plt  # only to release the figure from pyplot's registry

@@ -166,6 +166,21 @@ def test_fit_shipped_locust_dataset(tmp_path, capsys):
     assert np.isfinite(summary.loc[0, "log_likelihood_per_bin"])
 
 
+def test_a_command_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "missing.nix"), "--out", "never"]) == 1
+    assert "neither an existing file nor a shipped data set" in _error_line(capsys)
+    assert not (tmp_path / "never").exists()
+    assert main(["fit", str(tmp_path / "missing.nix")]) == 1  # the default folder too
+    assert not list(tmp_path.glob("spikedict-fit-*"))
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty or not
+    assert main(["fit", str(tmp_path / "missing.nix"), "--out", "mine"]) == 1
+    assert (tmp_path / "mine").is_dir()
+    assert main(["demo", "--quick", "--device", "cuda", "--out", "gpu", *TINY_DEMO]) == (
+        0 if torch.cuda.is_available() else 1
+    )
+    assert torch.cuda.is_available() or not (tmp_path / "gpu").exists()
+
+
 def test_resume_without_checkpoint_is_an_error(capsys):
     assert main(["fit", "locust", "--out", "nothing-here", "--resume", *TINY_FIT]) == 1
     assert "does not exist" in _error_line(capsys)

@@ -262,7 +262,7 @@ class SpikeDictionary(Settings):
         self.restart_losses_ = [fit[1].final_loss for fit in fits]
         self.best_restart_ = [fit[0] for fit in fits].index(model)
         if fits[-1][1].stop_reason == "interrupted":
-            epochs = (len(fits[-1][1].history), solver.n_epochs)
+            epochs = (len(fits[-1][1].history), solver.total_epochs)
             warn_interrupted(epochs, (len(fits), solver.n_restarts), bool(finished), self.checkpoint_path)
         if family.scale_from_residuals and not isinstance(self.family, Family):
             # the maximum-likelihood scale, so that score() is a proper log-likelihood
@@ -312,7 +312,7 @@ class SpikeDictionary(Settings):
         problem.batch_size, problem.checkpoint_path = batch_size, checkpoint
         run = solver.start(problem)
         result = run_epochs(
-            run, int(solver.n_epochs), checkpoint_path=checkpoint, resume=resume, progress=self.progress
+            run, solver.total_epochs, checkpoint_path=checkpoint, resume=resume, progress=self.progress
         )
         model.eval()
         return model, result, start

@@ -16,6 +16,7 @@ from spikedict.solvers._runner import load_checkpoint, run_epochs, save_checkpoi
 from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Solver
 
 __all__ = [
+    "EM",
     "Alternating",
     "Backprop",
     "EpochRun",
@@ -30,7 +31,11 @@ __all__ = [
 
 # The solver objects are loaded on first use: the algorithm modules they wrap (spikedict.alternating,
 # spikedict.training) import the runner and the contract from this package.
-_LAZY = {"Alternating": "spikedict.solvers.alternating", "Backprop": "spikedict.solvers.backprop"}
+_LAZY = {
+    "Alternating": "spikedict.solvers.alternating",
+    "Backprop": "spikedict.solvers.backprop",
+    "EM": "spikedict.solvers.em",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -42,8 +47,9 @@ def __getattr__(name: str) -> Any:
 def _solvers() -> dict[str, type[Solver]]:
     from spikedict.solvers.alternating import Alternating
     from spikedict.solvers.backprop import Backprop
+    from spikedict.solvers.em import EM
 
-    return {"alternating": Alternating, "backprop": Backprop}
+    return {"alternating": Alternating, "backprop": Backprop, "em": EM}
 
 
 def get_solver(solver: str | Solver, *, tied: bool = True) -> Solver:

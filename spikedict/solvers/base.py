@@ -180,6 +180,11 @@ class Solver(Settings, ABC):
         """
         return 0, 0
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the runner runs at most (a solver that starts with another's epochs counts them too)."""
+        return int(self.n_epochs)
+
     #: Multiple of the noise level of the correlated residual that the "auto" sparsity is set to.
     auto_sparsity_multiple: float = 2.0
 

@@ -1,0 +1,353 @@
+"""The marginal-likelihood solver: Monte-Carlo EM over a spike-and-slab prior on the codes, started by MAP.
+
+The l1-MAP codes of the alternating solver shrink and smear events, and a template step from biased codes stays
+biased however many examples there are. Maximising the *marginal* likelihood ``log sum_x p(y | H, x) p(x)``
+instead integrates over the codes. Monte-Carlo EM does it by alternating
+
+- **E-step**: codes drawn from their posterior ``p(x | y, H)`` under a sparse spike-and-slab prior (an event
+  probability per template and an amplitude distribution on a grid, events of one template at least a template
+  apart), by the blocked Metropolis-within-Gibbs sampler of :mod:`spikedict.solvers._sampling` with the family's
+  exact likelihood, warm-started from the previous draw;
+- **M-step**: the exact maximum-likelihood template (and baseline) step on the drawn codes, warm-started from the
+  current templates (L-BFGS, as the alternating solver's template step), and the prior re-estimated from the
+  drawn events;
+
+and averaging the templates over the last iterations (stochastic approximation: the draws' noise averages out).
+The alternating MAP fit (continuation, spare templates, reweighted l1) runs first and gives the start, the prior's
+amplitude range and its event rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from spikedict._template_steps import lbfgs_template_step
+from spikedict.alternating import _data_loss, _is_real, template_change
+from spikedict.io._windows import RecordingWindows
+from spikedict.model import DCEA
+from spikedict.solvers._sampling import CodePrior, CodeSampler
+from spikedict.solvers.alternating import Alternating
+from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Solver
+
+__all__ = ["EM"]
+
+
+class EM(Solver):
+    """Maximum marginal likelihood by Monte-Carlo EM, for binomial and Poisson counts (see the module docstring).
+
+    Parameters
+    ----------
+    n_epochs : int
+        EM iterations after the MAP start (each: ``n_sweeps`` sweeps of the sampler, then the template step).
+    map_fit : Alternating, optional
+        The MAP fit that starts EM (its own epochs come first). None: ``Alternating()``.
+    n_sweeps : int
+        Sampler sweeps per EM iteration (every block of every template updated once per sweep).
+    n_burn_in : int
+        Sweeps from empty codes before the first template step.
+    n_amplitudes : int
+        Points of the amplitude grid of the prior, geometric between a fraction of the MAP start's smallest
+        events and a multiple of its largest.
+    n_dictionary_iterations : int
+        L-BFGS iterations of each template step.
+    averaging : float
+        Fraction of the EM iterations, at the end, over which the templates and baseline are averaged. Larger
+        values average more draws' noise away; the averaging should start once the templates have settled.
+    n_restarts : int
+        Initialisations (seeds ``seed``, ``seed + 1``, ...); the fit with the lowest training loss is kept.
+    """
+
+    name = "em"
+
+    def __init__(
+        self,
+        n_epochs: int = 40,
+        map_fit: Alternating | None = None,
+        n_sweeps: int = 2,
+        n_burn_in: int = 5,
+        n_amplitudes: int = 12,
+        n_dictionary_iterations: int = 10,
+        averaging: float = 0.5,
+        n_restarts: int = 1,
+    ) -> None:
+        self.n_epochs = n_epochs
+        self.map_fit = map_fit
+        self.n_sweeps = n_sweeps
+        self.n_burn_in = n_burn_in
+        self.n_amplitudes = n_amplitudes
+        self.n_dictionary_iterations = n_dictionary_iterations
+        self.averaging = averaging
+        self.n_restarts = n_restarts
+
+    def _settings_of(self, name: str) -> Any:
+        value = getattr(self, name)
+        return Alternating() if name == "map_fit" and value is None else value
+
+    def _nested_settings(self, name: str) -> Any:
+        if name == "map_fit":
+            self.map_fit = self._settings_of("map_fit")
+        return super()._nested_settings(name)
+
+    @property
+    def n_code_iterations(self) -> int:
+        """Encoder iterations of the MAP start's epochs."""
+        return int(self._settings_of("map_fit").n_code_iterations)
+
+    @property
+    def auto_sparsity_multiple(self) -> float:  # type: ignore[override]
+        return self._settings_of("map_fit").auto_sparsity_multiple
+
+    @property
+    def total_epochs(self) -> int:
+        """The MAP start's epochs and the EM iterations."""
+        return int(self._settings_of("map_fit").n_epochs) + int(self.n_epochs)
+
+    def validate(self, *, tied: bool) -> None:
+        self._settings_of("map_fit").validate(tied=tied)
+        for name, low in (("n_epochs", 1), ("n_sweeps", 1), ("n_burn_in", 0), ("n_amplitudes", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"EM {name} must be an integer >= {low}, got {value!r}.")
+        for name in ("n_dictionary_iterations", "n_restarts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EM {name} must be an integer >= 1, got {value!r}.")
+        if not (_is_real(self.averaging) and 0 < self.averaging <= 1):
+            raise ValueError(f"EM averaging must be a fraction in (0, 1], got {self.averaging!r}.")
+
+    def learning_room(
+        self,
+        n_templates: int,
+        template_shape: Sequence[int],
+        signal_shape: Sequence[int],
+        *,
+        given_init: bool,
+        zero_edges: int,
+    ) -> tuple[int, int]:
+        """The MAP start's spare templates and padding."""
+        return self._settings_of("map_fit").learning_room(
+            n_templates, template_shape, signal_shape, given_init=given_init, zero_edges=zero_edges
+        )
+
+    def start(self, problem: FitProblem) -> EpochRun:
+        if problem.family.linear_residual:
+            raise ValueError(
+                "the EM solver fits count data (binomial, Poisson); for Gaussian data the alternating solver's "
+                "least-squares fit is the one to use: solver='alternating'."
+            )
+        if isinstance(problem.data, RecordingWindows) or problem.model.templates.ndim != 3:
+            raise ValueError(
+                "the EM solver fits 1-D counts held in memory (not RecordingWindows, not images); use "
+                "solver='alternating' for those."
+            )
+        return EMRun(self, problem)
+
+
+class EMRun(EpochRun):
+    """One EM fit: the MAP start's epochs, then the EM iterations (see :class:`EM`)."""
+
+    def __init__(self, settings: EM, problem: FitProblem) -> None:
+        self.settings, self.problem = settings, problem
+        map_fit = settings._settings_of("map_fit")
+        self.start_run = map_fit.start(problem)
+        self.n_start = int(map_fit.n_epochs)
+        self.phase = "start"
+        self.start_history: list[dict[str, Any]] = []
+        self.signature = {
+            **self.start_run.signature,
+            "solver": "em",
+            "n_start_epochs": self.n_start,
+            "n_amplitudes": settings.n_amplitudes,
+            "n_sweeps": settings.n_sweeps,
+            "n_burn_in": settings.n_burn_in,
+        }
+        self.generator = torch.Generator().manual_seed(int(problem.seed) + 7919)
+        self.iteration = 0
+        self.sampler: CodeSampler | None = None
+        self.prior: CodePrior | None = None
+        self.average: tuple[Tensor, Tensor] | None = None
+        self.n_averaged = 0
+        self.delta: float | None = None
+
+    # ---------------------------------------------------------------------------------------- phases
+    @property
+    def model(self) -> DCEA:
+        return self.problem.model
+
+    def _begin_em(self) -> None:
+        """End the MAP start (spares dropped, padding cut) and set up the prior and the sampler from it."""
+        result = self.start_run.finish("n_epochs", self.start_history)
+        self.delta = result.reweighting_delta
+        codes = result.codes if result.codes is not None else torch.zeros(0)
+        active = codes[codes > 0]
+        n_shifts = self.problem.data.shape[-1] - self.model.templates.shape[-1] + 1
+        if active.numel():
+            low, high = float(active.quantile(0.1)) * 0.5, float(active.max()) * 1.5
+        else:  # the MAP start found no event: a grid around the noise level of one template
+            low, high = 0.5, 5.0
+        amplitudes = torch.logspace(math.log10(low), math.log10(max(high, 2 * low)), self.settings.n_amplitudes)
+        n_templates = self.model.n_templates
+        per_template = (codes > 0).sum(dim=(0, 2)).double() if active.numel() else torch.zeros(n_templates)
+        rate = ((per_template + 1) / (codes.shape[0] * n_shifts + 2)).clamp(1e-5, 0.05) if codes.numel() else None
+        self.prior = CodePrior(
+            event_probability=rate if rate is not None else torch.full((n_templates,), 1e-3, dtype=torch.float64),
+            amplitudes=amplitudes,
+            amplitude_weights=torch.full((n_templates, len(amplitudes)), 1.0 / len(amplitudes)),
+        )
+        self._new_sampler(torch.zeros((self.problem.data.shape[0], n_templates, n_shifts)))
+        for _ in range(self.settings.n_burn_in):
+            self.sampler.sweep(self.prior, self.generator)
+        self.phase = "em"
+
+    def _new_sampler(self, codes: Tensor) -> None:
+        model, problem = self.model, self.problem
+        device = model.templates.device
+        y = problem.data.to(device)
+        self.sampler = CodeSampler(
+            model.templates.detach(), model.baseline.detach(), y, problem.family.to(device), codes.to(device)
+        )
+
+    # ------------------------------------------------------------------------------------------ epochs
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        if self.phase == "start":
+            row = {**self.start_run.run_epoch(epoch), "phase": "map"}
+            self.start_history.append(row)
+            if epoch + 1 >= self.n_start or self.start_run.stop_reason(self.start_history):
+                self._begin_em()
+            return row
+        return self._em_iteration(epoch)
+
+    def _em_iteration(self, epoch: int) -> dict[str, float]:
+        settings, model, sampler, prior = self.settings, self.model, self.sampler, self.prior
+        assert sampler is not None and prior is not None
+        before = model.templates.detach().clone()
+        acceptance = sum(sampler.sweep(prior, self.generator) for _ in range(settings.n_sweeps)) / settings.n_sweeps
+        codes = sampler.codes
+        problem = self.problem
+        lbfgs_template_step(
+            model, problem.data, codes.cpu(), problem.family, settings.n_dictionary_iterations, problem.batch_size
+        )
+        _constrain(model)
+        self._update_prior(codes)
+        self._new_sampler(codes)
+        self.iteration += 1
+        first_averaged = settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
+        if self.iteration > first_averaged:
+            self._accumulate()
+        with torch.no_grad():
+            loss = _data_loss(model, problem.data, codes.cpu(), problem.family, problem.batch_size, backward=False)
+        n_events = float((codes != 0).sum())
+        return {
+            "epoch": epoch + 1,
+            "phase": "em",
+            "train_loss": loss,
+            "code_density": n_events / max(codes.numel(), 1),
+            "events_per_example": n_events / codes.shape[0],
+            "acceptance": acceptance,
+            "template_change": template_change(before, model.templates),
+        }
+
+    def _update_prior(self, codes: Tensor) -> None:
+        """Event probability and amplitude weights from the drawn events (one pseudo-count each)."""
+        prior = self.prior
+        events = codes != 0
+        n_shifts = codes.shape[0] * codes.shape[-1]
+        prior.event_probability = ((events.sum(dim=(0, 2)).double() + 1) / (n_shifts + 2)).cpu()
+        grid = prior.amplitudes.to(codes)
+        weights = torch.ones_like(prior.amplitude_weights, dtype=torch.float64)
+        for k in range(codes.shape[1]):
+            values = codes[:, k][events[:, k]]
+            if values.numel():
+                nearest = (values[:, None] - grid).abs().argmin(dim=1).cpu()
+                weights[k] += torch.bincount(nearest, minlength=len(grid)).double()
+        prior.amplitude_weights = (weights / weights.sum(dim=1, keepdim=True)).to(prior.amplitude_weights.dtype)
+
+    def _accumulate(self) -> None:
+        templates, baseline = self.model.templates.detach().cpu(), self.model.baseline.detach().cpu()
+        if self.average is None:
+            self.average = (templates.clone(), baseline.clone())
+        else:
+            weight = 1.0 / (self.n_averaged + 1)
+            self.average = (
+                self.average[0] + weight * (templates - self.average[0]),
+                self.average[1] + weight * (baseline - self.average[1]),
+            )
+        self.n_averaged += 1
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        if self.phase == "start":
+            return {"phase": "start", "start": self.start_run.state_dict(), "history": list(self.start_history)}
+        prior = self.prior
+        return {
+            "phase": "em",
+            "templates": self.model.templates.detach().cpu().clone(),
+            "baseline": self.model.baseline.detach().cpu().clone(),
+            "codes": self.sampler.codes.cpu().clone(),
+            "event_probability": prior.event_probability.clone(),
+            "amplitudes": prior.amplitudes.clone(),
+            "amplitude_weights": prior.amplitude_weights.clone(),
+            "generator": self.generator.get_state(),
+            "average": None if self.average is None else tuple(t.clone() for t in self.average),
+            "n_averaged": self.n_averaged,
+            "iteration": self.iteration,
+            "delta": self.delta,
+            "history": list(self.start_history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start_history = list(state["history"])
+        if state["phase"] == "start":
+            if self.phase != "start":
+                raise RuntimeError("an EM run cannot go back to its MAP start; start a new run to resume it.")
+            self.start_run.load_state_dict(state["start"])
+            return
+        model = self.model
+        with torch.no_grad():
+            model.templates = torch.nn.Parameter(state["templates"].to(model.baseline.device), requires_grad=True)
+            model.baseline.copy_(state["baseline"])
+        self.prior = CodePrior(state["event_probability"], state["amplitudes"], state["amplitude_weights"])
+        self.generator.set_state(state["generator"])
+        self.average, self.n_averaged = state["average"], state["n_averaged"]
+        self.iteration, self.delta, self.phase = state["iteration"], state["delta"], "em"
+        self._new_sampler(state["codes"])
+
+    def stop_reason(self, history: Sequence[dict[str, Any]]) -> str | None:
+        return "n_epochs" if self.phase == "em" and self.iteration >= self.settings.n_epochs else None
+
+    def finish(self, stop_reason: str, history: list[dict[str, Any]]) -> FitResult:
+        if self.phase == "start":
+            return self.start_run.finish(stop_reason, history)
+        model = self.model
+        if self.average is not None:
+            with torch.no_grad():
+                model.templates.copy_(self.average[0].to(model.templates.device))
+                model.baseline.copy_(self.average[1].to(model.baseline.device))
+        codes = self.sampler.codes.cpu()
+        norms = model.templates.detach().flatten(1).norm(dim=1).clamp(min=1e-30).cpu()
+        model.project_templates_()
+        model.sparsity = self.problem.sparsity
+        return FitResult(
+            history=pd.DataFrame(history),
+            stop_reason=stop_reason,
+            codes=codes * norms.reshape(1, -1, 1),
+            reweighting_delta=self.delta,
+            best_epoch=len(history),
+        )
+
+
+@torch.no_grad()
+def _constrain(model: DCEA) -> None:
+    """The templates' constraints (non-negative, edges at zero) without their unit norm: in EM the amplitude
+    grid of the prior sets the scale."""
+    if model.nonnegative_templates:
+        model.templates.clamp_(min=0)
+    if model.zero_edges:
+        model.templates[..., : model.zero_edges] = 0
+        model.templates[..., -model.zero_edges :] = 0

@@ -1,0 +1,164 @@
+"""The marginal-likelihood (EM) solver: its sampler against the exact posterior, resume, settings, a fit."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_model
+from scipy.stats import chi2
+
+from spikedict import SpikeDictionary
+from spikedict.analysis import align_templates
+from spikedict.families import Binomial, Gaussian, Poisson
+from spikedict.model import decode
+from spikedict.solvers import EM, Alternating
+from spikedict.solvers._sampling import CodePrior, CodeSampler
+
+TEMPLATES = torch.tensor([[[0.6, 0.8, -0.3]], [[-0.2, 0.5, 0.9]]])
+TEMPLATES = TEMPLATES / TEMPLATES.flatten(1).norm(dim=1)[:, None, None]
+AMPLITUDES = torch.tensor([1.0, 2.5])
+
+
+def exact_posterior(y, family, n_templates, prior, baseline):
+    """Every code configuration of a tiny problem (events of a template at least a template apart), with its
+    posterior probability by enumeration."""
+    size, n_bins = TEMPLATES.shape[-1], y.shape[-1]
+    n_shifts = n_bins - size + 1
+    per_template = []
+    for _ in range(n_templates):
+        options = []
+        for n_events in range(3):
+            for shifts in itertools.combinations(range(n_shifts), n_events):
+                if any(b - a < size for a, b in itertools.pairwise(shifts)):
+                    continue
+                options += [tuple(zip(shifts, grid)) for grid in itertools.product(range(2), repeat=n_events)]
+        per_template.append(options)
+    states, log_weights = [], []
+    for state in itertools.product(*per_template):
+        codes = torch.zeros(1, n_templates, n_shifts)
+        log_prior = 0.0
+        for k, events in enumerate(state):
+            for shift, grid in events:
+                codes[0, k, shift] = AMPLITUDES[grid]
+                log_prior += float(prior.log_odds()[k] + torch.log(prior.amplitude_weights[k, grid]))
+        eta = decode(codes, TEMPLATES[:n_templates], 1, (n_bins,)) + baseline
+        log_weights.append(log_prior - float(family.negative_log_likelihood(y, eta).sum()))
+        states.append(state)
+    weights = np.exp(np.array(log_weights) - max(log_weights))
+    return states, weights / weights.sum()
+
+
+@pytest.mark.parametrize(
+    ("family", "n_templates"), [(Poisson(), 1), (Binomial(n_trials=5), 1), (Poisson(), 2), (Binomial(n_trials=5), 2)]
+)
+def test_the_sampler_draws_from_the_exact_posterior(family, n_templates):
+    y = torch.tensor([[[0.0, 3.0, 2.0, 0.0, 1.0, 4.0, 1.0]]])
+    baseline = torch.tensor([-0.5])
+    prior = CodePrior(torch.tensor([0.15, 0.1])[:n_templates], AMPLITUDES, torch.tensor([[0.6, 0.4], [0.3, 0.7]]))
+    states, probability = exact_posterior(y, family, n_templates, prior, baseline.reshape(1, -1, 1))
+    n_chains = 6000  # independent chains, one per copy of the example
+    sampler = CodeSampler(
+        TEMPLATES[:n_templates],
+        baseline,
+        y.expand(n_chains, -1, -1).contiguous(),
+        family,
+        torch.zeros(n_chains, n_templates, 5),
+    )
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(60):
+        sampler.sweep(prior, generator)
+    index = {state: i for i, state in enumerate(states)}
+    counts = np.zeros(len(states))
+    for chain in sampler.codes:
+        state = tuple(
+            tuple((int(s), int((AMPLITUDES - chain[k, s]).abs().argmin())) for s in torch.nonzero(chain[k]).flatten())
+            for k in range(n_templates)
+        )
+        counts[index[state]] += 1  # a state outside the prior's support would raise here
+    # Pearson's chi-square over the states expected at least 5 times (the rest pooled into one cell), at a
+    # significance of 1e-4: a sampler with the wrong stationary distribution fails it by far at 6000 chains
+    expected = probability * n_chains
+    common = expected >= 5
+    observed_cells = np.append(counts[common], counts[~common].sum())
+    expected_cells = np.append(expected[common], expected[~common].sum())
+    statistic = float(((observed_cells - expected_cells) ** 2 / np.maximum(expected_cells, 1e-12)).sum())
+    assert statistic < chi2.ppf(1 - 1e-4, len(observed_cells) - 1), (statistic, len(observed_cells))
+
+
+def test_the_sampler_keeps_its_rates_in_step_with_its_codes():
+    y = torch.poisson(torch.full((4, 2, 60), 1.5), generator=torch.Generator().manual_seed(0))
+    templates = torch.randn(2, 2, 8, generator=torch.Generator().manual_seed(1))
+    prior = CodePrior(torch.tensor([0.05, 0.05]), torch.tensor([0.5, 1.0, 2.0]), torch.full((2, 3), 1 / 3))
+    sampler = CodeSampler(templates, torch.tensor([0.2, 0.4]), y, Poisson(), torch.zeros(4, 2, 53))
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        acceptance = sampler.sweep(prior, generator)
+        torch.testing.assert_close(sampler.eta, sampler._eta(), atol=1e-5, rtol=1e-5)
+    assert 0 < acceptance <= 1 and bool((sampler.codes != 0).any())
+    events = sampler.codes != 0  # events of one template at least a template apart
+    for example, template in itertools.product(range(4), range(2)):
+        shifts = torch.nonzero(events[example, template]).flatten()
+        assert bool((torch.diff(shifts) >= 8).all())
+
+
+def test_em_settings_are_checked_with_the_fix(binomial_counts):
+    with pytest.raises(ValueError, match="EM n_sweeps must be an integer >= 1"):
+        small_model(solver=EM(n_sweeps=0)).fit(binomial_counts)
+    with pytest.raises(ValueError, match="EM averaging must be a fraction"):
+        small_model(solver=EM(averaging=0)).fit(binomial_counts)
+    with pytest.raises(ValueError, match="fits count data"):
+        small_model(family=Gaussian(), n_trials=None, solver=EM(n_epochs=1)).fit(binomial_counts)
+    model = SpikeDictionary(solver="em")
+    assert model.get_params()["solver__map_fit__n_epochs"] == 30 and model.solver == "em"
+    model.set_params(solver__map_fit__n_epochs=2, solver__n_epochs=3)  # the name resolved to its object
+    assert model.solver == EM(n_epochs=3, map_fit=Alternating(n_epochs=2))
+
+
+def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_counts, tmp_path, monkeypatch):
+    settings = {"solver": EM(n_epochs=4, n_burn_in=1, map_fit=Alternating(n_epochs=3)), "seed": 1}
+    whole = small_model(**settings).fit(binomial_counts)
+    assert whole.history_["phase"].tolist() == ["map"] * 3 + ["em"] * 4
+    import spikedict.solvers._runner as runner
+
+    calls = {"n": 0}
+    save = runner.save_checkpoint
+
+    def save_then_stop(path, payload):  # interrupted after the fifth epoch's checkpoint (second EM iteration)
+        save(path, payload)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
+    path = tmp_path / "em.ckpt"
+    with pytest.warns(RuntimeWarning, match="fit interrupted"):
+        small_model(**settings, checkpoint_path=str(path)).fit(binomial_counts)
+    monkeypatch.setattr(runner, "save_checkpoint", save)
+    resumed = small_model(**settings, checkpoint_path=str(path)).fit(binomial_counts, resume=True)
+    np.testing.assert_allclose(resumed.templates_, whole.templates_, atol=1e-6)
+    assert len(resumed.history_) == 7
+
+
+@pytest.mark.slow
+def test_em_improves_on_the_map_start_at_moderate_signal():
+    """Binomial counts where an event moves the counts by a few standard deviations: the MAP start's templates
+    are biased, and EM moves them closer to the truth."""
+    from spikedict.simulate import paper_templates, simulate_counts
+
+    simulation = simulate_counts(
+        paper_templates(), n_examples=40, n_bins=1500, n_trials=20, baseline=-2.5, amplitude_range=(2.0, 4.0), seed=0
+    )
+    common = dict(n_templates=3, template_size=50, n_trials=20, seed=0, progress=False, device="cpu")
+    em = SpikeDictionary(**common, solver=EM(n_epochs=12)).fit(simulation.counts)
+    history = em.history_
+    map_rows = history[history["phase"] == "map"]
+    assert len(map_rows) == 30 and (history["phase"] == "em").sum() == 12
+    start = SpikeDictionary(**common).fit(simulation.counts)  # the same MAP fit, alone
+    map_error = align_templates(start.templates_, simulation.templates).mean_error
+    em_error = align_templates(em.templates_, simulation.templates).mean_error
+    assert em_error < map_error - 0.05, (map_error, em_error)
+    assert math.isfinite(em.score(simulation.counts))

@@ -311,9 +311,7 @@ class SpikeDictionary(Settings):
         problem = FitProblem(model, data, family, float(sparsity), int(self.n_templates), padding, seed, self.device)
         problem.batch_size, problem.checkpoint_path = batch_size, checkpoint
         run = solver.start(problem)
-        result = run_epochs(
-            run, solver.total_epochs, checkpoint_path=checkpoint, resume=resume, progress=self.progress
-        )
+        result = run_epochs(run, solver.total_epochs, checkpoint_path=checkpoint, resume=resume, progress=self.progress)
         model.eval()
         return model, result, start
 

@@ -23,6 +23,18 @@ DATASETS: dict[str, tuple[str, str]] = {
         "locust.mat",
         "locust auditory receptor neuron, two 10 s white-noise stimuli (Rokem et al. 2006, via nitime; BSD-3)",
     ),
+    "motoneurone": (
+        "motoneurone.mat",
+        "human motoneurone, 469 replicates of -250 to 250 ms around a magnetic stimulus (Boniface; boot, Unlimited)",
+    ),
+    "stn": (
+        "stn.mat",
+        "subthalamic neuron (Parkinson's patient), 50 trials of 2 s around a GO cue, left/right (Kramer & Eden; MIT)",
+    ),
+    "songbird": (
+        "songbird.mat",
+        "74 neurons of zebra finch HVC, one 22.2 s stretch of recurring sequences (Mackevicius et al. 2019; MIT)",
+    ),
 }
 
 
@@ -40,7 +52,7 @@ def list_datasets() -> dict[str, str]:
     Examples
     --------
     >>> sorted(list_datasets())
-    ['locust', 'paper-binomial']
+    ['locust', 'motoneurone', 'paper-binomial', 'songbird', 'stn']
     """
     return {name: description for name, (_, description) in DATASETS.items()}
 
@@ -50,19 +62,28 @@ def load_dataset(name: str) -> neo.Block:
 
     Parameters
     ----------
-    name : {"paper-binomial", "locust"}
+    name : {"paper-binomial", "locust", "motoneurone", "stn", "songbird"}
+        See ``data/README.md`` for each one's source, licence, citation and shape.
 
     Returns
     -------
     neo.Block
         Segments are trials, groups are units; ``block.annotations`` describe the data (``bin_size`` to use,
-        source, licence, and for simulated data the ground truth).
+        source, licence, citation, and for simulated data the ground truth). Trials of the recordings are
+        aligned to their event (``stimulus_time`` or ``go_cue_time`` at 0) and annotated with their ``trial``
+        number and condition (``direction`` in ``"stn"``).
 
     Examples
     --------
     >>> block = load_dataset("locust")
     >>> len(block.segments), block.segments[0].annotations["cutoff_frequency"]
     (2, array(200.) * Hz)
+    >>> stn = load_dataset("stn")
+    >>> len(stn.segments), stn.segments[0].annotations["direction"], stn.segments[0].spiketrains[0].t_start
+    (50, 'left', array(-1000.) * ms)
+    >>> songbird = load_dataset("songbird")
+    >>> len(songbird.groups), songbird.groups[0].name
+    (74, 'neuron 1')
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; the shipped ones are {sorted(DATASETS)} (see list_datasets()).")

@@ -74,11 +74,11 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
     # One motoneurone, 469 replicates of 500 ms around a magnetic stimulus, ~4 spikes each, never two within
     # 47 ms: one example per replicate (trial-by-trial events), Poisson counts in 2 ms bins (the evoked peak is
     # ~10 ms wide), templates of 50 ms (25 bins: the evoked peak and the silence after it).
-    "motoneurone": RecordingDefaults(family="poisson", bin_size=2 * pq.ms, template_size=25),
+    "motoneurone": RecordingDefaults(family="poisson", bin_size=2 * pq.ms, template_size=25, n_epochs=30),
     # One STN neuron, 50 trials of 2 s, ~47 spikes/s in bursts (up to 3 spikes in 5 ms, so no binomial pooling
     # of trials without clipping) that are not locked to the GO cue: Poisson counts per trial in 5 ms bins,
     # templates of 100 ms (20 bins: a burst and a beta cycle, ~60 ms).
-    "stn": RecordingDefaults(family="poisson", bin_size=5 * pq.ms, template_size=20),
+    "stn": RecordingDefaults(family="poisson", bin_size=5 * pq.ms, template_size=20, n_epochs=30),
     # 74 HVC neurons, one 22.2 s stretch whose spike times are multiples of 1/30 s (at most one spike per neuron
     # and step): Poisson counts in bins of that step, 2 sequences (as PP-Seq's demo) of 0.5 s (15 bins) over all
     # 74 channels, the stretch cut into 2 s examples (11 of them).
@@ -88,6 +88,7 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
         template_size=15,
         n_templates=2,
         example_duration=2 * pq.s,
+        n_epochs=30,
     ),
 }
 

@@ -104,7 +104,7 @@ def open_recording(source: str | Path) -> tuple[Any, str, RecordingDefaults]:
     ----------
     source : str or path
         A file that ``neo.io`` reads (``.mat``, ``.nix``, ``.nwb``, ...) or a shipped data set name
-        (``"paper-binomial"``, ``"locust"``).
+        (see :func:`spikedict.io.list_datasets`).
 
     Returns
     -------

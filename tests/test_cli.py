@@ -214,7 +214,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     ("argv", "message"),
     [
         (["fit", "no-such-recording.mat"], "neither an existing file nor a shipped data set"),
-        (["info", "no-such-recording.mat"], "['locust', 'paper-binomial']"),
+        (["info", "no-such-recording.mat"], "['locust', 'motoneurone', 'paper-binomial', 'songbird', 'stn']"),
         (["fit", "locust", "--family", "binomial", "--out", "b"], "--group-by"),
         (["fit", "locust", "--bin-size", "3ms", "--template-size", "10ms", "--out", "c"], "whole number of bins"),
     ],

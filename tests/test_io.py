@@ -446,7 +446,7 @@ def test_nwb_round_trip(rng, tmp_path):
 
 # ---------------------------------------------------------------------------- shipped data
 def test_list_and_load_shipped_data():
-    assert set(list_datasets()) == {"paper-binomial", "locust"}
+    assert set(list_datasets()) == {"paper-binomial", "locust", "motoneurone", "stn", "songbird"}
     locust = load_dataset("locust")
     assert [len(s.spiketrains[0]) for s in locust.segments] == [929, 868]
     assert locust.segments[1].annotations["cutoff_frequency"] == 800 * pq.Hz

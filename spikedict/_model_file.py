@@ -95,24 +95,7 @@ def _translate_version_1(params: dict[str, Any]) -> dict[str, Any]:
             if value != "auto" or renamed.get(old, old) in ("n_spare_templates", "padding", "initial_subset"):
                 solver.set_params(**{renamed.get(old, old): value})
     params["solver"] = solver
-    known = {
-        "n_templates",
-        "template_size",
-        "family",
-        "n_trials",
-        "sparsity",
-        "solver",
-        "encoder",
-        "stride",
-        "baseline",
-        "init",
-        "constraints",
-        "device",
-        "seed",
-        "progress",
-        "checkpoint_path",
-    }
-    return {k: v for k, v in params.items() if k in known}
+    return params
 
 
 def save_estimator(estimator: Any, path: Path) -> Path:
@@ -187,6 +170,7 @@ def load_estimator(cls: type, path: Path, device: str) -> Any:
         params = json.loads(metadata["params"])
         if int(metadata["version"]) == 1:
             params = _translate_version_1(params)
+            params = {k: v for k, v in params.items() if k in cls._parameter_names()}
         estimator = cls(**{k: _from_json(v) for k, v in params.items()})
         estimator.device = device
         family = get_family(**json.loads(metadata["family"]))

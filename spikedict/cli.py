@@ -327,9 +327,10 @@ def fit(
 
     Shipped data sets: paper-binomial (simulated, the paper's setting), locust (a locust auditory receptor
     neuron), motoneurone (a human motoneurone around magnetic stimulation), stn (a subthalamic neuron around a
-    GO cue) and songbird (74 neurons of songbird HVC); `spikedict info NAME` describes each. Writes to --out the model (model.safetensors), the templates (templates.csv, templates.npz),
-    figures, tables and a self-contained report.html. Ctrl-C stops the fit after saving a checkpoint; the same
-    command with --resume continues it.
+    GO cue) and songbird (74 neurons of songbird HVC); `spikedict info NAME` describes each. Writes to --out
+    the model (model.safetensors), the templates (templates.csv, templates.npz), figures, tables and a
+    self-contained report.html. Ctrl-C stops the fit after saving a checkpoint; the same command with --resume
+    continues it.
 
     \b
     Examples:

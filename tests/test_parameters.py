@@ -113,7 +113,7 @@ def test_unknown_parameters_are_refused_with_the_valid_ones(key, owner, names):
 def test_nested_keys_need_a_settings_object():
     with pytest.raises(ValueError, match="seed of SpikeDictionary is 0, which has no parameters to set"):
         SpikeDictionary().set_params(seed__value=1)
-    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop' or a Solver object"):
+    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop', 'em' or a Solver object"):
         SpikeDictionary(solver="adam").set_params(solver__n_epochs=1)
 
 

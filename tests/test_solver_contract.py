@@ -95,7 +95,7 @@ def test_solver_names_resolve_to_objects_and_unknown_ones_are_refused():
     assert get_solver("auto") == Alternating() and get_solver("auto", tied=False) == Backprop()
     given = Alternating(n_epochs=3)
     assert get_solver(given) is given
-    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop' or a Solver object"):
+    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop', 'em' or a Solver object"):
         get_solver("em")
 
 

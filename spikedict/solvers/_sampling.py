@@ -182,11 +182,7 @@ class CodeSampler:
         amplitudes: Tensor,
     ) -> Tensor:
         """Exact log-likelihood gain of each block's ``choice`` over no event, shape (n, blocks)."""
-        n_amplitudes = len(amplitudes)
-        is_event = choice != none
-        position = torch.where(is_event, choice // n_amplitudes, 0)
-        amplitude = torch.where(is_event, amplitudes[choice.clamp(max=none - 1) % n_amplitudes], 0.0)
-        shift = torch.gather(index.expand(choice.shape[0], -1, -1), 2, position[..., None])[..., 0]
+        is_event, shift, amplitude = _decode_choice(index, choice, none, amplitudes)
         window = eta_rest.unfold(-1, self.size, 1)  # (n, c, shifts, size), a view
         rows = torch.arange(choice.shape[0], device=choice.device)[:, None]
         eta_window = window[rows, :, shift]  # (n, blocks, c, size)
@@ -207,16 +203,22 @@ class CodeSampler:
         in_parity: Tensor,
         eta_rest: Tensor,
     ) -> None:
-        n_amplitudes = len(amplitudes)
-        is_event = choice != none
-        position = torch.where(is_event, choice // n_amplitudes, 0)
-        shift = torch.gather(index.expand(choice.shape[0], -1, -1), 2, position[..., None])[..., 0]
-        amplitude = torch.where(is_event, amplitudes[choice.clamp(max=none - 1) % n_amplitudes], 0.0)
+        is_event, shift, amplitude = _decode_choice(index, choice, none, amplitudes)
         new = torch.zeros_like(own)
         rows = torch.arange(choice.shape[0], device=choice.device)[:, None].expand_as(shift)
         new[rows[is_event], shift[is_event]] = amplitude[is_event]
         self.codes[:, k] = self.codes[:, k] * ~in_parity + new
         self.eta = eta_rest + self.operators[k].decode(new[:, None])
+
+
+def _decode_choice(index: Tensor, choice: Tensor, none: int, amplitudes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each block's candidate as ``(is_event, shift, amplitude)``, shapes (n, blocks); the shift of "no event" is
+    its block's first and its amplitude 0."""
+    is_event = choice != none
+    position = torch.where(is_event, choice // len(amplitudes), 0)
+    shift = torch.gather(index.expand(choice.shape[0], -1, -1), 2, position[..., None])[..., 0]
+    amplitude = torch.where(is_event, amplitudes[choice.clamp(max=none - 1) % len(amplitudes)], 0.0)
+    return is_event, shift, amplitude
 
 
 def _pick(values: Tensor, choice: Tensor, none: int) -> Tensor:

@@ -807,7 +807,7 @@ def test_restarts_are_checked(binomial_counts):
 
 
 def test_solver_settings_are_checked(binomial_counts):
-    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop' or a Solver object"):
+    with pytest.raises(ValueError, match="solver must be 'auto', 'alternating', 'backprop', 'em' or a Solver object"):
         SpikeDictionary(3, TEMPLATE_SIZE, n_trials=N_TRIALS, solver="adam", progress=False).fit(binomial_counts)
     # the alternating solver has no back-propagation setting; what it refuses is an untied encoder
     with pytest.raises(ValueError, match="the alternating solver learns tied templates"):

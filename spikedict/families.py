@@ -167,6 +167,15 @@ class Family(ABC):
         that a predicted rate of 0, or of every trial, keeps a finite log-likelihood)."""
         return self.link(mean)
 
+    def data_warnings(self, y: Tensor) -> list[str]:
+        """What about counts ``y`` makes a fit say little, each with what to try (empty if nothing)."""
+        if y.numel() and not bool(y.any()):
+            return [
+                "every count is zero: there is no spike to learn templates from. Check the recording's units and "
+                "time window (t_start, t_stop), or choose other units."
+            ]
+        return []
+
     # ------------------------------------------------------------------- what a fit needs
     #: True when the family has a scale that a fit estimates from its residuals (the Gaussian's ``std``).
     scale_from_residuals: bool = False
@@ -440,6 +449,17 @@ class Binomial(Family):
         probability = (mean / self._trials_like(mean)).clamp(clip, 1 - clip)
         return torch.log(probability) - torch.log1p(-probability)
 
+    def data_warnings(self, y: Tensor) -> list[str]:
+        found = super().data_warnings(y)
+        saturated = float((y >= self._trials_like(y)).double().mean()) if y.numel() else 0.0
+        if saturated >= 0.2:
+            found.append(
+                f"{saturated:.0%} of the bins hold a spike in every trial (counts at n_trials = {self.n_trials}): "
+                "at this bin size the binomial counts saturate and hide the rate's shape. Use a smaller bin size, "
+                "or family='poisson'."
+            )
+        return found
+
     def baseline_from_mean(self, mean: Tensor, n_examples: int) -> Tensor:
         """The natural parameter of ``mean`` for each example's ``n_trials``, averaged over the examples."""
         per_example = mean.reshape(1, -1, 1).expand(n_examples, -1, 1)
@@ -513,6 +533,16 @@ class Poisson(Family):
 
     def sample(self, eta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.poisson(self.mean(eta), generator=generator)
+
+    def data_warnings(self, y: Tensor) -> list[str]:
+        found = super().data_warnings(y)
+        mean = float(y.double().mean()) if y.numel() else 0.0
+        if mean > 50:
+            found.append(
+                f"the counts are large (a mean of {mean:.3g} spikes per bin): bins this wide blur events shorter "
+                "than a bin. Use a smaller bin size."
+            )
+        return found
 
     def clipped_link(self, mean: Tensor, clip: float) -> Tensor:
         return torch.log(mean.clamp(min=clip))

@@ -445,10 +445,24 @@ def fit_recording(
         )
 
     counts = _bin_recording(block, label, settings, echo, timings)
+    warned = _data_warnings(counts, settings, echo)
     model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
     return _write_fit(
-        folder, source, label, block, counts, model, settings, parameters, device_used, echo, timings, started
+        folder, source, label, block, counts, model, settings, parameters, device_used, echo, timings, started, warned
     )
+
+
+def _data_warnings(counts: Any, settings: RecordingDefaults, echo: Callable[[str], None]) -> list[str]:
+    """What about the binned counts makes the fit say little (all zero, saturated, huge), said in the terminal."""
+    import torch
+
+    from spikedict.families import resolve_family
+
+    family = resolve_family(settings.family, counts.n_trials)
+    found = family.data_warnings(torch.as_tensor(counts.counts, dtype=torch.float64))
+    for message in found:
+        echo(f"warning: {message}")
+    return found
 
 
 def _checkpoint(folder: Path, checkpoint_path: str | Path | None, resume: bool) -> Path:
@@ -618,14 +632,19 @@ def _write_fit(
     echo: Callable[[str], None],
     timings: dict[str, float],
     started: float,
+    warned: list[str],
 ) -> FitResult:
-    """Write the model, templates, figures and report of a fit to binned counts; return what was fitted."""
+    """Write the model, templates, figures and report of a fit to binned counts (with the ``warned`` notes about the
+    data); return what was fitted."""
     echo(f"writing the model, templates, figures and report to {folder}")
     clock = time.perf_counter()
     seconds = float(settings.bin_size.rescale(pq.s).magnitude)
     written = _write_model_and_templates(folder, model, counts.channel_names, seconds)
     evaluation = _evaluate_fit(model, counts, block, label, settings, timings)
+    evaluation.summary["data_warnings"] = " | ".join(warned)
     report = _fit_report(folder, label, settings, model, counts, block, evaluation, written)
+    if warned:
+        report.add_text("Warnings about the data", " ".join(warned))
     timings["report"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - started
     settings_shown = {k: v for k, v in parameters.items() if k not in ("checkpoint_path", "progress")}

@@ -166,6 +166,15 @@ def test_fit_shipped_locust_dataset(tmp_path, capsys):
     assert np.isfinite(summary.loc[0, "log_likelihood_per_bin"])
 
 
+def test_counts_that_say_little_are_warned_of_in_the_terminal_summary_and_report(capsys):
+    command = ["fit", "locust", "--bin-size", "1s", "--example-duration", "0s", "--template-size", "2"]
+    assert main([*command, "--out", "wide", *TINY_FIT]) == 0
+    message = "the counts are large (a mean of 89.8 spikes per bin)"
+    assert f"warning: {message}" in capsys.readouterr().err
+    assert message in pd.read_csv("wide/summary.csv").loc[0, "data_warnings"]
+    assert message in Path("wide/report.html").read_text()
+
+
 def test_a_command_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "missing.nix"), "--out", "never"]) == 1
     assert "neither an existing file nor a shipped data set" in _error_line(capsys)

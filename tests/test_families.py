@@ -465,3 +465,15 @@ def test_binomial_per_example_mismatch_raises():
 def test_invalid_parameters_raise(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def test_counts_that_make_a_fit_say_little_are_named_with_a_fix():
+    assert "every count is zero" in Poisson().data_warnings(torch.zeros(2, 1, 50))[0]
+    assert Binomial(n_trials=5).data_warnings(torch.zeros(2, 1, 50))[0].startswith("every count is zero")
+    saturated = torch.full((2, 1, 50), 5.0)
+    saturated[0, 0, :10] = 1.0
+    assert "90% of the bins hold a spike in every trial" in Binomial(n_trials=5).data_warnings(saturated)[0]
+    assert "a mean of 60 spikes per bin" in Poisson().data_warnings(torch.full((1, 1, 10), 60.0))[0]
+    ordinary = torch.poisson(torch.full((3, 2, 100), 2.0), generator=torch.Generator().manual_seed(0))
+    assert Poisson().data_warnings(ordinary) == [] and Binomial(n_trials=30).data_warnings(ordinary) == []
+    assert Gaussian().data_warnings(torch.randn(2, 1, 10)) == []

@@ -447,9 +447,25 @@ def fit_recording(
     counts = _bin_recording(block, label, settings, echo, timings)
     warned = _data_warnings(counts, settings, echo)
     model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
+    warned = warned + _fit_warnings(model, echo)
     return _write_fit(
         folder, source, label, block, counts, model, settings, parameters, device_used, echo, timings, started, warned
     )
+
+
+def _fit_warnings(model: Any, echo: Callable[[str], None]) -> list[str]:
+    """A fit that ended with no events (codes all zero) explains nothing beyond the baseline: say so, with what to
+    try, in the terminal."""
+    history = model.history_
+    if not len(history) or float(history["code_density"].iloc[-1]) > 0:
+        return []
+    message = (
+        f"the fit ended with no events (every code is zero at sparsity {model.sparsity_:.3g}): the templates are "
+        "not fitted to anything and the rates are the baseline. Try a lower --sparsity (e.g. a tenth of this), "
+        "pooling trials into binomial counts (--group-by), or a larger bin size."
+    )
+    echo(f"warning: {message}")
+    return [message]
 
 
 def _data_warnings(counts: Any, settings: RecordingDefaults, echo: Callable[[str], None]) -> list[str]:

@@ -175,6 +175,15 @@ def test_counts_that_say_little_are_warned_of_in_the_terminal_summary_and_report
     assert message in Path("wide/report.html").read_text()
 
 
+def test_a_fit_that_ends_with_no_events_says_so_with_what_to_try(capsys):
+    command = ["fit", "locust", "--sparsity", "1000", "--example-duration", "1s", "--template-size", "20ms"]
+    assert main([*command, "--out", "silent", *TINY_FIT]) == 0
+    assert "warning: the fit ended with no events" in capsys.readouterr().err
+    summary = pd.read_csv("silent/summary.csv")
+    assert "Try a lower --sparsity" in summary.loc[0, "data_warnings"]
+    assert "the fit ended with no events" in Path("silent/report.html").read_text()
+
+
 def test_a_command_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "missing.nix"), "--out", "never"]) == 1
     assert "neither an existing file nor a shipped data set" in _error_line(capsys)

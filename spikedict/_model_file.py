@@ -39,9 +39,9 @@ _VERSION_1 = {
 
 
 def _settings_classes() -> dict[str, type[Settings]]:
-    from spikedict.solvers import Alternating, Backprop
+    from spikedict.solvers import EM, Alternating, Backprop
 
-    return {cls.__name__: cls for cls in (Alternating, Backprop, Encoder, TemplateConstraints)}
+    return {cls.__name__: cls for cls in (Alternating, Backprop, EM, Encoder, TemplateConstraints)}
 
 
 def _jsonable(value: Any) -> Any:

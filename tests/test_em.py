@@ -141,6 +141,9 @@ def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_coun
     resumed = small_model(**settings, checkpoint_path=str(path)).fit(binomial_counts, resume=True)
     np.testing.assert_allclose(resumed.templates_, whole.templates_, atol=1e-6)
     assert len(resumed.history_) == 7
+    loaded = SpikeDictionary.load(whole.save(tmp_path / "em"))  # the settings travel with the model
+    assert loaded.solver == whole.solver and loaded.solver_ == whole.solver_
+    np.testing.assert_array_equal(loaded.templates_, whole.templates_)
 
 
 @pytest.mark.slow

@@ -791,7 +791,7 @@ def _run_fit(model: Any, data: Any, resume: bool, timings: dict[str, float]) -> 
     timings["fit"] = time.perf_counter() - clock
     if model.stop_reason_ == "interrupted":
         raise FitInterrupted(
-            f"interrupted after epoch {len(model.history_)} of {model.solver_.n_epochs}; the checkpoint "
+            f"interrupted after epoch {len(model.history_)} of {model.solver_.total_epochs}; the checkpoint "
             f"{model.checkpoint_path!r} keeps the finished epochs: run the same command with --resume to continue."
         )
     return model

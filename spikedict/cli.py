@@ -484,6 +484,14 @@ def _check_estimator_keywords(params: dict[str, Any]) -> None:
 @click.option(
     "--event-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Events per template and bin."
 )
+@click.option(
+    "--amplitude-range",
+    type=(click.FloatRange(min=0), click.FloatRange(min=0)),
+    default=(1.0, 2.0),
+    show_default=True,
+    metavar="LOW HIGH",
+    help="Event amplitudes, drawn uniformly in [LOW, HIGH] (the demo's study uses 3 5).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def simulate(
@@ -498,6 +506,7 @@ def simulate(
     bin_size: Any,
     baseline: float,
     event_rate: float,
+    amplitude_range: tuple[float, float],
     seed: int,
     overwrite: bool,
 ) -> None:
@@ -511,7 +520,14 @@ def simulate(
       spikedict simulate --out study.mat
       spikedict simulate --out small.mat --n-examples 5 --n-bins 500 --n-trials 10 --seed 3
       spikedict simulate --out poisson.mat --family poisson --baseline -1 --templates gaussian
+      spikedict simulate --out demo-study.mat --n-examples 40 --n-bins 1000 --bin-size 10ms --baseline -0.5 \
+          --amplitude-range 3 5
     """
+    if amplitude_range[0] > amplitude_range[1]:
+        raise click.BadParameter(
+            f"LOW {amplitude_range[0]:g} is above HIGH {amplitude_range[1]:g}; give them in order.",
+            param_hint="--amplitude-range",
+        )
     if out.exists() and not overwrite:
         raise click.UsageError(f"{str(out)!r} exists; choose another --out or pass --overwrite to replace it.")
     from spikedict.io import write_recording
@@ -533,6 +549,7 @@ def simulate(
         bin_size=bin_size,
         baseline=baseline,
         event_rate=event_rate,
+        amplitude_range=amplitude_range,
         seed=seed,
     )
     write_recording(simulation.block, out)

@@ -283,3 +283,14 @@ def test_default_output_folders_are_never_overwritten(tmp_path, capsys):
     assert _free_folder("spikedict-demo") == Path("spikedict-demo")  # empty: usable
     (Path("spikedict-demo") / "report.html").write_text("an earlier run")
     assert _free_folder("spikedict-demo") == Path("spikedict-demo-2")
+
+
+def test_simulate_takes_the_amplitude_range(capsys):
+    from spikedict.io import read_recording
+
+    command = ["simulate", "--out", "strong.mat", "--n-examples", "3", "--n-bins", "300", "--n-trials", "5"]
+    assert main([*command, "--amplitude-range", "3", "5"]) == 0
+    amplitudes = np.asarray(read_recording("strong.mat").annotations["code_amplitude"])
+    assert len(amplitudes) and amplitudes.min() >= 3 and amplitudes.max() <= 5
+    assert main([*command, "--amplitude-range", "5", "3", "--overwrite"]) == 2
+    assert "LOW 5 is above HIGH 3" in _error_line(capsys)

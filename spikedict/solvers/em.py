@@ -189,7 +189,7 @@ class EMRun(EpochRun):
         n_shifts = self.problem.data.shape[-1] - self.model.templates.shape[-1] + 1
         if active.numel():
             low, high = float(active.quantile(0.1)) * 0.5, float(active.max()) * 1.5
-        else:  # the MAP start found no event: a grid around the noise level of one template
+        else:  # the MAP start found no event: amplitudes 0.5 to 5 of a unit-norm template
             low, high = 0.5, 5.0
         amplitudes = torch.logspace(math.log10(low), math.log10(max(high, 2 * low)), self.settings.n_amplitudes)
         n_templates = self.model.n_templates

@@ -161,12 +161,6 @@ class SpikeDictionary(Settings):
         return transformer_tags()
 
     # ------------------------------------------------------------------------ settings
-    def _nested_settings(self, name: str) -> Any:
-        """The settings object behind ``encoder``, ``constraints`` or ``solver``, made concrete for set_params."""
-        if name in ("encoder", "constraints", "solver"):
-            setattr(self, name, self._settings_of(name))
-        return super()._nested_settings(name)
-
     def _settings_of(self, name: str) -> Any:
         value = getattr(self, name)
         if name == "encoder":

@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Encoder", "Settings", "TemplateConstraints", "same_value", "transformer_tags"]
+__all__ = ["Encoder", "Settings", "TemplateConstraints", "check_integer", "same_value", "transformer_tags"]
+
+
+def check_integer(owner: str, name: str, value: Any, low: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer (Python or numpy, not a bool) of at least ``low``;
+    the message names the setting as ``owner name`` (``owner`` may be empty)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        label = f"{owner} {name}" if owner else name
+        raise ValueError(f"{label} must be an integer >= {low}, got {value!r}.")
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -75,10 +83,12 @@ class Settings:
         return self
 
     def _nested_settings(self, name: str) -> Any:
-        """The settings object held by parameter ``name`` (subclasses resolve shorthands such as strings)."""
-        value = getattr(self, name)
+        """The settings object of parameter ``name``, for ``set_params``: a shorthand the parameter holds (None, a
+        name) is replaced by the object it stands for (see :meth:`_settings_of`)."""
+        value = self._settings_of(name)
         if not hasattr(value, "set_params"):
             raise ValueError(f"{name} of {type(self).__name__} is {value!r}, which has no parameters to set.")
+        setattr(self, name, value)
         return value
 
     def __eq__(self, other: object) -> bool:
@@ -131,8 +141,7 @@ class Encoder(Settings):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
-        if not isinstance(self.n_iterations, int) or isinstance(self.n_iterations, bool) or self.n_iterations < 1:
-            raise ValueError(f"Encoder n_iterations must be an integer >= 1, got {self.n_iterations!r}.")
+        check_integer("Encoder", "n_iterations", self.n_iterations, 1)
         if self.algorithm not in ("fista", "ista"):
             raise ValueError(f"Encoder algorithm must be 'fista' or 'ista', got {self.algorithm!r}.")
 
@@ -157,8 +166,7 @@ class TemplateConstraints(Settings):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
-        if not isinstance(self.zero_edges, int) or isinstance(self.zero_edges, bool) or self.zero_edges < 0:
-            raise ValueError(f"zero_edges must be an integer >= 0, got {self.zero_edges!r}.")
+        check_integer("", "zero_edges", self.zero_edges, 0)
         if not (isinstance(self.smoothness, (int, float)) and self.smoothness >= 0):
             raise ValueError(f"smoothness must be a number >= 0, got {self.smoothness!r}.")
 

@@ -6,10 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from spikedict.alternating import AlternatingConfig, AlternatingRun, _is_real
+from spikedict.settings import check_integer
 from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Solver
 
 __all__ = ["Alternating"]
@@ -18,11 +18,6 @@ __all__ = ["Alternating"]
 #: (examples x channels x bins): a first subset with few events recovers fewer templates.
 AUTO_SUBSET_FRACTION = 0.1
 AUTO_SUBSET_VALUES = 40_000
-
-
-def _count(value: Any, low: int) -> bool:
-    """An integer (Python or numpy, not a bool) of at least ``low``."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
 
 
 class Alternating(Solver):
@@ -114,12 +109,14 @@ class Alternating(Solver):
                 "an untied encoder (Encoder(tied=False), DCEA-UC) learns by back-propagation: use solver='backprop'."
             )
         for name in ("n_epochs", "n_code_iterations", "n_dictionary_iterations", "n_restarts"):
-            if not _count(getattr(self, name), 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
+            check_integer("", name, getattr(self, name), 1)
         for name in ("n_spare_templates", "padding"):
             value = getattr(self, name)
-            if value != "auto" and not _count(value, 0):
-                raise ValueError(f"{name} must be 'auto' or an integer >= 0, got {value!r}.")
+            if value != "auto":
+                try:
+                    check_integer("", name, value, 0)
+                except ValueError:
+                    raise ValueError(f"{name} must be 'auto' or an integer >= 0, got {value!r}.") from None
         if self.initial_subset != "auto" and not (_is_real(self.initial_subset) and 0 < self.initial_subset <= 1):
             raise ValueError(
                 f"initial_subset must be 'auto' or a fraction of the examples in (0, 1], got {self.initial_subset!r}; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from spikedict.settings import check_integer
 from spikedict.solvers.base import EpochRun, FitProblem, Solver
 from spikedict.training import BackpropRun, TrainingConfig
 
@@ -78,9 +79,7 @@ class Backprop(Solver):
                 "back-propagation through the encoder; use Backprop(backprop='truncated') or backprop='full'."
             )
         for name in ("n_code_iterations", "n_restarts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+            check_integer("", name, getattr(self, name), 1)
         self.config().validate()
 
     def config(self, **more: object) -> TrainingConfig:

@@ -31,6 +31,7 @@ from spikedict._template_steps import lbfgs_template_step
 from spikedict.alternating import _data_loss, _is_real, template_change
 from spikedict.io._windows import RecordingWindows
 from spikedict.model import DCEA
+from spikedict.settings import check_integer
 from spikedict.solvers._sampling import CodePrior, CodeSampler
 from spikedict.solvers.alternating import Alternating
 from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Solver
@@ -89,11 +90,6 @@ class EM(Solver):
         value = getattr(self, name)
         return Alternating() if name == "map_fit" and value is None else value
 
-    def _nested_settings(self, name: str) -> Any:
-        if name == "map_fit":
-            self.map_fit = self._settings_of("map_fit")
-        return super()._nested_settings(name)
-
     @property
     def n_code_iterations(self) -> int:
         """Encoder iterations of the MAP start's epochs."""
@@ -110,14 +106,9 @@ class EM(Solver):
 
     def validate(self, *, tied: bool) -> None:
         self._settings_of("map_fit").validate(tied=tied)
-        for name, low in (("n_epochs", 1), ("n_sweeps", 1), ("n_burn_in", 0), ("n_amplitudes", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"EM {name} must be an integer >= {low}, got {value!r}.")
-        for name in ("n_dictionary_iterations", "n_restarts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"EM {name} must be an integer >= 1, got {value!r}.")
+        lowest = {"n_epochs": 1, "n_sweeps": 1, "n_burn_in": 0, "n_amplitudes": 2}
+        for name in ("n_epochs", "n_sweeps", "n_burn_in", "n_amplitudes", "n_dictionary_iterations", "n_restarts"):
+            check_integer("EM", name, getattr(self, name), lowest.get(name, 1))
         if not (_is_real(self.averaging) and 0 < self.averaging <= 1):
             raise ValueError(f"EM averaging must be a fraction in (0, 1], got {self.averaging!r}.")
 

@@ -21,8 +21,8 @@ Usage::
 ``--params`` holds ``SpikeDictionary`` parameters as ``set_params`` takes them: top-level names (``sparsity``,
 ``solver``, ...) and nested settings with ``__`` (``solver__n_epochs``, ``solver__n_code_iterations``,
 ``encoder__n_iterations``, ``constraints__smoothness``, ...). The flat names of before issue 20 (``n_epochs``,
-``n_iterations``, ``initial_subset``, ...; see ``OLD_PARAMS``) are translated, so that the commands recorded in
-``benchmarks/README.md`` still run.
+``n_iterations``, ``initial_subset``, ...; see ``spikedict._model_file.VERSION_1_NAMES``) are translated, so
+that the commands recorded in ``benchmarks/README.md`` still run.
 
 Tables are printed and written to ``benchmarks/results/`` (``core.csv``, ``core_summary.csv``, ``core.md``;
 ``core_quick.*`` with ``--quick``).
@@ -52,10 +52,10 @@ import torch
 
 import spikedict
 from spikedict import SpikeDictionary
+from spikedict._model_file import VERSION_1_NAMES, version_1_params
 from spikedict.analysis.alignment import align_templates
 from spikedict.model import decode
 from spikedict.simulate import SimulatedCounts, paper_templates, simulate_counts
-from spikedict.solvers import get_solver
 
 N_TEMPLATES = 3
 TEMPLATE_SIZE = 50
@@ -89,29 +89,9 @@ FLOOR_MAX_ROUNDS = 20
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+
 # The flat SpikeDictionary keywords of before issue 20 and their nested names now (``solver__*``: settings of the
 # solver that the old ``solver="auto"`` chose), so that old --params still work.
-OLD_PARAMS = {
-    "n_epochs": "solver__n_epochs",
-    "n_iterations": "solver__n_code_iterations",
-    "n_inference_iterations": "encoder__n_iterations",
-    "algorithm": "encoder__algorithm",
-    "nonnegative_codes": "encoder__nonnegative_codes",
-    "tied": "encoder__tied",
-    "nonnegative_templates": "constraints__nonnegative",
-    "zero_edges": "constraints__zero_edges",
-    "smoothness": "constraints__smoothness",
-    **{
-        name: f"solver__{name}"
-        for name in (
-            *("reweighting", "n_restarts", "continuation", "n_spare_templates", "padding", "initial_subset"),
-            *("epoch_subset", "tolerance", "n_dictionary_steps", "batch_size", "learning_rate", "backprop"),
-            *("warm_start", "validation_fraction", "patience"),
-        )
-    },
-}
-
-
 # --------------------------------------------------------------------------------------------- data
 def simulate(variant: str, seed: int, n_examples: int) -> SimulatedCounts:
     """The standard problem for one variant and seed."""
@@ -460,31 +440,16 @@ def parse_params(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
 
 
 def translate_old_params(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with the flat names of before issue 20 (``OLD_PARAMS``) replaced by the nested ones.
-
-    The solver is the one the old ``solver="auto"`` chose for in-memory data (backprop for an untied encoder or
-    for back-propagation, else alternating). A solver setting that this solver does not take (the old estimator
-    ignored ``batch_size`` or ``learning_rate`` with the alternating solver, say) is dropped, with a note.
-    """
-    old = [name for name in params if name in OLD_PARAMS]
+    """``params`` with the flat names of before issue 20 replaced by the nested ones (see
+    :func:`spikedict._model_file.version_1_params`, which reads old model files the same way), with a note."""
+    old = [name for name in params if name in VERSION_1_NAMES]
     if not old:
         return dict(params)
-    solver = params.get("solver", "auto")
-    if solver == "auto":
-        untied = not params.get("tied", True) or params.get("backprop", "none") != "none"
-        solver = "backprop" if untied else "alternating"
-    takes = get_solver(solver).get_params(deep=False)
-    new: dict[str, Any] = {"solver": solver}
-    for name, value in params.items():
-        target = OLD_PARAMS.get(name, name)
-        if name == "solver" or (name == "n_dictionary_steps" and value == "auto"):  # "auto": the defaults now
-            continue
-        if name == "n_dictionary_steps" and solver == "alternating":
-            target = "solver__n_dictionary_iterations"
-        if target.startswith("solver__") and target.removeprefix("solver__") not in takes:
-            print(f"--params: {name}={value!r} does not apply to the {solver} solver; dropped", file=sys.stderr)
-            continue
-        new[target] = value
+    new, dropped = version_1_params(params)
+    for name in dropped:
+        print(
+            f"--params: {name}={params[name]!r} does not apply to the {new['solver']} solver; dropped", file=sys.stderr
+        )
     print(f"--params: old names {old} read as {json.dumps(new)}", file=sys.stderr)
     return new
 

@@ -2,7 +2,7 @@
 
 The estimator's parameters are stored as JSON; a settings object (solver, encoder, constraints) as a dict with
 its class name under ``"settings"``. Files of format version 1 (one flat list of parameters) are read by
-translating the old names to the settings objects they moved to.
+translating the old names to the settings they moved to (:func:`version_1_params`).
 """
 
 from __future__ import annotations
@@ -21,21 +21,61 @@ from spikedict.families import Family, get_family
 from spikedict.settings import Encoder, Settings, TemplateConstraints
 from spikedict.training import resolve_device
 
-__all__ = ["load_estimator", "save_estimator"]
+__all__ = ["VERSION_1_NAMES", "load_estimator", "save_estimator", "version_1_params"]
 
 FORMAT = "spikedict-model"
 FORMAT_VERSION = 2
 
-# Version 1 kept every setting in the estimator: where each went.
-_VERSION_1 = {
-    "encoder": {
-        "n_inference_iterations": "n_iterations",
-        "algorithm": "algorithm",
-        "nonnegative_codes": "nonnegative_codes",
-        "tied": "tied",
+#: Version 1 (before the solver objects) kept every setting in the estimator: the name each has now.
+VERSION_1_NAMES: dict[str, str] = {
+    "n_epochs": "solver__n_epochs",
+    "n_iterations": "solver__n_code_iterations",
+    "n_inference_iterations": "encoder__n_iterations",
+    "algorithm": "encoder__algorithm",
+    "nonnegative_codes": "encoder__nonnegative_codes",
+    "tied": "encoder__tied",
+    "nonnegative_templates": "constraints__nonnegative",
+    "zero_edges": "constraints__zero_edges",
+    "smoothness": "constraints__smoothness",
+    **{
+        name: f"solver__{name}"
+        for name in (
+            *("reweighting", "n_restarts", "continuation", "n_spare_templates", "padding", "initial_subset"),
+            *("epoch_subset", "tolerance", "n_dictionary_steps", "batch_size", "learning_rate", "backprop"),
+            *("warm_start", "validation_fraction", "patience"),
+        )
     },
-    "constraints": {"nonnegative_templates": "nonnegative", "zero_edges": "zero_edges", "smoothness": "smoothness"},
 }
+
+
+def version_1_params(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Flat parameters of version 1 as the estimator takes them now (``set_params`` keys), and the names dropped.
+
+    The solver is the one version 1's ``solver="auto"`` chose for data in memory (back-propagation for an untied
+    encoder or for gradients through it, else alternating). A solver setting that this solver does not take
+    (version 1 ignored ``batch_size`` with the alternating solver, say) is dropped, as is an ``"auto"``
+    ``n_dictionary_steps`` (the solvers' defaults now); names of version 2 pass through.
+    """
+    from spikedict.solvers import get_solver
+
+    solver = params.get("solver", "auto")
+    if solver == "auto":
+        untied = not params.get("tied", True) or params.get("backprop", "none") != "none"
+        solver = "backprop" if untied else "alternating"
+    takes = get_solver(solver).get_params(deep=False)
+    translated: dict[str, Any] = {"solver": solver}
+    dropped = []
+    for name, value in params.items():
+        target = VERSION_1_NAMES.get(name, name)
+        if name == "n_dictionary_steps" and solver == "alternating":
+            target = "solver__n_dictionary_iterations"
+        if name == "solver" or (name == "n_dictionary_steps" and value == "auto"):
+            continue
+        if target.startswith("solver__") and target.removeprefix("solver__") not in takes:
+            dropped.append(name)
+            continue
+        translated[target] = value
+    return translated, dropped
 
 
 def _settings_classes() -> dict[str, type[Settings]]:
@@ -64,38 +104,6 @@ def _from_json(value: Any) -> Any:
         cls = _settings_classes()[values.pop("settings")]
         return cls(**{k: _from_json(v) for k, v in values.items()})
     return value
-
-
-def _translate_version_1(params: dict[str, Any]) -> dict[str, Any]:
-    """Version-1 parameters as the estimator takes them now."""
-    from spikedict.solvers import get_solver
-
-    params = dict(params)
-    nested = {
-        group: {new: params.pop(old) for old, new in names.items() if old in params}
-        for group, names in _VERSION_1.items()
-    }
-    params["encoder"], params["constraints"] = (
-        Encoder(**nested["encoder"]),
-        TemplateConstraints(**nested["constraints"]),
-    )
-    solver_name = params.pop("solver", "auto")
-    backprop = params.get("backprop", "none")
-    solver = get_solver(
-        solver_name
-        if solver_name != "auto"
-        else ("alternating" if params["encoder"].tied and backprop == "none" else "backprop")
-    )
-    renamed = {"n_iterations": "n_code_iterations"}
-    for old in list(params):
-        if old == "n_dictionary_steps" and params[old] != "auto" and "n_dictionary_iterations" in solver.get_params():
-            solver.set_params(n_dictionary_iterations=params.pop(old))
-        elif renamed.get(old, old) in solver.get_params() and old not in ("solver",):
-            value = params.pop(old)
-            if value != "auto" or renamed.get(old, old) in ("n_spare_templates", "padding", "initial_subset"):
-                solver.set_params(**{renamed.get(old, old): value})
-    params["solver"] = solver
-    return params
 
 
 def save_estimator(estimator: Any, path: Path) -> Path:
@@ -169,9 +177,11 @@ def load_estimator(cls: type, path: Path, device: str) -> Any:
     try:
         params = json.loads(metadata["params"])
         if int(metadata["version"]) == 1:
-            params = _translate_version_1(params)
-            params = {k: v for k, v in params.items() if k in cls._parameter_names()}
-        estimator = cls(**{k: _from_json(v) for k, v in params.items()})
+            translated, _ = version_1_params(params)
+            names = cls._parameter_names()
+            estimator = cls().set_params(**{k: v for k, v in translated.items() if k.partition("__")[0] in names})
+        else:
+            estimator = cls(**{k: _from_json(v) for k, v in params.items()})
         estimator.device = device
         family = get_family(**json.loads(metadata["family"]))
         fitted = json.loads(metadata["fitted"])

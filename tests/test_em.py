@@ -99,6 +99,8 @@ def test_the_sampler_keeps_its_rates_in_step_with_its_codes():
         acceptance = sampler.sweep(prior, generator)
         torch.testing.assert_close(sampler.eta, sampler._eta(), atol=1e-5, rtol=1e-5)
     assert 0 < acceptance <= 1 and bool((sampler.codes != 0).any())
+    with pytest.raises(ValueError, match="draws the codes of count data"):
+        CodeSampler(templates, torch.tensor([0.2, 0.4]), y, Gaussian(), torch.zeros(4, 2, 53))
     events = sampler.codes != 0  # events of one template at least a template apart
     for example, template in itertools.product(range(4), range(2)):
         shifts = torch.nonzero(events[example, template]).flatten()

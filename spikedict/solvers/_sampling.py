@@ -67,7 +67,8 @@ class CodeSampler:
     baseline : Tensor, shape (n_channels,)
     y : Tensor, shape (n_examples, n_channels, n_bins)
     family : Family
-        Covers the examples of ``y`` (binomial ``n_trials`` per example, say).
+        A count family (binomial, Poisson), whose ``A(eta) - y eta`` is the negative log-likelihood itself; it
+        covers the examples of ``y`` (binomial ``n_trials`` per example, say).
     codes : Tensor, shape (n_examples, n_templates, n_bins - template_size + 1)
         The chain's state: amplitudes on the prior's grid, events of one template at least ``template_size``
         apart (zeros to start from nothing).
@@ -76,11 +77,15 @@ class CodeSampler:
     def __init__(self, templates: Tensor, baseline: Tensor, y: Tensor, family: Family, codes: Tensor) -> None:
         if templates.ndim != 3:
             raise ValueError("the code sampler needs 1-D templates, shape (n_templates, n_channels, template_size).")
+        if family.linear_residual:
+            raise ValueError(f"the code sampler draws the codes of count data (binomial, Poisson), got {family!r}.")
         self.templates, self.y, self.family = templates, y, family
         self.size = templates.shape[-1]
         self.n_shifts = y.shape[-1] - self.size + 1
         self.baseline = baseline.reshape(1, -1, 1).to(y.dtype)
         self.operators = [ConvolutionOperator(templates[k : k + 1], (y.shape[-1],)) for k in range(len(templates))]
+        # the curvature of the quadratic model correlates A''(eta) with each template's squares
+        self.squared = [ConvolutionOperator(templates[k : k + 1] ** 2, (y.shape[-1],)) for k in range(len(templates))]
         self.codes = codes.clone()
         self.eta = self._eta()
         self.accepted = 0.0
@@ -125,9 +130,7 @@ class CodeSampler:
         crowded = F.max_pool1d(others, 2 * size - 1, stride=1, padding=size - 1)[:, 0] > 0
         # the quadratic model of the log-likelihood of an event of amplitude a at each shift
         gradient = operator.correlate(self.y - self.family.mean(eta_rest))[:, 0]
-        curvature = ConvolutionOperator(template[None] ** 2, (self.y.shape[-1],)).correlate(
-            self.family.variance(eta_rest) / self._dispersion()
-        )[:, 0]
+        curvature = self.squared[k].correlate(self.family.curvature(eta_rest))[:, 0]
         amplitudes = prior.amplitudes.to(codes)
         approx = amplitudes * gradient[..., None] - 0.5 * amplitudes**2 * curvature[..., None]  # (n, shifts, g)
         log_prior = prior.log_odds()[k].to(codes) + torch.log(prior.amplitude_weights[k].to(codes).clamp(min=1e-30))
@@ -157,11 +160,6 @@ class CodeSampler:
         self._write(k, own, index, choice, none, amplitudes, in_parity, eta_rest)
         return float(accept.sum()), accept.numel()
 
-    def _dispersion(self) -> float:
-        """Factor between the family's ``A(eta) - y eta`` and the negative log-likelihood (1 for counts)."""
-        std = getattr(self.family, "std", None)
-        return float(std) ** 2 if std is not None else 1.0
-
     def _current_choice(self, own: Tensor, index: Tensor, valid: Tensor, amplitudes: Tensor) -> Tensor:
         """The candidate each block holds now: ``position * n_amplitudes + amplitude``, or "no event"."""
         values = own[:, index] * valid  # (n, blocks, size)
@@ -190,7 +188,7 @@ class CodeSampler:
         moved = eta_window + amplitude[..., None, None] * template[None, None]
         family = self.family
         gain = family.negative_log_likelihood(y_window, eta_window) - family.negative_log_likelihood(y_window, moved)
-        return (gain.sum(dim=(-2, -1)) / self._dispersion()) * is_event
+        return gain.sum(dim=(-2, -1)) * is_event
 
     def _write(
         self,

@@ -161,6 +161,7 @@ class EMRun(EpochRun):
         self.generator = torch.Generator().manual_seed(int(problem.seed) + 7919)
         self.iteration = 0
         self.sampler: CodeSampler | None = None
+        self.y: Tensor | None = None
         self.prior: CodePrior | None = None
         self.average: tuple[Tensor, Tensor] | None = None
         self.n_averaged = 0
@@ -175,7 +176,7 @@ class EMRun(EpochRun):
         """End the MAP start (spares dropped, padding cut) and set up the prior and the sampler from it."""
         result = self.start_run.finish("n_epochs", self.start_history)
         self.delta = result.reweighting_delta
-        codes = result.codes if result.codes is not None else torch.zeros(0)
+        codes = result.codes  # of the padded templates: their amplitudes and numbers are what the prior needs
         active = codes[codes > 0]
         n_shifts = self.problem.data.shape[-1] - self.model.templates.shape[-1] + 1
         if active.numel():
@@ -184,10 +185,8 @@ class EMRun(EpochRun):
             low, high = 0.5, 5.0
         amplitudes = torch.logspace(math.log10(low), math.log10(max(high, 2 * low)), self.settings.n_amplitudes)
         n_templates = self.model.n_templates
-        per_template = (codes > 0).sum(dim=(0, 2)).double() if active.numel() else torch.zeros(n_templates)
-        rate = ((per_template + 1) / (codes.shape[0] * n_shifts + 2)).clamp(1e-5, 0.05) if codes.numel() else None
         self.prior = CodePrior(
-            event_probability=rate if rate is not None else torch.full((n_templates,), 1e-3, dtype=torch.float64),
+            event_probability=_event_probability(codes, n_shifts).clamp(1e-5, 0.05),  # MAP smears events
             amplitudes=amplitudes,
             amplitude_weights=torch.full((n_templates, len(amplitudes)), 1.0 / len(amplitudes)),
         )
@@ -197,11 +196,11 @@ class EMRun(EpochRun):
         self.phase = "em"
 
     def _new_sampler(self, codes: Tensor) -> None:
-        model, problem = self.model, self.problem
-        device = model.templates.device
-        y = problem.data.to(device)
+        model, device = self.model, self.model.templates.device
+        if self.y is None:  # the sampler's data, moved to the device once
+            self.y = self.problem.data.to(device)
         self.sampler = CodeSampler(
-            model.templates.detach(), model.baseline.detach(), y, problem.family.to(device), codes.to(device)
+            model.templates.detach(), model.baseline.detach(), self.y, self.problem.family.to(device), codes.to(device)
         )
 
     # ------------------------------------------------------------------------------------------ epochs
@@ -248,8 +247,7 @@ class EMRun(EpochRun):
         """Event probability and amplitude weights from the drawn events (one pseudo-count each)."""
         prior = self.prior
         events = codes != 0
-        n_shifts = codes.shape[0] * codes.shape[-1]
-        prior.event_probability = ((events.sum(dim=(0, 2)).double() + 1) / (n_shifts + 2)).cpu()
+        prior.event_probability = _event_probability(codes)
         grid = prior.amplitudes.to(codes)
         weights = torch.ones_like(prior.amplitude_weights, dtype=torch.float64)
         for k in range(codes.shape[1]):
@@ -331,6 +329,14 @@ class EMRun(EpochRun):
             reweighting_delta=self.delta,
             best_epoch=len(history),
         )
+
+
+def _event_probability(codes: Tensor, n_shifts: int | None = None) -> Tensor:
+    """Events per shift of each template in ``codes`` (n_examples, n_templates, shifts), with one pseudo-event and
+    one pseudo-empty shift, over ``n_shifts`` shifts per example (default: the codes'): shape (n_templates,),
+    float64, on the CPU."""
+    n_shifts = codes.shape[0] * (codes.shape[-1] if n_shifts is None else n_shifts)
+    return (((codes != 0).sum(dim=(0, 2)).double() + 1) / (n_shifts + 2)).cpu()
 
 
 @torch.no_grad()

@@ -21,7 +21,15 @@ from spikedict.model import DCEA
 from spikedict.solvers.base import FitResult
 from spikedict.training import encode_in_batches, reweighted_thresholds
 
-__all__ = ["encode", "encoding_batch_size", "fitted_scale", "residual_rms", "stitched_codes", "stitched_eta"]
+__all__ = [
+    "encode",
+    "encoding_batch_size",
+    "fitted_scale",
+    "residual_rms",
+    "squared_residuals",
+    "stitched_codes",
+    "stitched_eta",
+]
 
 #: Largest tensor of one encoder call, in entries: GPUs stay busy with large calls; on a CPU a call whose FFT
 #: buffers stay in the caches is faster (see benchmarks/README.md).
@@ -65,15 +73,20 @@ def encode(
 
 
 @torch.no_grad()
-def residual_rms(model: DCEA, y: Tensor, codes: Tensor, batch_size: int) -> float:
-    """Root mean square of ``y - model.decode(codes)`` over all values, a batch of examples at a time."""
+def squared_residuals(model: DCEA, y: Tensor, codes: Tensor, batch_size: int) -> float:
+    """Sum over all values of ``(y - model.decode(codes))^2``, in float64, a batch of examples at a time."""
     device = model.templates.device
     total = 0.0
     for first in range(0, y.shape[0], batch_size):
         batch = y[first : first + batch_size].to(device)
         eta = model.decode(codes[first : first + batch_size].to(device), batch.shape[2:])
         total += float((batch - eta).pow(2).sum(dtype=torch.float64))
-    return math.sqrt(total / max(y.numel(), 1))
+    return total
+
+
+def residual_rms(model: DCEA, y: Tensor, codes: Tensor, batch_size: int) -> float:
+    """Root mean square of ``y - model.decode(codes)`` over all values."""
+    return math.sqrt(squared_residuals(model, y, codes, batch_size) / max(y.numel(), 1))
 
 
 def fitted_scale(model: DCEA, family: Family, result: FitResult, sample: Tensor, n_iterations: int) -> Family:

@@ -62,7 +62,9 @@ from torch import Tensor
 
 from spikedict import distributed
 from spikedict._divergence import diverged, encoder_failed
+from spikedict._inference import squared_residuals
 from spikedict._template_steps import (
+    Reduce,
     _chunks,
     lbfgs_template_step,
     least_squares_template_step,
@@ -73,9 +75,6 @@ from spikedict.model import DCEA, ConvolutionOperator
 from spikedict.solvers._runner import run_epochs
 from spikedict.solvers.base import EpochRun, FitResult
 from spikedict.training import encode_in_batches, resolve_device, reweighted_thresholds
-
-#: Sums a tensor over the processes of a distributed fit.
-Reduce = Callable[[Tensor], Tensor]
 
 __all__ = [
     "AlternatingConfig",
@@ -747,11 +746,7 @@ class AlternatingRun(EpochRun):
             return None
         if history[-1].get("examples_coded", self.n_examples) != self.n_examples:
             return None
-        total = 0.0
-        for rows in _chunks(self.share.shape[0], self.config.batch_size):
-            batch = self.share[rows].to(self.device)
-            eta = self.model.decode(self.codes[rows].to(self.device), batch.shape[2:])
-            total += float((batch - eta).pow(2).sum(dtype=torch.float64))
+        total = squared_residuals(self.model, self.share, self.codes, self.config.batch_size)
         return math.sqrt(distributed.all_reduce_sum([total])[0] / max(self.y.numel(), 1))
 
 

@@ -25,6 +25,7 @@ usual.
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -86,7 +87,16 @@ def init_from_environment(backend: str = "auto", timeout_seconds: float = 1800.0
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds))
+        # leave the group at exit: a gloo group still up when the interpreter ends can abort the process
+        # ("terminate called without an active exception") after its work is done
+        atexit.register(_leave)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _leave() -> None:
+    """Destroy this process's process group, if it still has one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(rows: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ SpikeCounts(n_examples=1, n_channels=2, n_bins=5, bin_size=2.0 ms, t_start=0.0 m
 from spikedict.io._counts import SpikeCounts, bin_spiketrains
 from spikedict.io._datasets import list_datasets, load_dataset
 from spikedict.io._files import read_recording, write_recording
+from spikedict.io._nwb import read_nwb
 from spikedict.io._windows import RecordingWindows
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "bin_spiketrains",
     "list_datasets",
     "load_dataset",
+    "read_nwb",
     "read_recording",
     "write_recording",
 ]

@@ -3,13 +3,18 @@
 Formats written and read by name (``format=``), or picked from the file extension:
 
 ===========  =============  ======================================  =======================
-format       extensions     neo IO                                   needs
+format       extensions     reader and writer                        needs
 ===========  =============  ======================================  =======================
 ``"mat"``    ``.mat``       ``NeoMatlabIO`` (MATLAB 5, compressed)   nothing (scipy)
 ``"nix"``    ``.nix``       ``NixIO``                                ``pip install 'spikedict[nix]'``
-``"nwb"``    ``.nwb``       ``NWBIO``                                ``pip install 'spikedict[nwb]'``
+``"nwb"``    ``.nwb``       units and trials tables (pynwb)          ``pip install 'spikedict[nwb]'``
 ``"pickle"`` ``.pkl``       ``PickleIO``                             ``allow_pickle=True``
 ===========  =============  ======================================  =======================
+
+NWB files with a ``units`` table (files from the field, e.g. DANDI, and files written here) are read by
+:func:`spikedict.io.read_nwb`: one segment per trial of the ``trials`` table, one group per unit. NWB files
+without one (or written by neo's ``NWBIO``) are read by ``NWBIO``. Writing NWB stores the units, the trials
+(segments) with their annotations, and the Block's annotations (see :mod:`spikedict.io._nwb`).
 
 Any other file that ``neo.io`` recognises by its extension (Plexon, Blackrock, Spike2, ...) can be read.
 Pickle is refused unless asked for explicitly, because loading a pickle runs code from the file.
@@ -19,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +94,10 @@ def read_recording(path: str | os.PathLike, format: str | None = None, *, allow_
     Returns
     -------
     neo.Block
-        The first block of the file (segments = trials, groups = units).
+        The first block of the file (segments = trials, groups = units). An NWB file with a ``units`` table is
+        read by :func:`spikedict.io.read_nwb` with its defaults: trials aligned to their ``start_time`` (a file
+        written by :func:`write_recording` comes back as the Block that was written); call ``read_nwb`` to
+        align the trials to another column or to choose the window.
 
     Raises
     ------
@@ -148,6 +155,11 @@ def read_recording(path: str | os.PathLike, format: str | None = None, *, allow_
             raise ValueError(f"neo could not open {str(path)!r} ({'; '.join(errors)}).")
         return _read_block(reader, path)
     io_class = _io_class(key, allow_pickle, path)
+    if key == "nwb":
+        from spikedict.io._nwb import nwb_layout, read_nwb
+
+        if nwb_layout(path) == "units":
+            return read_nwb(path)
     if key == "nix":
         reader = _open(io_class, path, mode="ro")
     elif key == "nwb":
@@ -201,7 +213,10 @@ def write_recording(
     path : str or path-like
     format : {"mat", "nix", "nwb", "pickle"}, optional
         Default: from the extension. ``"mat"`` (NeoMatlabIO, compressed) needs no optional dependency and keeps
-        annotations, groups and units.
+        annotations, groups and units. ``"nwb"`` writes a ``units`` table (one row per unit) and a ``trials``
+        table (one row per segment, a column per scalar segment annotation) that other NWB tools read, and keeps
+        the annotations for :func:`read_recording` (see :func:`spikedict.io._nwb.write_nwb_file`; spike
+        waveforms and image sequences are not written).
     allow_pickle : bool
         Writing pickle must be asked for explicitly (reading it back runs code).
     """
@@ -229,34 +244,8 @@ def write_recording(
             finally:
                 writer.close()
         elif key == "nwb":
-            temporary.unlink()  # NWBIO refuses to overwrite an existing file
-            _write_nwb(io_class, str(temporary), block)
+            from spikedict.io._nwb import write_nwb_file
+
+            write_nwb_file(block, temporary)
         else:
             io_class(str(temporary)).write_block(block)
-
-
-def _write_nwb(io_class: Any, path: str, block: Any) -> None:
-    """Write ``block`` with NWB's required session annotations filled in where missing, then take them back.
-
-    NWB files need a session start time, description and identifier; a Block made in memory rarely has them.
-    The start time defaults to the Block's ``rec_datetime``, else the current time (UTC). NWBIO checks that
-    every segment belongs to the block it writes, so the block itself is annotated for the call (not a copy).
-    """
-    import datetime
-    import uuid
-
-    defaults = {
-        "session_start_time": block.rec_datetime or datetime.datetime.now(datetime.timezone.utc),
-        "session_description": block.description or block.name or "written by spikedict",
-        "identifier": str(uuid.uuid4()),
-    }
-    added = [name for name in defaults if name not in block.annotations]
-    block.annotations.update({name: defaults[name] for name in added})
-    try:
-        with warnings.catch_warnings():
-            # neo's NWBIO calls pynwb.validate positionally, which pynwb announces it will deprecate.
-            warnings.filterwarnings("ignore", category=FutureWarning, module="neo.io.nwbio")
-            io_class(path, mode="w").write_all_blocks([block])
-    finally:
-        for name in added:
-            block.annotations.pop(name, None)

@@ -558,12 +558,17 @@ def _encode(value: Any, where: str) -> Any:
     elif isinstance(value, tuple):
         return {"__tuple__": [_encode(item, where) for item in value]}
     elif isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {"__dict__": {key: _encode(item, f"{where}[{key!r}]") for key, item in value.items()}}
+        return {"__dict__": {key: _encode(item, f"{key!r} in {where}") for key, item in value.items()}}
     raise TypeError(
         f"the annotation {where} holds {type(value).__name__} {value!r:.80}, which an NWB file cannot store; NWB "
         "files written by spikedict keep str, numbers, bool, None, datetimes, numpy arrays, quantities, and "
         "lists, tuples and dicts of them. Convert it (e.g. to a str), or write a .mat or .nix file."
     )
+
+
+def _encode_annotations(annotations: Any, where: str) -> dict[str, Any]:
+    """The annotations (a dict) of the object ``where`` describes (e.g. "of segment 2"), encoded."""
+    return {"__dict__": {key: _encode(value, f"{key!r} {where}") for key, value in dict(annotations).items()}}
 
 
 def _decode(value: Any) -> Any:
@@ -884,7 +889,7 @@ def write_nwb_file(block: neo.Block, path: str | os.PathLike) -> None:
             "description": block.description,
             "file_origin": block.file_origin,
             "rec_datetime": _encode(block.rec_datetime, "rec_datetime of the block"),
-            "annotations": _encode(dict(block.annotations), "of the block"),
+            "annotations": _encode_annotations(block.annotations, "of the block"),
         },
         "segments": segments_meta,
         "groups": [_group_entry(block, g) for g in range(len(block.groups))],
@@ -920,8 +925,8 @@ def _write_segment(
                 "units": train.units.dimensionality.string,
                 "t_start": float(train.t_start.rescale(train.units).magnitude),
                 "t_stop": float(train.t_stop.rescale(train.units).magnitude),
-                "annotations": _encode(dict(train.annotations), f"{where}, spike train {i}"),
-                "array_annotations": _encode(dict(train.array_annotations), f"{where}, spike train {i}"),
+                "annotations": _encode_annotations(train.annotations, f"of spike train {i} {where}"),
+                "array_annotations": _encode_annotations(train.array_annotations, f"of spike train {i} {where}"),
             }
         )
     signals_meta = []
@@ -943,10 +948,10 @@ def _write_segment(
                 "name": signal.name,
                 "description": signal.description,
                 "units": signal.units.dimensionality.string,
-                "t_start": _encode(signal.t_start, f"{where}, analog signal {i}"),
-                "sampling_period": _encode(signal.sampling_period, f"{where}, analog signal {i}"),
-                "annotations": _encode(dict(signal.annotations), f"{where}, analog signal {i}"),
-                "array_annotations": _encode(dict(signal.array_annotations), f"{where}, analog signal {i}"),
+                "t_start": _encode(signal.t_start, f"of analog signal {i} {where}"),
+                "sampling_period": _encode(signal.sampling_period, f"of analog signal {i} {where}"),
+                "annotations": _encode_annotations(signal.annotations, f"of analog signal {i} {where}"),
+                "array_annotations": _encode_annotations(signal.array_annotations, f"of analog signal {i} {where}"),
             }
         )
     others = {kind: _object_entries(segment, kind, where) for kind in ("irregularlysampledsignals", "events", "epochs")}
@@ -954,7 +959,7 @@ def _write_segment(
         "name": segment.name,
         "description": segment.description,
         "offset": offset,
-        "annotations": _encode(dict(segment.annotations), where),
+        "annotations": _encode_annotations(segment.annotations, where),
         "spiketrains": trains_meta,
         "analogsignals": signals_meta,
         **others,
@@ -975,8 +980,8 @@ def _object_entries(segment: neo.Segment, kind: str, where: str) -> list[dict[st
         arguments["array_annotations"] = dict(item.array_annotations)
         entries.append(
             {
-                "arguments": _encode(arguments, f"{where}, {kind} {i}"),
-                "annotations": _encode(dict(item.annotations), f"{where}, {kind} {i}"),
+                "arguments": _encode(arguments, f"of {kind} {i} {where}"),
+                "annotations": _encode_annotations(item.annotations, f"of {kind} {i} {where}"),
             }
         )
     return entries
@@ -995,7 +1000,7 @@ def _group_entry(block: neo.Block, g: int) -> dict[str, Any]:
     return {
         "name": group.name,
         "description": group.description,
-        "annotations": _encode(dict(group.annotations), f"of group {g}"),
+        "annotations": _encode_annotations(group.annotations, f"of group {g}"),
         "members": [list(member) for member in members],
     }
 

@@ -255,10 +255,28 @@ def demo(
     "'none' turns pooling off.",
 )
 @click.option(
+    "--pool",
+    "pool_size",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Pool groups of N consecutive trials (within each --group-by condition) into binomial examples; 0 turns "
+    "a recording's default pooling off (motoneurone pools 20).",
+)
+@click.option(
     "--example-duration",
     type=DURATION,
     default=None,
     help="Cut each trial into examples of this duration, e.g. 500ms ('0s': no cutting).",
+)
+@click.option(
+    "--heldout",
+    "heldout_fraction",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of the examples (the last ones) left out of the fit to score it against a constant rate, the PSTH "
+    "and elephant's instantaneous_rate (0: fit all, score none).",
 )
 @click.option(
     "--window",
@@ -309,7 +327,9 @@ def fit(
     n_templates: int | None,
     template_size: Any,
     group_by: str | None,
+    pool_size: int | None,
     example_duration: Any,
+    heldout_fraction: float,
     window: Any,
     overlap: Any,
     n_epochs: int | None,
@@ -394,6 +414,8 @@ def fit(
             example_duration=example_duration,
             n_epochs=n_epochs,
             sparsity=sparsity_value,
+            pool_size=pool_size,
+            heldout_fraction=heldout_fraction,
             seed=seed,
             device=device,
             resume=resume,
@@ -409,7 +431,7 @@ def fit(
 
         shutil.rmtree(folder, ignore_errors=True)
         return
-    shown = result.summary.T.rename(columns={0: "value"})
+    shown = result.summary.drop(columns=["data_warnings"], errors="ignore").T.rename(columns={0: "value"})
     click.echo(shown.to_string(float_format=lambda v: f"{v:.4g}"))
     click.echo(f"report: {folder / 'report.html'}")
 

@@ -48,6 +48,9 @@ class RecordingDefaults:
     n_templates : int
     group_by : str or None
         Trial (segment) annotation whose equal values are pooled into one binomial example.
+    pool_size : int or None
+        Pool groups of this many consecutive trials (within each ``group_by`` condition) into one binomial example
+        each (None: all trials of a condition, or one example per trial without ``group_by``).
     example_duration : quantities.Quantity or None
         Cut long trials into examples of this duration (None: one example per trial or group).
     n_epochs : int
@@ -60,6 +63,12 @@ class RecordingDefaults:
     group_by: str | None = None
     example_duration: pq.Quantity | None = None
     n_epochs: int = 30
+    pool_size: int | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """Whether trials are pooled into binomial examples."""
+        return self.group_by is not None or self.pool_size is not None
 
 
 # Shipped data sets: settings that fit them in seconds and make sense for the data.
@@ -72,9 +81,13 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
         family="poisson", bin_size=2 * pq.ms, template_size=25, example_duration=500 * pq.ms, n_epochs=20
     ),
     # One motoneurone, 469 replicates of 500 ms around a magnetic stimulus, ~4 spikes each, never two within
-    # 47 ms: one example per replicate (trial-by-trial events), Poisson counts in 2 ms bins (the evoked peak is
-    # ~10 ms wide), templates of 50 ms (25 bins: the evoked peak and the silence after it).
-    "motoneurone": RecordingDefaults(family="poisson", bin_size=2 * pq.ms, template_size=25, n_epochs=30),
+    # 47 ms, so a single trial holds one spike where the evoked response is: groups of 20 consecutive replicates
+    # pooled into binomial counts in 2 ms bins (the evoked peak is ~10 ms wide) make the response an event of
+    # each group, whose amplitude follows the session; one template of 50 ms (25 bins: the evoked peak and the
+    # silence after it).
+    "motoneurone": RecordingDefaults(
+        family="binomial", bin_size=2 * pq.ms, template_size=25, n_templates=1, pool_size=20, n_epochs=30
+    ),
     # One STN neuron, 50 trials of 2 s, ~47 spikes/s in bursts (up to 3 spikes in 5 ms, so no binomial pooling
     # of trials without clipping) that are not locked to the GO cue: Poisson counts per trial in 5 ms bins,
     # templates of 100 ms (20 bins: a burst and a beta cycle, ~60 ms).
@@ -316,12 +329,14 @@ class FitResult:
     ----------
     model : SpikeDictionary
     counts : SpikeCounts or RecordingWindows
-        The counts it was fitted on (the windows of a streamed long recording).
+        The counts it was fitted on (the windows of a streamed long recording), held-out examples left out.
     summary : pandas.DataFrame
         One row: data shape, family, log-likelihoods, fit time.
     alignment : pandas.DataFrame or None
         Template errors against the ground truth, when the recording carries it (simulated data).
     folder : Path
+    heldout : pandas.DataFrame or None
+        The held-out comparison of rate models (see ``heldout_fraction`` of :func:`fit_recording`).
     """
 
     model: Any
@@ -329,6 +344,7 @@ class FitResult:
     summary: pd.DataFrame
     alignment: pd.DataFrame | None
     folder: Path
+    heldout: pd.DataFrame | None = None
 
 
 def _ground_truth(block: Any) -> np.ndarray | None:
@@ -358,6 +374,8 @@ def fit_recording(
     example_duration: pq.Quantity | None = None,
     n_epochs: int | None = None,
     sparsity: float | str = "auto",
+    pool_size: int | None = None,
+    heldout_fraction: float = 0.2,
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
@@ -390,6 +408,14 @@ def fit_recording(
         Cut trials into examples of this duration; a zero duration turns cutting off.
     n_epochs, sparsity, seed, device :
         See :class:`~spikedict.SpikeDictionary`.
+    pool_size : int, optional
+        Pool groups of this many consecutive trials (within each ``group_by`` condition) into binomial examples;
+        0 turns the recording's default pooling off.
+    heldout_fraction : float
+        Share of the examples, the last ones in recording order (a later stretch of a long recording), left out
+        of the fit and used to score it: their spikes are split in two halves, and the fitted model, a constant
+        rate, the PSTH (trials aligned to an event) and elephant's ``instantaneous_rate`` predict the second half
+        from the first (:func:`spikedict.analysis.heldout_comparison`). 0 fits every example and scores none.
     resume : bool
         Continue the interrupted fit whose checkpoint is in ``folder``.
     progress : bool or None
@@ -424,7 +450,7 @@ def fit_recording(
     started = time.perf_counter()
     block, label, defaults = open_recording(source)
     settings = _resolve_settings(
-        defaults, family, bin_size, n_templates, template_size, group_by, example_duration, n_epochs
+        defaults, family, bin_size, n_templates, template_size, group_by, example_duration, n_epochs, pool_size
     )
     parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
     _write_settings(folder, source, settings, window, overlap, parameters)
@@ -446,11 +472,26 @@ def fit_recording(
 
     counts = _bin_recording(block, label, settings, echo, timings)
     warned = _data_warnings(counts, settings, echo)
+    counts, heldout = _heldout_examples(counts, heldout_fraction, echo)
     model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
     warned = warned + _fit_warnings(model, echo)
-    return _write_fit(
-        folder, source, label, block, counts, model, settings, parameters, device_used, echo, timings, started, warned
-    )
+    fitted = _Fitted(block, label, counts, heldout, model, settings)
+    return _write_fit(folder, source, fitted, parameters, device_used, echo, timings, started, warned)
+
+
+def _heldout_examples(counts: Any, fraction: float, echo: Callable[[str], None]) -> tuple[Any, Any]:
+    """The training examples and the held-out ones (the last ``fraction`` of them, at least one; None when
+    ``fraction`` is 0 or there are fewer than 2 examples)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"heldout_fraction must lie in [0, 1), got {fraction}; 0 scores no held-out examples.")
+    n_heldout = max(1, int(round(fraction * counts.n_examples))) if fraction > 0 else 0
+    if n_heldout == 0 or counts.n_examples - n_heldout < 1:
+        if fraction > 0:
+            echo(f"warning: {counts.n_examples} example(s): none can be held out to score the fit.")
+        return counts, None
+    n_train = counts.n_examples - n_heldout
+    echo(f"holding out the last {n_heldout} of {counts.n_examples} examples to score the fit")
+    return select_examples(counts, slice(0, n_train)), select_examples(counts, slice(n_train, counts.n_examples))
 
 
 def _fit_warnings(model: Any, echo: Callable[[str], None]) -> list[str]:
@@ -501,24 +542,30 @@ def _resolve_settings(
     group_by: str | None,
     example_duration: pq.Quantity | None,
     n_epochs: int | None,
+    pool_size: int | None = None,
 ) -> RecordingDefaults:
     """The settings of this fit: the given ones, else the recording's ``defaults``; checked, template size in bins."""
-    family = (family or defaults.family).lower()
+    pool_size = defaults.pool_size if pool_size is None else (pool_size or None)
+    group_by = defaults.group_by if group_by is None else (None if group_by.lower() == "none" else group_by)
+    # pooled trials are binomial counts: the family follows unless given
+    pooled = group_by is not None or pool_size is not None
+    family = (family or ("binomial" if pooled else defaults.family)).lower()
     bin_size = defaults.bin_size if bin_size is None else bin_size
     n_templates = defaults.n_templates if n_templates is None else n_templates
     template_size = defaults.template_size if template_size is None else template_size
-    group_by = defaults.group_by if group_by is None else (None if group_by.lower() == "none" else group_by)
     example_duration = defaults.example_duration if example_duration is None else example_duration
     n_epochs = defaults.n_epochs if n_epochs is None else n_epochs
     if example_duration is not None and float(example_duration.magnitude) == 0:
         example_duration = None
     if family not in ("binomial", "poisson", "gaussian"):
         raise ValueError(f"family must be 'binomial', 'poisson' or 'gaussian', got {family!r}.")
-    if family == "binomial" and group_by is None:
+    if family == "binomial" and group_by is None and pool_size is None:
         raise ValueError(
             "the binomial family models repeated trials pooled per example: pass --group-by ANNOTATION (a segment "
-            "annotation shared by the trials of one condition, e.g. 'example'), or use --family poisson."
+            "annotation shared by the trials of one condition, e.g. 'example') or --pool N (groups of N "
+            "consecutive trials), or use --family poisson."
         )
+
     if isinstance(template_size, pq.Quantity):
         template_size = _bins(template_size, bin_size, "template_size")
     return RecordingDefaults(
@@ -529,6 +576,7 @@ def _resolve_settings(
         group_by=group_by,
         example_duration=example_duration,
         n_epochs=n_epochs,
+        pool_size=pool_size,
     )
 
 
@@ -571,6 +619,7 @@ def _recording_settings(source: str | Path, settings: RecordingDefaults) -> dict
         "recording": str(source),
         "bin_size": str(settings.bin_size),
         "group_by": settings.group_by,
+        "pool_size": settings.pool_size,
         "example_duration": None if settings.example_duration is None else str(settings.example_duration),
     }
 
@@ -609,8 +658,9 @@ def _bin_recording(
     echo(
         f"binning {label}: {len(block.segments)} trials in bins of {settings.bin_size}"
         + (f", pooling trials by {settings.group_by!r}" if settings.group_by else "")
+        + (f", in groups of {settings.pool_size} consecutive trials" if settings.pool_size else "")
     )
-    counts = bin_spiketrains(block, settings.bin_size, group_by=settings.group_by)
+    counts = bin_spiketrains(block, settings.bin_size, group_by=settings.group_by, pool_size=settings.pool_size)
     if settings.example_duration is not None:
         counts = split_examples(counts, _bins(settings.example_duration, settings.bin_size, "example_duration"))
     timings["bin"] = time.perf_counter() - clock
@@ -632,17 +682,85 @@ def _fit_counts(
         f"{counts.n_examples} examples x {counts.n_channels} unit(s) x {counts.n_bins} bins (up to "
         f"{settings.n_epochs} epochs on {device_used}" + (", resuming" if resume else "") + ")"
     )
-    return _run_fit(_build_estimator(parameters), counts, resume, timings)
+    model = _run_fit(_build_estimator(parameters), counts, resume, timings)
+    if parameters.get("sparsity", "auto") != "auto" or settings.family == "gaussian":
+        return model
+    return _choose_sparsity(model, counts, parameters, echo, timings)
+
+
+#: Sparsities tried after the "auto" one, relative to it, while each predicts better than the last (_choose_sparsity).
+SPARSITY_PATH = (0.7, 0.5, 0.35, 0.25)
+
+
+def _events(model: Any) -> bool:
+    return bool(len(model.history_)) and float(model.history_["code_density"].iloc[-1]) > 0
+
+
+def _choose_sparsity(
+    model: Any, counts: Any, parameters: Mapping[str, Any], echo: Callable[[str], None], timings: dict[str, float]
+) -> Any:
+    """The fit along a path of decreasing sparsities that best predicts half of the training examples' spikes from
+    the other half (:func:`spikedict.analysis.split_half_gain`).
+
+    The "auto" sparsity is a detection threshold in units of the noise; on sparse counts (single spikes in bins
+    of milliseconds) it can leave few events or none. From the "auto" fit, the path goes down by the factors of
+    :data:`SPARSITY_PATH` and stops at the first fit that predicts no better than the best before it, so a fit
+    whose events stand out costs two fits. The held-out examples play no part in the choice. A fit without
+    events scores below any fit with events, and the path goes on past it.
+    """
+    from spikedict.analysis import split_half_gain
+
+    def gain_of(candidate: Any) -> float:
+        return split_half_gain(candidate, counts) if _events(candidate) else -np.inf
+
+    auto, seconds = model.sparsity_, timings["fit"]
+    best = (gain_of(model), model)
+    path = [{"sparsity": auto, "events": _events(model), "split_half_bits_per_spike": best[0]}]
+    for factor in SPARSITY_PATH:
+        echo(f"trying sparsity {auto * factor:.3g} (split-half gain so far {best[0]:+.3f} bits per spike)")
+        candidate = _run_fit(_build_estimator({**parameters, "sparsity": auto * factor}), counts, False, timings)
+        seconds += timings["fit"]
+        gain = gain_of(candidate)
+        path.append({"sparsity": candidate.sparsity_, "events": _events(candidate), "split_half_bits_per_spike": gain})
+        if gain > best[0]:
+            best = (gain, candidate)
+        elif np.isfinite(best[0]):  # no better than the last fit with events: the path has passed its best
+            break
+    timings["fit"] = seconds
+    model = best[1]
+    model.sparsity_path_ = pd.DataFrame(path)
+    echo(f"chose sparsity {model.sparsity_:.3g} (split-half gain {best[0]:+.3f} bits per spike)")
+    return model
+
+
+@dataclass
+class _Fitted:
+    """A fit to binned counts and what it came from.
+
+    Attributes
+    ----------
+    block : neo.Block
+    label : str
+    counts : SpikeCounts
+        The examples the model was fitted on.
+    heldout : SpikeCounts or None
+        The examples left out of the fit to score it.
+    model : SpikeDictionary
+    settings : RecordingDefaults
+    """
+
+    block: Any
+    label: str
+    counts: Any
+    heldout: Any
+    model: Any
+    settings: RecordingDefaults
 
 
 def _write_fit(
     folder: Path,
     source: str | Path,
-    label: str,
-    block: Any,
-    counts: Any,
-    model: Any,
-    settings: RecordingDefaults,
+    fitted: _Fitted,
     parameters: Mapping[str, Any],
     device_used: str,
     echo: Callable[[str], None],
@@ -654,11 +772,13 @@ def _write_fit(
     data); return what was fitted."""
     echo(f"writing the model, templates, figures and report to {folder}")
     clock = time.perf_counter()
+    model, settings = fitted.model, fitted.settings
     seconds = float(settings.bin_size.rescale(pq.s).magnitude)
-    written = _write_model_and_templates(folder, model, counts.channel_names, seconds)
-    evaluation = _evaluate_fit(model, counts, block, label, settings, timings)
+    written = _write_model_and_templates(folder, model, fitted.counts.channel_names, seconds)
+    evaluation = _evaluate_fit(fitted, timings)
+    warned = warned + _heldout_warnings(evaluation.summary, echo)
     evaluation.summary["data_warnings"] = " | ".join(warned)
-    report = _fit_report(folder, label, settings, model, counts, block, evaluation, written)
+    report = _fit_report(folder, fitted, evaluation, written)
     if warned:
         report.add_text("Warnings about the data", " ".join(warned))
     timings["report"] = time.perf_counter() - clock
@@ -669,7 +789,7 @@ def _write_fit(
     )
     _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
     summary = pd.DataFrame([evaluation.summary])
-    return FitResult(model, counts, summary, evaluation.alignment_table, folder)
+    return FitResult(model, fitted.counts, summary, evaluation.alignment_table, folder, evaluation.heldout_table)
 
 
 @dataclass
@@ -682,36 +802,63 @@ class _Evaluation:
         The summary row.
     alignment_table : pandas.DataFrame or None
         Template errors against the ground truth, when the recording carries it.
+    heldout_table : pandas.DataFrame or None
+        The held-out comparison of rate models (:func:`spikedict.analysis.heldout_comparison`), when examples
+        were held out and the family has counts.
     truth : ndarray or None
         The true templates, when the recording carries them.
     rates : ndarray
-        The fitted rates (expected counts per bin).
+        The fitted rates (expected counts per bin) of the training examples.
     """
 
     summary: dict[str, Any]
     alignment_table: pd.DataFrame | None
+    heldout_table: pd.DataFrame | None
     truth: np.ndarray | None
     rates: np.ndarray
 
 
-def _evaluate_fit(
-    model: Any, counts: Any, block: Any, label: str, settings: RecordingDefaults, timings: dict[str, float]
-) -> _Evaluation:
-    """The summary row (log-likelihoods of the fit and of constant rates), template errors, ground truth and rates."""
+#: Summary columns of the held-out comparison: rate model -> column.
+HELDOUT_COLUMNS = {
+    "spikedict": "heldout_bits_per_spike",
+    "PSTH": "heldout_bits_per_spike_psth",
+    "instantaneous_rate": "heldout_bits_per_spike_smoothing",
+}
+
+
+def _heldout_table(fitted: _Fitted, timings: dict[str, float]) -> pd.DataFrame | None:
+    """Held-out comparison of the fit with a constant rate, the PSTH (trials aligned to an event) and smoothing."""
+    from spikedict.analysis import heldout_comparison
+
+    if fitted.heldout is None or fitted.settings.family == "gaussian":
+        return None
+    clock = time.perf_counter()
+    aligned = fitted.settings.example_duration is None and fitted.counts.n_examples > 1
+    table = heldout_comparison(
+        fitted.model, fitted.counts, fitted.heldout, bin_size=fitted.settings.bin_size, psth=aligned, seed=0
+    )
+    timings["heldout"] = time.perf_counter() - clock
+    return table
+
+
+def _evaluate_fit(fitted: _Fitted, timings: dict[str, float]) -> _Evaluation:
+    """The summary row (log-likelihoods of the fit and of constant rates, held-out gains), template errors, ground
+    truth and rates."""
     from spikedict.analysis import align_templates, constant_rates, log_likelihood_per_bin
 
+    model, counts, settings = fitted.model, fitted.counts, fitted.settings
     family = settings.family
-    templates = model.templates_
     rates = model.predict_rate(counts)
     log_likelihood = float(log_likelihood_per_bin(counts, rates, model.family_))
     constant = constant_rates(counts, "gaussian" if family == "gaussian" else family)
     constant_log_likelihood = float(log_likelihood_per_bin(counts, constant, model.family_))
-    truth = _ground_truth(block)
+    truth = _ground_truth(fitted.block)
     alignment_table = None
     summary = {
-        "recording": label,
+        "recording": fitted.label,
         "family": family,
         "n_examples": counts.n_examples,
+        "n_heldout_examples": 0 if fitted.heldout is None else fitted.heldout.n_examples,
         "n_channels": counts.n_channels,
         "n_bins": counts.n_bins,
         "bin_size_ms": float(settings.bin_size.rescale(pq.ms).magnitude),
@@ -723,40 +870,75 @@ def _evaluate_fit(
         "constant_rate_log_likelihood_per_bin": constant_log_likelihood,
         "fit_seconds": timings["fit"],
     }
+    heldout_table = _heldout_table(fitted, timings)
+    for name, column in HELDOUT_COLUMNS.items():
+        found = [] if heldout_table is None else heldout_table.loc[heldout_table["model"] == name, "bits_per_spike"]
+        summary[column] = float(found.iloc[0]) if len(found) else float("nan")
     if truth is not None and truth.shape[1:] == (counts.n_channels,) + truth.shape[2:]:
-        alignment = align_templates(templates, truth)
+        alignment = align_templates(model.templates_, truth)
         alignment_table = alignment.table
         summary["mean_template_error"] = alignment.mean_error
-    return _Evaluation(summary, alignment_table, truth, rates)
+    return _Evaluation(summary, alignment_table, heldout_table, truth, rates)
 
 
-def _fit_report(
-    folder: Path,
-    label: str,
-    settings: RecordingDefaults,
-    model: Any,
-    counts: Any,
-    block: Any,
-    evaluation: _Evaluation,
-    written: list[Path],
-) -> Any:
+def _heldout_warnings(summary: Mapping[str, Any], echo: Callable[[str], None]) -> list[str]:
+    """A fit that predicts held-out spikes no better than a constant rate: say so, with what to try."""
+    gain = summary.get("heldout_bits_per_spike", float("nan"))
+    if not np.isfinite(gain) or gain > 0:
+        return []
+    message = (
+        f"the templates predict held-out spikes no better than a constant rate ({gain:+.3f} bits per spike): they "
+        "may be noise at this signal and data size. Try pooling trials into binomial counts (--pool N or "
+        "--group-by), a larger bin size, fewer or shorter templates, or a lower --sparsity."
+    )
+    echo(f"warning: {message}")
+    return [message]
+
+
+def _fit_report(folder: Path, fitted: _Fitted, evaluation: _Evaluation, written: list[Path]) -> Any:
     """The report of a fit to binned counts, but its settings and timings: text, tables, figures and history."""
     from spikedict.report import Report
 
+    model, counts, settings = fitted.model, fitted.counts, fitted.settings
     template_size, group_by = int(settings.template_size), settings.group_by
     milliseconds = template_size * float(settings.bin_size.rescale(pq.s).magnitude) * 1000
-    report = Report(f"spikedict fit: {label}", folder)
+    pooling = (f" by {group_by!r}" if group_by else "") + (
+        f" in groups of {settings.pool_size} consecutive trials" if settings.pool_size else ""
+    )
+    report = Report(f"spikedict fit: {fitted.label}", folder)
     report.add_text(
         None,
         f"{settings.n_templates} convolutional templates of {template_size} bins ({milliseconds:g} ms) learned from "
-        f"{label} with the {settings.family} family: {counts.n_examples} examples x {counts.n_channels} unit(s) x "
-        f"{counts.n_bins} bins of {settings.bin_size}"
-        + (f", trials pooled by {group_by!r} (n_trials {sorted(set(counts.n_trials.tolist()))})" if group_by else "")
+        f"{fitted.label} with the {settings.family} family: {counts.n_examples} examples x {counts.n_channels} "
+        f"unit(s) x {counts.n_bins} bins of {settings.bin_size}"
+        + (f", trials pooled{pooling} (n_trials {sorted(set(counts.n_trials.tolist()))})" if settings.pooled else "")
         + ". Log-likelihoods are per bin on the fitted examples, with codes inferred from the same counts (an "
         "in-sample measure), next to the constant-rate model's.",
     )
     report.add_table("summary", pd.DataFrame([evaluation.summary]), "Summary")
     report.files.extend(written)
+    if evaluation.heldout_table is not None:
+        report.add_table(
+            "heldout",
+            evaluation.heldout_table,
+            "Held-out prediction",
+            f"The last {fitted.heldout.n_examples} examples were left out of the fit. Their spikes are split in two "
+            "independent halves; each rate model predicts the second half from the first: spikedict from codes "
+            "inferred on the first half, a constant rate and the PSTH from the training examples, elephant's "
+            "instantaneous_rate by smoothing the first half with the kernel width that predicts best on the "
+            "training examples. bits_per_spike is the gain over the constant rate per held-out spike (above 0: "
+            "better than a constant rate).",
+        )
+    path = getattr(model, "sparsity_path_", None)
+    if path is not None:
+        report.add_table(
+            "sparsity_path",
+            path,
+            "Sparsity chosen from the data",
+            "Fits at the 'auto' sparsity and below it, going down while each predicted half of the training "
+            "examples' spikes from the other half better than the one before (split-half gain: bits per spike over "
+            "a constant rate); the best was kept. The held-out examples play no part in the choice.",
+        )
     if evaluation.alignment_table is not None:
         report.add_table(
             "template_errors",
@@ -764,17 +946,7 @@ def _fit_report(
             "Template errors against the ground truth",
             "From the file's annotations.",
         )
-    _fit_figures(
-        report,
-        model,
-        counts,
-        block,
-        evaluation.truth,
-        evaluation.rates,
-        settings.bin_size,
-        group_by,
-        settings.example_duration,
-    )
+    _fit_figures(report, fitted, evaluation.truth, evaluation.rates)
     report.add_table("history", model.history_, "Training history")
     return report
 
@@ -919,19 +1091,11 @@ def _fit_windows(
     return FitResult(model, windows, pd.DataFrame([summary]), None, folder)
 
 
-def _fit_figures(
-    report: Any,
-    model: Any,
-    counts: Any,
-    block: Any,
-    truth: np.ndarray | None,
-    rates: np.ndarray,
-    bin_size: pq.Quantity,
-    group_by: str | None,
-    example_duration: pq.Quantity | None,
-) -> None:
+def _fit_figures(report: Any, fitted: _Fitted, truth: np.ndarray | None, rates: np.ndarray) -> None:
+    """Templates, rate over the spikes, codes and training curve of a fit to binned counts."""
     from spikedict.plotting import plot_codes, plot_raster, plot_templates, plot_training_curve
 
+    model, counts, block, bin_size = fitted.model, fitted.counts, fitted.block, fitted.settings.bin_size
     use_truth = truth is not None and truth.shape[1] == counts.n_channels
     report.add_figure(
         "templates",
@@ -941,7 +1105,7 @@ def _fit_figures(
         + (", true ones in black." if use_truth else "."),
     )
     labels = counts.example_labels
-    if group_by and example_duration is None and "trials" in labels.columns:
+    if fitted.settings.pooled and fitted.settings.example_duration is None and "trials" in labels.columns:
         trials = [block.segments[int(i)].spiketrains[0] for i in labels["trials"].iloc[0]]
         axis = plot_raster(trials, rates[0, 0], bin_size=bin_size)
         caption = "The trials of example 0 (first unit) with the fitted rate per trial."

@@ -149,7 +149,11 @@ def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
     assert arrays["templates"].shape == (3, 1, 20) and float(arrays["bin_size_s"]) == pytest.approx(0.001)
     assert np.allclose(arrays["templates"][:, 0, :].ravel(), templates["value"])
     summary = pd.read_csv(out / "summary.csv")
-    assert summary.loc[0, "family"] == "binomial" and summary.loc[0, "n_examples"] == 3
+    # 3 examples: the last one held out to score the fit, the other 2 fitted
+    assert summary.loc[0, "family"] == "binomial" and summary.loc[0, ["n_examples", "n_heldout_examples"]].tolist() == [
+        2,
+        1,
+    ]
     assert 0 <= summary.loc[0, "mean_template_error"] <= 1
     assert len(pd.read_csv(out / "template_errors.csv")) == 3
     assert len(_embedded_pngs((out / "report.html").read_text())) == 4
@@ -162,7 +166,9 @@ def test_fit_shipped_locust_dataset(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "poisson" in printed.out and "binning locust: 2 trials in bins of 2.0 ms" in printed.err
     summary = pd.read_csv(tmp_path / "locust" / "summary.csv")
-    assert summary.loc[0, ["n_examples", "n_bins", "template_size"]].tolist() == [20, 500, 10]
+    # 20 examples of 1 s: the last 4 held out
+    assert summary.loc[0, ["n_examples", "n_heldout_examples", "n_bins", "template_size"]].tolist() == [16, 4, 500, 10]
+    assert np.isfinite(summary.loc[0, "heldout_bits_per_spike"])
     assert np.isfinite(summary.loc[0, "log_likelihood_per_bin"])
 
 

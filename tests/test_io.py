@@ -331,7 +331,7 @@ def test_bad_data_types_and_grouping(rng):
     block = make_block(rng)
     with pytest.raises(ValueError, match=r"\['session'\].*available: \['segment_name', 'condition'"):
         bin_spiketrains(block, BIN, group_by="session", clip=True)
-    with pytest.raises(ValueError, match="needs pool_trials=True"):
+    with pytest.raises(ValueError, match="need pool_trials=True"):
         bin_spiketrains(block, BIN, group_by="condition", pool_trials=False)
 
 

@@ -15,6 +15,13 @@ from spikedict.analysis._data import (
 )
 from spikedict.analysis.alignment import Alignment, align_templates, template_error
 from spikedict.analysis.compare import compare_families, evaluate_heldout, family_study
+from spikedict.analysis.heldout import (
+    bits_per_spike,
+    heldout_comparison,
+    smoothed_rates,
+    split_half_gain,
+    split_spikes,
+)
 from spikedict.analysis.metrics import (
     constant_rates,
     deviance_per_bin,
@@ -31,6 +38,7 @@ __all__ = [
     "ModelSelection",
     "align_templates",
     "as_analysis_data",
+    "bits_per_spike",
     "compare_families",
     "constant_rates",
     "deviance_per_bin",
@@ -39,10 +47,14 @@ __all__ = [
     "example_folds",
     "family_study",
     "find_events",
+    "heldout_comparison",
     "heldout_split",
     "log_likelihood_per_bin",
     "pseudo_r2",
     "select_model",
+    "smoothed_rates",
+    "split_half_gain",
+    "split_spikes",
     "split_trials",
     "template_error",
     "time_blocks",

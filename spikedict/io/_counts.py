@@ -495,6 +495,7 @@ def bin_spiketrains(
     t_stop: pq.Quantity | None = None,
     pool_trials: bool | None = None,
     group_by: str | Sequence[str] | None = None,
+    pool_size: int | None = None,
     clip: bool = False,
     unit_annotation: str = "unit",
 ) -> SpikeCounts:
@@ -521,6 +522,11 @@ def bin_spiketrains(
     group_by : str or list of str, optional
         Trial (segment) annotation(s) naming the condition; trials with equal values are pooled together.
         Without it, ``pool_trials=True`` pools all trials into one example.
+    pool_size : int, optional
+        Pool groups of this many consecutive trials (within each condition when ``group_by`` is given) instead of
+        all the trials of a condition: one example per group, the last group of a condition keeping the trials
+        left over. Groups follow slow changes over a session (trial-by-trial amplitude, adaptation) that pooling
+        a whole condition averages out; larger groups make clearer events in each example.
     clip : bool
         When pooling, count a trial with several spikes in one bin once instead of raising an error.
     unit_annotation : str
@@ -555,10 +561,14 @@ def bin_spiketrains(
         isinstance(group_by, str) or (isinstance(group_by, Sequence) and all(isinstance(k, str) for k in group_by))
     ):
         raise TypeError(f"group_by must name trial annotation(s): a str or a list of str, got {group_by!r}.")
+    if pool_size is not None and (
+        isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)) or pool_size < 1
+    ):
+        raise ValueError(f"pool_size must be a whole number of trials >= 1, got {pool_size!r}.")
     if pool_trials is None:
-        pool_trials = group_by is not None
-    if group_by is not None and not pool_trials:
-        raise ValueError("group_by pools trials by condition; it needs pool_trials=True (or leave pool_trials unset).")
+        pool_trials = group_by is not None or pool_size is not None
+    if (group_by is not None or pool_size is not None) and not pool_trials:
+        raise ValueError("group_by and pool_size pool trials; they need pool_trials=True (or leave pool_trials unset).")
     units = bin_size.units
     start, stop = _resolve_window(trains, names, t_start, t_stop, units)
     _check_spikes(trains, names)
@@ -578,7 +588,7 @@ def bin_spiketrains(
     if not pool_trials:
         trial_labels.index = pd.RangeIndex(n_trial_rows, name="example")
         return SpikeCounts(counts, np.ones(n_trial_rows, dtype=np.int64), bin_size, bin_start, names, trial_labels)
-    return _pool(counts, trial_labels, group_by, clip, bin_size, bin_start, names)
+    return _pool(counts, trial_labels, group_by, clip, bin_size, bin_start, names, pool_size)
 
 
 def _elephant_counts(
@@ -616,6 +626,7 @@ def _pool(
     bin_size: pq.Quantity,
     t_start: pq.Quantity,
     names: list[str],
+    pool_size: int | None = None,
 ) -> SpikeCounts:
     several = counts > 1
     if several.any() and not clip:
@@ -648,6 +659,12 @@ def _pool(
         ]
     else:
         groups = [((), np.arange(len(trial_labels)))]
+    if pool_size is not None:  # consecutive runs of pool_size trials within each condition
+        groups = [
+            (key, index[first : first + pool_size])
+            for key, index in groups
+            for first in range(0, len(index), pool_size)
+        ]
     pooled = np.stack([spiked[index].sum(axis=0) for _, index in groups])
     rows = [
         dict(zip(keys, key)) | {"n_trials": len(index), "trials": tuple(int(i) for i in index)} for key, index in groups

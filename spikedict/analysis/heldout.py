@@ -58,6 +58,14 @@ def _family_of(data: AnalysisData, family: str | Family) -> Family:
     )
 
 
+def _with_trials(data: AnalysisData, model: Any) -> AnalysisData:
+    """``data`` carrying the binomial model's single ``n_trials`` when the counts come without theirs."""
+    trials = getattr(model.family_, "n_trials", None)
+    if _carried_n_trials(data) is None and isinstance(trials, int):
+        return replace(data, n_trials=trials)
+    return data
+
+
 def split_spikes(
     data: Any, family: str | Family = "poisson", seed: int = 0
 ) -> tuple[AnalysisData, AnalysisData, float]:
@@ -291,7 +299,8 @@ def heldout_comparison(
             f"held-out spikes can be split only for count families ('binomial', 'poisson'); the model's family is "
             f"{family_name!r}."
         )
-    train, heldout = as_analysis_data(train, "train"), as_analysis_data(heldout, "heldout")
+    train = _with_trials(as_analysis_data(train, "train"), model)
+    heldout = _with_trials(as_analysis_data(heldout, "heldout"), model)
     if train.counts.shape[1:] != heldout.counts.shape[1:]:
         raise ValueError(
             f"train and heldout must have the same channels and bins, got shapes {train.counts.shape[1:]} and "
@@ -346,7 +355,7 @@ def split_half_gain(model: Any, data: Any, seed: int = 0) -> float:
     float
         Bits per spike of the second half (above 0: better than a constant rate).
     """
-    data = as_analysis_data(data)
+    data = _with_trials(as_analysis_data(data), model)
     family = _family_of(data, getattr(model.family_, "name", ""))
     first, second, exposure = split_spikes(data, family, seed=seed)
     scored = _scored(second, family)

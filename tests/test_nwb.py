@@ -366,6 +366,13 @@ def test_an_annotation_nwb_cannot_hold_is_refused_and_the_old_file_kept(tmp_path
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["recording.nwb"]
 
 
+def test_the_format_can_be_named_for_another_extension(tmp_path):
+    simulation = small_study()
+    write_recording(simulation.block, tmp_path / "study.h5", format="nwb")
+    read = read_recording(tmp_path / "study.h5", format="nwb")
+    np.testing.assert_array_equal(bin_spiketrains(read, 1 * pq.ms, group_by="example").counts, simulation.counts.counts)
+
+
 # ------------------------------------------------------------------------------------------ command line
 TINY_FIT = ["--n-epochs", "1", "--set", "encoder__n_iterations=20", "--quiet"]
 

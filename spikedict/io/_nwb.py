@@ -92,7 +92,7 @@ def _open_nwb(path: Path) -> Iterator[Any]:
     try:
         with warnings.catch_warnings():
             # Files from the field cache the schema versions they were written with; hdmf says it uses its own.
-            warnings.filterwarnings("ignore", message="Ignoring cached namespace", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Ignoring the following cached namespace", category=UserWarning)
             io = pynwb.NWBHDF5IO(str(path), "r")
             nwbfile = io.read()
     except Exception as error:
@@ -413,21 +413,36 @@ def _aligned_block(
         group.annotate(**unit.annotations)
         group.annotate(unit=unit.name, unit_id=unit.id)
         groups.append(group)
+    t_start, t_stop = before * pq.s, after * pq.s
+    members: list[list[neo.SpikeTrain]] = [[] for _ in unit_rows]
     for row in np.flatnonzero(kept):
         time = float(align[row])
         segment = neo.Segment(name=f"trial {row}")
         segment.annotate(**labels[row])
         segment.annotate(align_time=time * pq.s)
-        for unit, group in zip(unit_rows, groups):
+        for u, unit in enumerate(unit_rows):
             spikes = _spikes_in(unit.spike_times, time, before, after)
-            train = neo.SpikeTrain(spikes * pq.s, t_start=before * pq.s, t_stop=after * pq.s, name=unit.name)
+            train = neo.SpikeTrain(spikes, units=pq.s, t_start=t_start, t_stop=t_stop, name=unit.name)
             train.annotate(unit=unit.name, unit_id=unit.id)
             segment.spiketrains.append(train)
-            group.add(train)
+            members[u].append(train)
         block.segments.append(segment)
+    for group, trains in zip(groups, members):
+        _fill_group(group, trains)
     block.groups.extend(groups)
     block.check_relationships()
     return block
+
+
+def _fill_group(group: neo.Group, trains: list[neo.SpikeTrain]) -> None:
+    """Put ``trains`` (distinct, none in ``group`` yet) into ``group`` at once.
+
+    ``Group.add`` checks each train against every train already in the group, which takes quadratic time for
+    a unit with thousands of trials.
+    """
+    from neo.core.spiketrainlist import SpikeTrainList
+
+    group.spiketrains = SpikeTrainList(items=trains)
 
 
 def _spikes_in(spike_times: np.ndarray, zero: float, low: float, high: float) -> np.ndarray:
@@ -682,7 +697,8 @@ def _restore_block(nwbfile: Any, stored: dict[str, Any], unit_rows: list[_Unit],
             continue
         group = neo.Group(name=group_entry.get("name"), description=group_entry.get("description"))
         group.annotate(**_decode(group_entry["annotations"]))
-        group.add(*members)
+        _fill_group(group, [member for member in members if isinstance(member, neo.SpikeTrain)])
+        group.add(*[member for member in members if not isinstance(member, neo.SpikeTrain)])
         block.groups.append(group)
     block.check_relationships()
     return block
@@ -692,15 +708,16 @@ def _restore_train(entry: dict[str, Any], unit: _Unit, offset: float) -> neo.Spi
     """One spike train written by :func:`write_nwb_file`: the unit's spikes in its window, on its own clock."""
     import neo
 
-    units = pq.Quantity(1.0, entry["units"])
+    units = _unit(entry["units"])
     t_start, t_stop = float(entry["t_start"]), float(entry["t_stop"])
-    seconds = float(units.rescale(pq.s).magnitude)
+    seconds = _seconds_per(entry["units"])
     low, high = t_start * seconds, t_stop * seconds
     tolerance = TIME_TOLERANCE * max(1.0, abs(low), abs(high))
     relative = _spikes_in(unit.spike_times, offset, low - tolerance, high + tolerance)
     times = np.clip(relative / seconds, t_start, t_stop)  # float rounding of the file's clock, not spikes
     train = neo.SpikeTrain(
-        times * units,
+        times,
+        units=units,
         t_start=t_start * units,
         t_stop=t_stop * units,
         name=entry.get("name"),
@@ -765,10 +782,43 @@ def _unit_keys(block: neo.Block) -> tuple[list[list[int]], list[str]]:
     return rows, names
 
 
+_SECONDS_PER_UNIT: dict[str, float] = {}
+
+
+_UNITS: dict[str, pq.Quantity] = {}
+
+
+def _unit(units: str) -> pq.Quantity:
+    """One of ``units`` (cached: parsing the units is slow for many spike trains)."""
+    if units not in _UNITS:
+        _UNITS[units] = pq.Quantity(1.0, units).units
+    return _UNITS[units]
+
+
+def _seconds_per(units: str) -> float:
+    """Seconds in one of ``units`` (cached: ``rescale`` parses the units each time, slow for many spike trains)."""
+    if units not in _SECONDS_PER_UNIT:
+        _SECONDS_PER_UNIT[units] = float(_unit(units).rescale(pq.s).magnitude)
+    return _SECONDS_PER_UNIT[units]
+
+
+def _seconds(quantity: pq.Quantity) -> float:
+    """A scalar time in seconds."""
+    return float(quantity.magnitude) * _seconds_per(quantity.dimensionality.string)
+
+
+def _in_units(quantity: pq.Quantity, units: str) -> float:
+    """A scalar time in ``units`` (unchanged where it is in them already)."""
+    if quantity.dimensionality.string == units:
+        return float(quantity.magnitude)
+    return float(quantity.rescale(units).magnitude)
+
+
 def _segment_span(segment: neo.Segment) -> tuple[float, float]:
     """The earliest start and latest stop (seconds) of the spike trains and analog signals of ``segment``."""
-    starts = [float(item.t_start.rescale(pq.s).magnitude) for item in (*segment.spiketrains, *segment.analogsignals)]
-    stops = [float(item.t_stop.rescale(pq.s).magnitude) for item in (*segment.spiketrains, *segment.analogsignals)]
+    items = (*segment.spiketrains, *segment.analogsignals)
+    starts = [_seconds(item.t_start) for item in items]
+    stops = [_seconds(item.t_stop) for item in items]
     if not starts:
         return 0.0, 0.0
     return min(starts), max(stops)
@@ -845,7 +895,6 @@ def write_nwb_file(block: neo.Block, path: str | os.PathLike) -> None:
         If a segment holds image sequences, which this layout does not keep.
     """
     import pynwb
-    from pynwb.misc import Units
 
     for n, segment in enumerate(block.segments):
         if segment.imagesequences:
@@ -874,13 +923,7 @@ def write_nwb_file(block: neo.Block, path: str | os.PathLike) -> None:
         cursor = offset + last + SEGMENT_GAP
         segments_meta.append(_write_segment(nwbfile, segment, n, offset, unit_rows[n], spikes))
     _add_trials(nwbfile, block, starts, stops)
-    if unit_names:
-        nwbfile.add_unit_column("unit_name", "the unit's name (its neo Group, or its spike trains' unit or name)")
-        for row, name in enumerate(unit_names):
-            times = np.sort(np.concatenate(spikes[row])) if spikes[row] else np.zeros(0)
-            nwbfile.add_unit(spike_times=times, unit_name=name)
-    else:
-        nwbfile.units = Units(name="units", description="no spike trains")
+    nwbfile.units = _units_table(unit_names, spikes)
     stored = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -892,15 +935,49 @@ def write_nwb_file(block: neo.Block, path: str | os.PathLike) -> None:
             "annotations": _encode_annotations(block.annotations, "of the block"),
         },
         "segments": segments_meta,
-        "groups": [_group_entry(block, g) for g in range(len(block.groups))],
+        "groups": _group_entries(block),
     }
     nwbfile.add_scratch(
         json.dumps(stored),
         name=SCRATCH_NAME,
         description="the neo Block's annotations, segments and groups, as JSON (read by spikedict.io.read_nwb)",
     )
-    with pynwb.NWBHDF5IO(str(path), "w") as io:
-        io.write(nwbfile)
+    with warnings.catch_warnings():
+        # write_recording(block, "x.h5", format="nwb") names the file; pynwb recommends the .nwb extension.
+        warnings.filterwarnings(
+            "ignore", message="The file path provided: .* does not end in '.nwb'", category=UserWarning
+        )
+        with pynwb.NWBHDF5IO(str(path), "w") as io:
+            io.write(nwbfile)
+
+
+def _units_table(names: list[str], spikes: list[list[np.ndarray]]) -> Any:
+    """The units table: one row per unit, its spike times (sorted, seconds on the file's clock) and ``unit_name``.
+
+    Built from whole columns: ``NWBFile.add_unit`` converts every spike time on its own when the file is written.
+    """
+    from hdmf.common import VectorData, VectorIndex
+    from pynwb.misc import Units
+
+    if not names:
+        return Units(name="units", description="no spike trains")
+    times = [np.sort(np.concatenate(row)) if row else np.zeros(0) for row in spikes]
+    spike_times = VectorData(
+        name="spike_times", description="the spike times for each unit in seconds", data=np.concatenate(times)
+    )
+    index = VectorIndex(name="spike_times_index", data=np.cumsum([len(row) for row in times]), target=spike_times)
+    unit_name = VectorData(
+        name="unit_name",
+        description="the unit's name (its neo Group, or its spike trains' unit or name)",
+        data=np.asarray(names, dtype=object),
+    )
+    return Units(
+        name="units",
+        description="the units of a neo Block, over all its segments",
+        id=list(range(len(names))),
+        columns=[spike_times, index, unit_name],
+        colnames=("spike_times", "unit_name"),
+    )
 
 
 def _write_segment(
@@ -916,15 +993,17 @@ def _write_segment(
     where = f"of segment {n}"
     trains_meta = []
     for i, train in enumerate(segment.spiketrains):
-        spikes[rows[i]].append(np.asarray(train.rescale(pq.s).magnitude, dtype=np.float64).ravel() + offset)
+        units = train.units.dimensionality.string
+        times = np.asarray(train.magnitude, dtype=np.float64).ravel()
+        spikes[rows[i]].append((times if units == "s" else times * _seconds_per(units)) + offset)
         trains_meta.append(
             {
                 "unit": rows[i],
                 "name": train.name,
                 "description": train.description,
-                "units": train.units.dimensionality.string,
-                "t_start": float(train.t_start.rescale(train.units).magnitude),
-                "t_stop": float(train.t_stop.rescale(train.units).magnitude),
+                "units": units,
+                "t_start": _in_units(train.t_start, units),
+                "t_stop": _in_units(train.t_stop, units),
                 "annotations": _encode_annotations(train.annotations, f"of spike train {i} {where}"),
                 "array_annotations": _encode_annotations(train.array_annotations, f"of spike train {i} {where}"),
             }
@@ -987,26 +1066,33 @@ def _object_entries(segment: neo.Segment, kind: str, where: str) -> list[dict[st
     return entries
 
 
-def _group_entry(block: neo.Block, g: int) -> dict[str, Any]:
-    """Group ``g`` of ``block`` as a JSON entry: its members by (kind, segment, position)."""
+def _group_entries(block: neo.Block) -> list[dict[str, Any]]:
+    """The groups of ``block`` as JSON entries: their members by (kind, segment, position in the segment)."""
     position: dict[int, tuple[str, int, int]] = {}
     kinds = ("spiketrains", "analogsignals", "irregularlysampledsignals", "events", "epochs")
     for n, segment in enumerate(block.segments):
         for kind in kinds:
             for i, item in enumerate(getattr(segment, kind)):
                 position.setdefault(id(item), (kind, n, i))
-    group = block.groups[g]
-    members = [position[id(item)] for kind in kinds for item in getattr(group, kind) if id(item) in position]
-    return {
-        "name": group.name,
-        "description": group.description,
-        "annotations": _encode_annotations(group.annotations, f"of group {g}"),
-        "members": [list(member) for member in members],
-    }
+    entries = []
+    for g, group in enumerate(block.groups):
+        members = [position[id(item)] for kind in kinds for item in getattr(group, kind) if id(item) in position]
+        entries.append(
+            {
+                "name": group.name,
+                "description": group.description,
+                "annotations": _encode_annotations(group.annotations, f"of group {g}"),
+                "members": [list(member) for member in members],
+            }
+        )
+    return entries
 
 
 def _add_trials(nwbfile: Any, block: neo.Block, starts: list[float], stops: list[float]) -> None:
     """One trials row per segment, with a column per scalar segment annotation that NWB can hold."""
+    from hdmf.common import VectorData
+    from pynwb.epoch import TimeIntervals
+
     if not block.segments:
         return
 
@@ -1020,14 +1106,14 @@ def _add_trials(nwbfile: Any, block: neo.Block, starts: list[float], stops: list
         for key, value in segment.annotations.items():
             if scalar(value) and key not in keys and key not in RESERVED_TRIAL_COLUMNS and "/" not in key:
                 keys.append(key)
-    columns = {}
+    columns = [
+        VectorData(name="start_time", description="Start time of the segment, in seconds.", data=np.asarray(starts)),
+        VectorData(name="stop_time", description="Stop time of the segment, in seconds.", data=np.asarray(stops)),
+    ]
     for key in keys:
         values = [segment.annotations.get(key) for segment in block.segments]
         column = _trial_column(key, [value if scalar(value) else None for value in values])
         if column is not None:
-            columns[key] = column[0]
-            nwbfile.add_trial_column(key, column[1])
-    for n in range(len(block.segments)):
-        nwbfile.add_trial(
-            start_time=starts[n], stop_time=stops[n], **{key: values[n] for key, values in columns.items()}
-        )
+            columns.append(VectorData(name=key, description=column[1], data=column[0]))
+    # Whole columns at once: add_trial converts every value on its own when the file is written.
+    nwbfile.trials = TimeIntervals(name="trials", description="the segments of a neo Block", columns=columns)

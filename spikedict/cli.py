@@ -261,7 +261,7 @@ def demo(
     default=None,
     metavar="N",
     help="Pool groups of N consecutive trials (within each --group-by condition) into binomial examples; 0 turns "
-    "a recording's default pooling off (motoneurone pools 20).",
+    "a recording's default pooling off (motoneurone pools 40).",
 )
 @click.option(
     "--example-duration",

@@ -30,6 +30,7 @@ __all__ = [
     "plot_family_comparison",
     "plot_model_selection",
     "plot_raster",
+    "plot_sequences",
     "plot_templates",
     "plot_training_curve",
 ]
@@ -95,6 +96,67 @@ def _place(template: np.ndarray, lag: int, sign: int, size: int) -> np.ndarray:
         if 0 <= t + lag < size:
             placed[:, t + lag] = sign * template[:, t]
     return placed
+
+
+def plot_sequences(
+    templates: Any,
+    *,
+    threshold: float = 0.25,
+    bin_size: Any = None,
+    channel_names: list[str] | None = None,
+    ax: Any = None,
+) -> Any:
+    """Multi-channel templates as sequences: a heat map per template of the channels it engages, sorted by peak time.
+
+    The view seqNMF and PP-Seq use for sequences over many neurons; channels below ``threshold`` of the template's
+    peak are left out (see :func:`spikedict.analysis.sequence_order`).
+
+    Parameters
+    ----------
+    templates : ndarray of shape (n_templates, n_channels, template_size), or a fitted SpikeDictionary
+    threshold : float
+        Share of the template's peak that a channel's peak must reach to be drawn.
+    bin_size : float or quantity, optional
+        Bin duration, for a time axis in seconds.
+    channel_names : list of str, optional
+        Row labels (drawn when at most 40 channels are engaged).
+    ax : sequence of Axes, optional
+        One Axes per template.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One heat map (``AxesImage``) per template, rows the engaged channels from earliest to latest peak, the
+        colour the template's value (red: rate up, blue: rate down).
+    """
+    from spikedict.analysis.sequences import sequence_order
+
+    if hasattr(templates, "templates_"):
+        templates = templates.templates_
+    values = _unit(_templates_array(templates, "templates"))
+    orders = sequence_order(values, threshold)
+    figure, axes = _axes_grid(ax, 1, len(orders), width=3.5, height=4.0)
+    limit = float(np.abs(values).max()) or 1.0
+    x, label = _time_axis(values.shape[2], bin_size)
+    step = x[1] - x[0] if len(x) > 1 else 1.0
+    for j, (axis, order) in enumerate(zip(axes[0], orders)):
+        image = axis.imshow(
+            values[j, order] if len(order) else np.zeros((1, values.shape[2])),
+            aspect="auto",
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            interpolation="nearest",
+            extent=(x[0], x[-1] + step, len(order) - 0.5, -0.5),
+        )
+        axis.set_title(f"template {j}: {len(order)} channel(s)")
+        axis.set_xlabel(label)
+        if channel_names is not None and 0 < len(order) <= 40:
+            axis.set_yticks(range(len(order)), [channel_names[c] for c in order], fontsize=6)
+        else:
+            axis.set_ylabel("channels, by peak time")
+    figure.colorbar(image, ax=list(axes[0]), label="template value (unit norm)", shrink=0.8)
+    return figure
 
 
 def plot_templates(

@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Above this many channels the report draws templates as sequences (heat maps) instead of one panel per channel.
+MAX_CHANNELS_DRAWN = 8
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class RecordingDefaults:
     example_duration : quantities.Quantity or None
         Cut long trials into examples of this duration (None: one example per trial or group).
     n_epochs : int
+    estimator_params : dict
+        Further :class:`~spikedict.SpikeDictionary` settings (nested with ``__``) that suit the data, e.g.
+        ``{"constraints__nonnegative": True}``; ``--set`` overrides them.
     """
 
     family: str = "poisson"
@@ -64,6 +69,7 @@ class RecordingDefaults:
     example_duration: pq.Quantity | None = None
     n_epochs: int = 30
     pool_size: int | None = None
+    estimator_params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def pooled(self) -> bool:
@@ -81,12 +87,12 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
         family="poisson", bin_size=2 * pq.ms, template_size=25, example_duration=500 * pq.ms, n_epochs=20
     ),
     # One motoneurone, 469 replicates of 500 ms around a magnetic stimulus, ~4 spikes each, never two within
-    # 47 ms, so a single trial holds one spike where the evoked response is: groups of 20 consecutive replicates
+    # 47 ms, so a single trial holds one spike where the evoked response is: groups of 40 consecutive replicates
     # pooled into binomial counts in 2 ms bins (the evoked peak is ~10 ms wide) make the response an event of
-    # each group, whose amplitude follows the session; one template of 50 ms (25 bins: the evoked peak and the
-    # silence after it).
+    # each group, whose amplitude follows the session (groups of 20 gave events elsewhere on some seeds); one
+    # template of 50 ms (25 bins: the evoked peak and the silence after it).
     "motoneurone": RecordingDefaults(
-        family="binomial", bin_size=2 * pq.ms, template_size=25, n_templates=1, pool_size=20, n_epochs=30
+        family="binomial", bin_size=2 * pq.ms, template_size=25, n_templates=1, pool_size=40, n_epochs=30
     ),
     # One STN neuron, 50 trials of 2 s, ~47 spikes/s in bursts (up to 3 spikes in 5 ms, so no binomial pooling
     # of trials without clipping) that are not locked to the GO cue: Poisson counts per trial in 5 ms bins,
@@ -94,7 +100,9 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
     "stn": RecordingDefaults(family="poisson", bin_size=5 * pq.ms, template_size=20, n_epochs=30),
     # 74 HVC neurons, one 22.2 s stretch whose spike times are multiples of 1/30 s (at most one spike per neuron
     # and step): Poisson counts in bins of that step, 2 sequences (as PP-Seq's demo) of 0.5 s (15 bins) over all
-    # 74 channels, the stretch cut into 2 s examples (11 of them).
+    # 74 channels, the stretch cut into 2 s examples (11 of them). Non-negative templates, as seqNMF's: a
+    # sequence is neurons firing in turn (with signed templates the fits spread over all neurons and vary with
+    # the seed).
     "songbird": RecordingDefaults(
         family="poisson",
         bin_size=pq.Quantity(1 / 30, "s"),
@@ -102,6 +110,7 @@ DATASET_DEFAULTS: dict[str, RecordingDefaults] = {
         n_templates=2,
         example_duration=2 * pq.s,
         n_epochs=30,
+        estimator_params={"constraints__nonnegative": True},
     ),
 }
 
@@ -577,6 +586,7 @@ def _resolve_settings(
         example_duration=example_duration,
         n_epochs=n_epochs,
         pool_size=pool_size,
+        estimator_params=dict(defaults.estimator_params),
     )
 
 
@@ -601,6 +611,7 @@ def _estimator_parameters(
         progress=progress,
         checkpoint_path=str(checkpoint),
     )
+    parameters.update(settings.estimator_params)
     parameters.update(estimator_params or {})
     return parameters
 
@@ -1093,17 +1104,25 @@ def _fit_windows(
 
 def _fit_figures(report: Any, fitted: _Fitted, truth: np.ndarray | None, rates: np.ndarray) -> None:
     """Templates, rate over the spikes, codes and training curve of a fit to binned counts."""
-    from spikedict.plotting import plot_codes, plot_raster, plot_templates, plot_training_curve
+    from spikedict.plotting import plot_codes, plot_raster, plot_sequences, plot_templates, plot_training_curve
 
     model, counts, block, bin_size = fitted.model, fitted.counts, fitted.block, fitted.settings.bin_size
     use_truth = truth is not None and truth.shape[1] == counts.n_channels
-    report.add_figure(
-        "templates",
-        plot_templates(model, truth if use_truth else None, bin_size=bin_size),
-        "Templates",
-        "Learned templates (red) and their initial templates (dotted)"
-        + (", true ones in black." if use_truth else "."),
-    )
+    if counts.n_channels > MAX_CHANNELS_DRAWN:
+        report.add_figure(
+            "templates",
+            plot_sequences(model, bin_size=bin_size, channel_names=counts.channel_names),
+            "Templates as sequences",
+            "Each template's channels that reach a quarter of its peak, sorted by the time of their peak.",
+        )
+    else:
+        report.add_figure(
+            "templates",
+            plot_templates(model, truth if use_truth else None, bin_size=bin_size),
+            "Templates",
+            "Learned templates (red) and their initial templates (dotted)"
+            + (", true ones in black." if use_truth else "."),
+        )
     labels = counts.example_labels
     if fitted.settings.pooled and fitted.settings.example_duration is None and "trials" in labels.columns:
         trials = [block.segments[int(i)].spiketrains[0] for i in labels["trials"].iloc[0]]

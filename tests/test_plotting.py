@@ -270,3 +270,24 @@ def test_model_selection_curve(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.05", "auto"]
     with pytest.raises(ValueError, match="x='depth' is not a grid parameter"):
         plotting.plot_model_selection(selection, x="depth")
+
+
+def test_sequences_draw_the_engaged_channels_in_the_order_they_peak():
+    from spikedict.analysis import sequence_order
+
+    templates = np.zeros((2, 6, 10))
+    for channel, time in [(4, 1), (0, 3), (2, 5), (5, 8)]:  # template 0: a sequence 4 -> 0 -> 2 -> 5
+        templates[0, channel, time] = 1.0
+    templates[0, 1, 2] = 0.1  # below a quarter of the peak: not engaged
+    templates[1, 3, 4], templates[1, 1, 4] = 1.0, 0.9  # a tie in time: by channel index
+    assert [order.tolist() for order in sequence_order(templates)] == [[4, 0, 2, 5], [1, 3]]
+    assert sequence_order(templates, threshold=0.05)[0].tolist() == [4, 1, 0, 2, 5]
+    figure = plotting.plot_sequences(templates, bin_size=2 * pq.ms, channel_names=[f"n{c}" for c in range(6)])
+    images = [axis.images[0] for axis in figure.axes if axis.images]
+    assert len(images) == 2
+    unit = templates[0] / np.linalg.norm(templates[0])
+    assert np.allclose(images[0].get_array(), unit[[4, 0, 2, 5]])
+    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == ["n4", "n0", "n2", "n5"]
+    assert figure.axes[0].get_xlabel() == "Time (s)"
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        sequence_order(templates, threshold=0)

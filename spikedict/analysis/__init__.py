@@ -31,6 +31,7 @@ from spikedict.analysis.metrics import (
     pseudo_r2,
 )
 from spikedict.analysis.selection import ModelSelection, select_model
+from spikedict.analysis.sequences import sequence_order
 
 __all__ = [
     "Alignment",
@@ -52,6 +53,7 @@ __all__ = [
     "log_likelihood_per_bin",
     "pseudo_r2",
     "select_model",
+    "sequence_order",
     "smoothed_rates",
     "split_half_gain",
     "split_spikes",

@@ -100,7 +100,7 @@ def _open_nwb(path: Path) -> Iterator[Any]:
             io.close()
         raise ValueError(
             f"pynwb could not read {str(path)!r}: {type(error).__name__}: {error}. The file may be damaged, "
-            "truncated, or not an NWB file; check it with pynwb (python -m pynwb.validate FILE)."
+            "truncated, or not an NWB file; check it with pynwb-validate FILE (it comes with pynwb)."
         ) from error
     try:
         yield nwbfile
@@ -109,7 +109,7 @@ def _open_nwb(path: Path) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------------------------------- reading
-@dataclass
+@dataclass(eq=False)
 class _Unit:
     """One row of the units table: id, name, sorted spike times (seconds, file clock), scalar columns."""
 
@@ -152,7 +152,8 @@ def read_nwb(
         trial has the same ``t_start`` and ``t_stop`` as binning needs. Without a trials table the window is on
         the file's clock.
     units : int, str or sequence of them, optional
-        Units to read, by id of the units table (int) or by name (str); default all, in the table's order.
+        Units to read, by id of the units table (int) or by name (str), in the order given; default all, in the
+        table's order. A file written by ``write_recording`` keeps its own order of spike trains.
 
     Returns
     -------
@@ -215,10 +216,10 @@ def read_nwb(
         table = nwbfile.units
         if table is None:
             raise ValueError(
-                f"{str(path)!r} has no units table (nwbfile.units), so it holds no sorted spikes for read_nwb, which "
-                "expects spike times in the units table as files from the field (e.g. DANDI) keep them. Files "
-                "written by neo's NWBIO keep spikes elsewhere: read them with spikedict.io.read_recording, which uses "
-                "neo's reader for NWB files without a units table."
+                f"{str(path)!r} has no units table (nwbfile.units): read_nwb expects sorted spikes in one, as "
+                "files from the field (e.g. DANDI) keep them, and this file has none. spikedict.io.read_recording "
+                "uses neo's reader for NWB files without a units table (it reads their signals and events); to fit "
+                "spikes, spike-sort the recording and add the units to the file (NWBFile.add_unit)."
             )
         if "segment" in table.colnames and "block" in table.colnames:
             raise ValueError(
@@ -279,7 +280,7 @@ def _check_window(window: Any) -> tuple[float, float] | None:
     return seconds[0], seconds[1]
 
 
-def _text(value: Any) -> str:
+def _text(value: Any) -> Any:
     """A column value as a plain Python scalar (bytes decoded)."""
     if isinstance(value, np.generic):
         value = value.item()
@@ -625,7 +626,9 @@ def _stored_metadata(nwbfile: Any, path: Path) -> dict[str, Any] | None:
     if SCRATCH_NAME not in scratch:
         return None
     data = scratch[SCRATCH_NAME].data
-    text = data.decode() if isinstance(data, bytes) else str(data[()] if hasattr(data, "shape") else data)
+    if hasattr(data, "shape"):  # an h5py dataset
+        data = data[()]
+    text = data.decode("utf-8") if isinstance(data, bytes) else str(data)
     try:
         stored = json.loads(text)
     except ValueError:
@@ -782,10 +785,9 @@ def _unit_keys(block: neo.Block) -> tuple[list[list[int]], list[str]]:
     return rows, names
 
 
-_SECONDS_PER_UNIT: dict[str, float] = {}
-
-
+# Parsed units and their length in seconds, by the units' text: quantities parses the text on every rescale.
 _UNITS: dict[str, pq.Quantity] = {}
+_SECONDS_PER_UNIT: dict[str, float] = {}
 
 
 def _unit(units: str) -> pq.Quantity:

@@ -91,3 +91,44 @@ def test_tiny_run_writes_the_issue_columns(tmp_path, monkeypatch):
     assert table.set_index("method").loc["sporco", "status"].startswith("not run: cannot import")
     text = (tmp_path / "peers.md").read_text()
     assert "machine:" in text and "shared" in text and "raw counts" in text
+
+
+# ------------------------------------------------------------------------------- benchmarks/songbird.py
+def test_songbird_pieces_thinning_scores_and_sequences():
+    import songbird
+
+    assert songbird.training_bins(666, 60) == 540
+    counts = np.random.default_rng(1).poisson(2.0, (5, 100))
+    half_a, half_b = songbird.thin(counts, np.random.default_rng(0))
+    assert np.array_equal(half_a + half_b, counts) and half_a.min() >= 0 and half_b.min() >= 0
+    assert songbird.poisson_log_likelihood(np.array([[1, 0]]), np.array([[0.0, 0.0]])) == -np.inf
+    assert songbird.poisson_log_likelihood(np.array([[0, 0]]), np.array([[0.0, 1.0]])) == pytest.approx(-1.0)
+    template = np.zeros((4, 6))
+    template[3, 1], template[0, 4], template[2, 2], template[1, 0] = 1.0, 0.8, -2.0, 0.1  # 1 and 2: not engaged
+    first = songbird.sequence(template)
+    assert first["neuron"].tolist() == [3, 0] and first["peak_lag"].tolist() == [1, 4]
+    assert songbird.sequence(-template.clip(0)).empty
+    other = np.zeros((4, 6))
+    other[3, 0], other[0, 5], other[1, 2] = 1.0, 1.0, 1.0
+    second = songbird.sequence(other)
+    assert songbird.match_templates([second, first], [first]) == [1]
+    pair = songbird.order_consistency(first, second)
+    assert pair["n_shared"] == 2 and pair["jaccard"] == pytest.approx(2 / 3) and np.isnan(pair["spearman"])
+
+
+def test_songbird_quick_run_without_seqnmf(tmp_path, monkeypatch):
+    # seqNMF is reported as missing (whatever this environment holds); spikedict and the reference run for real.
+    import songbird
+
+    monkeypatch.setattr(songbird, "seqnmf_available", lambda: "cannot import seqnmf: test")
+    argv = ["--quick", "--methods", "spikedict", "seqnmf", "smoothed", "--out", str(tmp_path)]
+    assert songbird.main(argv) == 0
+    table = pd.read_csv(tmp_path / "songbird_quick.csv").set_index("method")
+    assert table.loc["seqnmf", "status"].startswith("not run: cannot import")
+    for method in ("spikedict", "smoothed"):
+        assert table.loc[method, "status"] == "ok"
+        assert np.isfinite(table.loc[method, "bits_per_spike_mixed"])
+        assert 0.0 <= table.loc[method, "mixing_weight"] <= 1.0
+    assert len(table.loc["spikedict", "n_engaged"].split(" / ")) == 2
+    assert (tmp_path / "songbird_quick_sequences.png").stat().st_size > 0
+    assert "held out" in (tmp_path / "songbird_quick.md").read_text()

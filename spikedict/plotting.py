@@ -7,6 +7,16 @@ for multi-panel figures). None calls ``show``; save with ``figure.savefig(path)`
 
 Times are in bins unless ``bin_size`` is given (seconds, or a ``quantities`` quantity), then in seconds.
 
+Every figure is drawn in one style (:func:`figure_style`: seaborn's ``ticks`` style and ``paper`` context, a
+colour-blind-safe palette, no top or right spines), applied only while a plotting function runs (a
+``matplotlib.rc_context``): importing or using spikedict never changes matplotlib's global settings.
+
+Rates drawn against data are firing rates a physiologist can read: spikes / s per trial when ``bin_size`` (and,
+for pooled trials, the number of trials) is known. :func:`plot_rate_templates` draws templates as the rate
+modulation they cause around the baseline, :func:`plot_event_aligned` the data aligned to a template's inferred
+events (a raster and the event-triggered average with the model's prediction over it), and :func:`plot_raster` a
+readable window of trials over the counts and fitted rate.
+
 Examples
 --------
 >>> import matplotlib
@@ -20,16 +30,22 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
+    "figure_style",
     "plot_codes",
+    "plot_event_aligned",
     "plot_family_comparison",
     "plot_model_selection",
     "plot_raster",
+    "plot_rate_templates",
     "plot_sequences",
     "plot_templates",
     "plot_training_curve",
@@ -37,6 +53,83 @@ __all__ = [
 
 LOG_LIKELIHOOD_LABEL = "Held-out log-likelihood per bin (nats)"
 TEMPLATE_ERROR_LABEL = "Template error sqrt(1 - <h, ĥ>²)"
+
+#: seaborn's colour-blind-safe palette ("colorblind"), the colour cycle of :func:`figure_style`. Colours are passed
+#: as hex: a name such as ``"C3"`` would be resolved when the figure is saved, outside the style.
+PALETTE = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
+#: Colours of the lines every figure shares: data grey, fitted vermillion, truth near black.
+DATA_COLOR = "0.55"
+FITTED_COLOR = PALETTE[3]
+TRUE_COLOR = "0.1"
+
+#: Most trials :func:`plot_raster` draws; the others are counted in the y label (and in the pooled rate).
+MAX_RASTER_TRIALS = 50
+#: Longest default window of :func:`plot_raster`, in bins and in seconds (the shorter of the two is used).
+DEFAULT_WINDOW_BINS = 500
+DEFAULT_WINDOW_SECONDS = 2.0
+#: Most channels :func:`plot_rate_templates` draws as rows; more are better seen with :func:`plot_sequences`.
+MAX_RATE_TEMPLATE_CHANNELS = 8
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+@contextmanager
+def figure_style(font_scale: float = 1.2) -> Iterator[None]:
+    """The style of every spikedict figure, for the duration of a ``with`` block.
+
+    Seaborn's ``ticks`` axes style and ``paper`` context (scaled by ``font_scale`` for figures read on a screen),
+    seaborn's colour-blind-safe palette (:data:`PALETTE`) as the colour cycle, no top or
+    right spines, legends without frames, and SVG text kept as text (editable in a drawing program). matplotlib's
+    global settings are restored when the block ends.
+
+    Parameters
+    ----------
+    font_scale : float
+        Multiplies the ``paper`` context's font sizes.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> with figure_style():
+    ...     figure, axis = plt.subplots()
+    >>> axis.spines["top"].get_visible(), plt.rcParams["axes.spines.top"]
+    (False, True)
+    """
+    import matplotlib as mpl
+    import seaborn as sns
+    from cycler import cycler
+
+    settings: dict[str, Any] = {}
+    settings.update(sns.axes_style("ticks"))
+    settings.update(sns.plotting_context("paper", font_scale=font_scale))
+    settings.update(
+        {
+            "axes.prop_cycle": cycler(color=list(PALETTE)),
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.titlesize": settings["axes.labelsize"],
+            "axes.titleweight": "normal",
+            "image.cmap": "viridis",
+            "legend.frameon": False,
+            "patch.force_edgecolor": False,
+            "svg.fonttype": "none",
+        }
+    )
+    with mpl.rc_context(settings):
+        yield
+
+
+def _styled(function: _Function) -> _Function:
+    """Run a plotting function inside :func:`figure_style`."""
+
+    @functools.wraps(function)
+    def styled(*args: Any, **kwargs: Any) -> Any:
+        with figure_style():
+            return function(*args, **kwargs)
+
+    return styled  # type: ignore[return-value]
 
 
 def _seconds(bin_size: Any) -> float | None:
@@ -98,6 +191,7 @@ def _place(template: np.ndarray, lag: int, sign: int, size: int) -> np.ndarray:
     return placed
 
 
+@_styled
 def plot_sequences(
     templates: Any,
     *,
@@ -159,6 +253,7 @@ def plot_sequences(
     return figure
 
 
+@_styled
 def plot_templates(
     templates: Any,
     true_templates: np.ndarray | None = None,
@@ -232,7 +327,7 @@ def plot_templates(
             )
     n_channels = learned.shape[1]
     figure, axes = _axes_grid(ax, n_channels, len(panels))
-    styles = {"initial": dict(color="0.6", linestyle=":"), "true": dict(color="k"), "learned": dict(color="C3")}
+    styles = {"initial": dict(color="0.6", linestyle=":"), "true": dict(color="k"), "learned": dict(color=FITTED_COLOR)}
     for column, panel in enumerate(panels):
         for channel in range(n_channels):
             axis = axes[channel, column]
@@ -255,15 +350,107 @@ def _rate_scale(n_trials: int, bin_size: Any) -> tuple[float, str]:
     return 1.0 / (n_trials * seconds), "Rate (spikes / s)"
 
 
+def _rate_label(per_trial: bool, seconds: float | None) -> str:
+    """The y label of rates: spikes / s (per trial), or counts per bin without ``bin_size``."""
+    if seconds is None:
+        return "Rate (spikes / trial / bin)" if per_trial else "Count (spikes / bin)"
+    return "Rate (spikes / s / trial)" if per_trial else "Rate (spikes / s)"
+
+
+def _in_bins(value: Any, seconds: float | None, name: str) -> float:
+    """A time in bins: a number of seconds when ``bin_size`` is given (else of bins), or a quantity."""
+    if hasattr(value, "rescale"):
+        if seconds is None:
+            raise ValueError(f"{name} with units needs bin_size (e.g. 1 * pq.ms) to convert it to bins.")
+        return float(value.rescale("s").magnitude) / seconds
+    value = float(value)
+    return value / seconds if seconds is not None else value
+
+
+def _window_bins(window: Any, n_bins: int, seconds: float | None) -> tuple[int, int]:
+    """``window = (start, stop)`` (seconds with ``bin_size``, else bins) as bins ``[first, last)`` of ``n_bins``.
+
+    None: from the start, at most :data:`DEFAULT_WINDOW_BINS` bins or :data:`DEFAULT_WINDOW_SECONDS`, whichever
+    is shorter.
+    """
+    if window is None:
+        longest = DEFAULT_WINDOW_BINS
+        if seconds is not None:
+            longest = min(longest, max(1, int(np.floor(DEFAULT_WINDOW_SECONDS / seconds + 1e-9))))
+        return 0, min(n_bins, longest)
+    if np.ndim(window) != 1 or len(window) != 2:
+        raise ValueError(f"window must be (start, stop), got {window!r}.")
+    start, stop = (_in_bins(value, seconds, "window") for value in window)
+    first = max(0, int(np.floor(start + 1e-9)))
+    last = min(n_bins, int(np.ceil(stop - 1e-9)))
+    if last <= first:
+        unit = "s" if seconds is not None else "bins"
+        raise ValueError(
+            f"window={window!r} ({unit}) holds no bin of the data (0 to {n_bins * (seconds or 1):g} {unit}); "
+            "pass (start, stop) with start < stop inside the data."
+        )
+    return first, last
+
+
+def _window_note(first: int, last: int, n_bins: int, seconds: float | None) -> str:
+    """``""`` when the window is the whole data, else which part of it is shown (for an axis label)."""
+    if first == 0 and last >= n_bins:
+        return ""
+    if seconds is None:
+        return f", bins {first} to {last} of {n_bins} shown"
+    return f", {first * seconds:.4g} to {last * seconds:.4g} s of {n_bins * seconds:.4g} s shown"
+
+
+def _legend_outside(axis: Any, handles: list[Any] | None = None) -> Any:
+    """A legend right of ``axis``, top-aligned with it, outside the data."""
+    kwargs: dict[str, Any] = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    if handles is not None:
+        kwargs["handles"] = handles
+    return axis.legend(**kwargs)
+
+
+def _two_rows(ax: Any, height_ratios: tuple[float, float], figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """An upper and a lower Axes sharing x: new ones, the pair given, or one Axes split in two."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, (upper, lower) = plt.subplots(
+            2, 1, sharex=True, figsize=figsize, height_ratios=height_ratios, layout="constrained"
+        )
+        return upper, lower
+    axes = np.asarray(ax, dtype=object).reshape(-1)
+    if axes.size == 2:
+        return axes[0], axes[1]
+    if axes.size != 1 or axes[0].get_subplotspec() is None:
+        raise ValueError(
+            "ax must be None, two Axes (upper, lower) or one Axes of a grid (it is split in two); got "
+            f"{axes.size} Axes."
+        )
+    upper = axes[0]
+    inner = upper.get_subplotspec().subgridspec(2, 1, height_ratios=height_ratios, hspace=0.05)
+    upper.set_subplotspec(inner[0])
+    lower = upper.figure.add_subplot(inner[1], sharex=upper)
+    upper.tick_params(labelbottom=False)
+    return upper, lower
+
+
+@_styled
 def plot_raster(
     trials: Any,
     rates: Any = None,
     true_rates: Any = None,
     *,
     bin_size: Any = None,
+    window: Any = None,
+    max_trials: int = MAX_RASTER_TRIALS,
     ax: Any = None,
 ) -> Any:
-    """A raster of trials with the predicted and the true rate over it.
+    """A raster of trials above the pooled spikes and the fitted (and true) rate, in a readable window.
+
+    The raster (one row of ticks per trial, at most ``max_trials`` rows) is on top; below it, on an Axes of its
+    own sharing the time axis, the spikes of all trials pooled per bin and the rates, all per trial (and per
+    second with ``bin_size``). The legend is right of the rates, outside the data. The x label says which part
+    of the data the window shows when it is not all of it.
 
     Parameters
     ----------
@@ -271,24 +458,34 @@ def plot_raster(
         Spikes of the repeated trials of one example and channel: 0/1 (or counts) per trial and bin, or spike
         times per trial (in bins, or in seconds when ``bin_size`` is given; Neo SpikeTrains are rescaled to
         seconds). A 1-D array is the pooled counts of an example (trials with a spike per bin), drawn as a
-        step line with the rates in the same unit.
+        step line with the rates in the same unit on one Axes.
     rates, true_rates : array of shape (n_bins,), optional
         Expected counts per bin of the pooled example (what ``predict_rate`` returns, ``n_trials * p`` for
-        the binomial family) and the true ones. Over a raster they are drawn per trial (divided by the
-        number of trials, and by ``bin_size`` for spikes / s) on a second y axis (``ax.figure.axes[-1]``).
+        the binomial family) and the true ones. Under a raster they are drawn per trial (divided by the
+        number of trials, and by ``bin_size`` for spikes / s).
     bin_size : float or quantity, optional
-    ax : Axes, optional
+    window : (start, stop), optional
+        Part of the data to draw: seconds when ``bin_size`` is given (or quantities), else bins. Default: from
+        the start, the shorter of :data:`DEFAULT_WINDOW_SECONDS` and :data:`DEFAULT_WINDOW_BINS` bins.
+    max_trials : int
+        Most trials drawn in the raster (the first ones); the y label counts the others, which still enter the
+        pooled rate.
+    ax : Axes or pair of Axes, optional
+        For a raster: the (raster, rate) Axes, or one Axes of a grid that is split in two. For pooled counts:
+        one Axes.
 
     Returns
     -------
     matplotlib.axes.Axes
-        The raster's Axes (for pooled counts, the only Axes).
+        The raster's Axes, one ``EventCollection`` per drawn trial; the rate Axes is ``ax.figure.axes[-1]``
+        (when created here) with lines, in order, ``"observed"`` (all trials pooled), ``"predicted rate"``,
+        ``"true rate"``. For pooled counts the only Axes, lines ``"counts"`` then the rates.
     """
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3), layout="constrained")
     seconds = _seconds(bin_size)
+    if not max_trials >= 1:
+        raise ValueError(f"max_trials must be a positive number of trials, got {max_trials}.")
     rate_lines = [(name, values) for name, values in (("predicted rate", rates), ("true rate", true_rates))]
     rate_lines = [(name, np.asarray(values, dtype=np.float64)) for name, values in rate_lines if values is not None]
     for name, values in rate_lines:
@@ -297,17 +494,27 @@ def plot_raster(
                 f"{name} must have shape (n_bins,) for one example and channel, got {values.shape}; select e.g. "
                 "rates[example, channel]."
             )
-    colors = {"predicted rate": "C3", "true rate": "k"}
+    styles = {
+        "predicted rate": dict(color=FITTED_COLOR, linewidth=1.8),
+        "true rate": dict(color=TRUE_COLOR, linewidth=1.2, linestyle="--"),
+    }
+    step = seconds if seconds is not None else 1.0
+    time_label = "Time (s)" if seconds is not None else "Time (bins)"
     is_array = isinstance(trials, np.ndarray) or (hasattr(trials, "shape") and not hasattr(trials, "rescale"))
     if is_array and np.ndim(trials) == 1:
         counts = np.asarray(trials, dtype=np.float64)
-        x, xlabel = _time_axis(counts.size, bin_size)
-        ax.step(x, counts, where="mid", color="0.5", label="counts")
+        n_bins = max([counts.size] + [values.size for _, values in rate_lines])
+        first, last = _window_bins(window, n_bins, seconds)
+        if ax is None:
+            _, ax = plt.subplots(figsize=(8, 3), layout="constrained")
+        x = np.arange(n_bins) * step
+        ax.step(x[first:last], counts[first:last], where="mid", color=DATA_COLOR, linewidth=1.0, label="counts")
         for name, values in rate_lines:
-            ax.plot(_time_axis(values.size, bin_size)[0], values, color=colors[name], label=name)
-        ax.set_xlabel(xlabel)
+            ax.plot(x[first : min(last, values.size)], values[first:last], label=name, **styles[name])
+        ax.set_xlim(first * step, last * step)
+        ax.set_xlabel(time_label + _window_note(first, last, n_bins, seconds))
         ax.set_ylabel("Count (trials with a spike per bin)")
-        ax.legend(frameon=False)
+        _legend_outside(ax)
         return ax
     if is_array:
         spikes = np.asarray(trials)
@@ -316,35 +523,63 @@ def plot_raster(
                 f"trials must have shape (n_trials, n_bins), be a list of spike-time arrays, or pooled counts of "
                 f"shape (n_bins,); got shape {spikes.shape}."
             )
-        x, xlabel = _time_axis(spikes.shape[1], bin_size)
-        positions = [x[np.flatnonzero(row > 0)] for row in spikes]
+        n_bins = max([spikes.shape[1]] + [values.size for _, values in rate_lines])
+        first, last = _window_bins(window, n_bins, seconds)
+        x = np.arange(n_bins) * step
+        positions = [x[first + np.flatnonzero(row[first:last] > 0)] for row in spikes]
+        pooled = np.asarray(spikes[:, first:last], dtype=np.float64).sum(axis=0)
     else:
-        positions = []
+        times = []
+        duration = 0.0
         for train in trials:
             if hasattr(train, "rescale"):
                 if seconds is None:
                     raise ValueError("spike trains with units need bin_size (e.g. 1 * pq.ms) to place the rates.")
+                if hasattr(train, "t_stop"):
+                    duration = max(duration, float(train.t_stop.rescale("s").magnitude))
                 train = train.rescale("s").magnitude
-            positions.append(np.asarray(train, dtype=np.float64).reshape(-1))
-        xlabel = "Time (s)" if seconds is not None else "Time (bins)"
+            times.append(np.asarray(train, dtype=np.float64).reshape(-1))
+        latest = max((float(t.max()) for t in times if t.size), default=0.0)
+        n_bins = max(
+            [int(np.ceil(max(duration, latest) / step - 1e-9)), int(np.floor(latest / step)) + 1]
+            + [values.size for _, values in rate_lines]
+        )
+        first, last = _window_bins(window, n_bins, seconds)
+        start, stop = first * step, last * step
+        positions = [t[(t >= start) & (t < stop)] for t in times]
+        spike_bins = np.floor(np.concatenate(positions) / step + 1e-9).astype(np.int64) if positions else []
+        pooled = np.bincount(np.asarray(spike_bins, dtype=np.int64) - first, minlength=last - first)[: last - first]
     n_trials = len(positions)
     if n_trials == 0:
         raise ValueError("trials holds no trials; pass at least one trial.")
-    ax.eventplot(positions, colors="k", linelengths=0.8, linewidths=1.0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Trial")
-    ax.set_ylim(-0.5, n_trials - 0.5)
-    if rate_lines:
-        scale, ylabel = _rate_scale(n_trials, bin_size)
-        rate_axis = ax.twinx()
-        for name, values in rate_lines:
-            rate_axis.plot(_time_axis(values.size, bin_size)[0], values * scale, color=colors[name], label=name)
-        rate_axis.set_ylabel(ylabel)
-        rate_axis.set_ylim(bottom=0)
-        rate_axis.legend(frameon=False, loc="upper right")
-    return ax
+    raster_axis, rate_axis = _two_rows(ax, height_ratios=(1.3, 1.0), figsize=(8, 4.5))
+    drawn = positions[:max_trials]
+    n_drawn = len(drawn)
+    ticks = 1.0 if n_drawn <= 20 else 0.6
+    raster_axis.eventplot(drawn, colors=TRUE_COLOR, linelengths=0.8, linewidths=ticks)
+    raster_axis.set_ylabel("Trial" if n_drawn == n_trials else f"Trial (first {n_drawn} of {n_trials})")
+    raster_axis.set_ylim(-0.5, n_drawn - 0.5)
+    raster_axis.spines["bottom"].set_visible(False)
+    raster_axis.tick_params(axis="x", bottom=False, labelbottom=False)
+    scale, ylabel = _rate_scale(n_trials, bin_size)
+    x = np.arange(n_bins) * step
+    observed = pooled * scale
+    rate_axis.fill_between(x[first:last], observed, step="post", color="0.9", linewidth=0, label="_observed")
+    rate_axis.step(
+        x[first:last], observed, where="post", color=DATA_COLOR, linewidth=0.6, label="observed (all trials)"
+    )
+    for name, values in rate_lines:
+        rate_axis.plot(x[first : min(last, values.size)], values[first:last] * scale, label=name, **styles[name])
+    rate_axis.set_ylabel(ylabel)
+    rate_axis.set_ylim(bottom=0)
+    rate_axis.set_xlim(first * step, last * step)
+    rate_axis.set_xlabel(time_label + _window_note(first, last, n_bins, seconds))
+    _legend_outside(rate_axis)
+    raster_axis.figure.align_ylabels([raster_axis, rate_axis])
+    return raster_axis
 
 
+@_styled
 def plot_codes(
     codes: Any,
     true_codes: Any = None,
@@ -391,19 +626,27 @@ def plot_codes(
         _, ax = plt.subplots(figsize=(8, 3), layout="constrained")
     x, xlabel = _time_axis(values.shape[1], bin_size)
     for k, row in enumerate(values):
-        ax.plot(x, row, color=f"C{k}", label=f"template {k}")
+        ax.plot(x, row, color=PALETTE[k % len(PALETTE)], label=f"template {k}")
     if true_codes is not None:
         truth = one_example(true_codes, "true_codes")
         true_x, _ = _time_axis(truth.shape[1], bin_size)
         for k, row in enumerate(truth):
             events = np.flatnonzero(row != 0)
-            ax.plot(true_x[events], row[events], linestyle="none", marker="x", color=f"C{k}", label=f"true {k}")
+            ax.plot(
+                true_x[events],
+                row[events],
+                linestyle="none",
+                marker="x",
+                color=PALETTE[k % len(PALETTE)],
+                label=f"true {k}",
+            )
     ax.set_xlabel(xlabel.replace("Time", "Code position"))
     ax.set_ylabel("Code amplitude (a.u.)")
-    ax.legend(frameon=False, ncol=2)
+    _legend_outside(ax)
     return ax
 
 
+@_styled
 def plot_training_curve(history: Any, *, ax: Any = None) -> Any:
     """Training (and validation) loss per epoch.
 
@@ -436,6 +679,7 @@ def plot_training_curve(history: Any, *, ax: Any = None) -> Any:
     return ax
 
 
+@_styled
 def plot_family_comparison(table: pd.DataFrame, *, x: str | None = None, ax: Any = None) -> Any:
     """The family-comparison figure: template error and held-out log-likelihood by family (and setting).
 
@@ -499,6 +743,7 @@ def plot_family_comparison(table: pd.DataFrame, *, x: str | None = None, ax: Any
     return figure
 
 
+@_styled
 def plot_model_selection(selection: Any, *, x: str | None = None, ax: Any = None) -> Any:
     """Cross-validated held-out log-likelihood (mean ± standard error over folds) against one grid parameter.
 
@@ -557,3 +802,402 @@ def plot_model_selection(selection: Any, *, x: str | None = None, ax: Any = None
     ax.set_ylabel(LOG_LIKELIHOOD_LABEL + "\n(cross-validated)")
     ax.legend(frameon=False)
     return ax
+
+
+def _numpy(values: Any, name: str) -> np.ndarray:
+    """An array of floats from an array, a tensor or a nested sequence."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be an array of numbers, got {type(values).__name__}.") from error
+
+
+def _fitted_arrays(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``templates_`` (3-D) and ``baseline_`` of a fitted SpikeDictionary."""
+    if not (hasattr(model, "templates_") and hasattr(model, "baseline_")):
+        raise ValueError(
+            f"model must be a fitted SpikeDictionary (with templates_ and baseline_), got {type(model).__name__}; "
+            "call fit first."
+        )
+    templates = _templates_array(model.templates_, "model.templates_")
+    baseline = np.asarray(model.baseline_, dtype=np.float64).reshape(-1)
+    return templates, np.broadcast_to(baseline, (templates.shape[1],)) if baseline.size == 1 else baseline
+
+
+def _inverse_link(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The inverse link of the model's family (as numpy) and the family's name.
+
+    Binomial: the sigmoid, the spike probability of one trial in a bin. Poisson: the exponential (capped as the
+    family caps it), the expected count in a bin. Gaussian: the identity.
+    """
+    from scipy.special import expit
+
+    family = getattr(model, "family_", None)
+    name = str(getattr(family, "name", None) or getattr(model, "family", "")).strip().lower()
+    if name == "binomial":
+        return expit, name
+    if name == "poisson":
+        cap = float(getattr(family, "max_log_rate", np.inf))
+        return (lambda eta: np.exp(np.minimum(eta, cap))), name
+    if name == "gaussian":
+        return (lambda eta: np.asarray(eta, dtype=np.float64)), name
+    raise ValueError(f"rates need a binomial, poisson or gaussian model, got family {name!r}.")
+
+
+def _median_amplitudes(amplitude: Any, codes: Any, n_templates: int) -> np.ndarray:
+    """One amplitude per template: the median of its positive codes (NaN without any), or the numbers given."""
+    if isinstance(amplitude, str):
+        if amplitude != "median":
+            raise ValueError(f"amplitude must be 'median' or a number (one per template), got {amplitude!r}.")
+        if codes is None:
+            raise ValueError(
+                "amplitude='median' needs the codes of the data: pass codes=model.transform(counts), or give the "
+                "amplitude as a number (amplitude=1.0)."
+            )
+        values = _numpy(codes, "codes")
+        if values.ndim == 2:
+            values = values[None]
+        if values.ndim != 3 or values.shape[1] != n_templates:
+            raise ValueError(
+                f"codes must have shape (n_examples, {n_templates}, n_code_bins) for {n_templates} templates, got "
+                f"{values.shape}."
+            )
+        medians = []
+        for k in range(n_templates):
+            positive = values[:, k][values[:, k] > 0]
+            medians.append(float(np.median(positive)) if positive.size else np.nan)
+        return np.asarray(medians)
+    values = _numpy(amplitude, "amplitude").reshape(-1)
+    if values.size not in (1, n_templates) or not np.all(np.isfinite(values)):
+        raise ValueError(f"amplitude must be one finite number or one per template ({n_templates}), got {amplitude}.")
+    return np.broadcast_to(values, (n_templates,)).copy()
+
+
+@_styled
+def plot_rate_templates(
+    model: Any,
+    *,
+    bin_size: Any,
+    amplitude: str | float | np.ndarray = "median",
+    codes: Any = None,
+    lower: Any = None,
+    upper: Any = None,
+    channel_names: list[str] | None = None,
+    ax: Any = None,
+) -> Any:
+    """Templates as the firing-rate modulation they cause around the baseline, in spikes / s.
+
+    For template ``k`` on channel ``c`` at amplitude ``a`` the rate at lag ``t`` after an event is
+    ``f^-1(baseline_c + a * template_kc(t)) / bin_size``: for the binomial family the sigmoid is one trial's
+    spike probability per bin (a rate per trial), for the Poisson family the exponential is the expected count
+    per bin (for the Gaussian family the identity). ``a`` defaults to the median of the template's positive
+    codes, the amplitude of a typical event. The baseline rate ``f^-1(baseline_c) / bin_size`` is a dashed line.
+    Each bin's rate is drawn at the bin's centre, time 0 being the event (the code position, where the template
+    starts).
+
+    Parameters
+    ----------
+    model : SpikeDictionary
+        A fitted model (``templates_`` of shape (n_templates, n_channels, template_size), ``baseline_``).
+    bin_size : float or quantity or None
+        Bin duration (seconds, or a quantity) for rates in spikes / s; None: per bin.
+    amplitude : "median", float or array of shape (n_templates,)
+        Code amplitude ``a``: the median positive code of each template in ``codes``, or the numbers given.
+    codes : array of shape (n_examples, n_templates, n_code_bins), optional
+        Codes of the data (``model.transform(counts)``), for ``amplitude="median"``.
+    lower, upper : array of shape (n_templates, n_channels, template_size), optional
+        Bounds of each template (e.g. percentiles over bootstrap refits, aligned to the model's templates), drawn
+        as a shaded band between the rates they give at the same amplitude.
+    channel_names : list of str, optional
+        Row labels for several channels.
+    ax : sequence of Axes, optional
+        ``n_channels * n_templates`` Axes (row-major: one row per channel).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One Axes per channel and template, each with lines ``"baseline"`` and ``"rate at a"`` (the template's,
+        absent when it has no event) and, with bounds, a band ``"band"`` (a ``PolyCollection``). Titles carry
+        the amplitude; the legend is right of the first row.
+
+    Raises
+    ------
+    ValueError
+        More than :data:`MAX_RATE_TEMPLATE_CHANNELS` channels (draw them with :func:`plot_sequences`), bounds of
+        another shape, or ``amplitude="median"`` without codes.
+    """
+    templates, baseline = _fitted_arrays(model)
+    n_templates, n_channels, size = templates.shape
+    if n_channels > MAX_RATE_TEMPLATE_CHANNELS:
+        raise ValueError(
+            f"the model has {n_channels} channels; rate templates are drawn for at most "
+            f"{MAX_RATE_TEMPLATE_CHANNELS} (one row each): draw many channels with plot_sequences."
+        )
+    bounds = []
+    for name, values in (("lower", lower), ("upper", upper)):
+        if values is not None:
+            values = _templates_array(_numpy(values, name), name)
+            if values.shape != templates.shape:
+                raise ValueError(f"{name} must have the templates' shape {templates.shape}, got {values.shape}.")
+        bounds.append(values)
+    if (bounds[0] is None) != (bounds[1] is None):
+        raise ValueError("pass both lower and upper for a band, or neither.")
+    amplitudes = _median_amplitudes(amplitude, codes, n_templates)
+    inverse, family = _inverse_link(model)
+    seconds = _seconds(bin_size)
+    per = 1.0 / seconds if seconds is not None else 1.0
+    step = seconds if seconds is not None else 1.0
+    ylabel = _rate_label(family == "binomial", seconds)
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(
+            n_channels,
+            n_templates,
+            figsize=(2.8 * n_templates + 1.6, 2.3 * n_channels + 0.4),
+            sharex=True,
+            sharey=True,
+            squeeze=False,
+            layout="constrained",
+        )
+    else:
+        figure, axes = _axes_grid(ax, n_channels, n_templates)
+    x = (np.arange(size) + 0.5) * step
+    for k in range(n_templates):
+        a = amplitudes[k]
+        for c in range(n_channels):
+            axis = axes[c, k]
+            axis.axhline(inverse(baseline[c]) * per, color=DATA_COLOR, linestyle="--", linewidth=1.0, label="baseline")
+            if np.isfinite(a):
+                if bounds[0] is not None:
+                    axis.fill_between(
+                        x,
+                        inverse(baseline[c] + a * bounds[0][k, c]) * per,
+                        inverse(baseline[c] + a * bounds[1][k, c]) * per,
+                        color=FITTED_COLOR,
+                        alpha=0.25,
+                        linewidth=0,
+                        label="band",
+                    )
+                axis.plot(x, inverse(baseline[c] + a * templates[k, c]) * per, color=FITTED_COLOR, label="rate at a")
+            if c == 0:
+                axis.set_title(f"template {k}, a = {a:.3g}" if np.isfinite(a) else f"template {k}: no events")
+            if c == n_channels - 1:
+                axis.set_xlabel("Time from event (s)" if seconds is not None else "Time from event (bins)")
+            if k == 0:
+                name = channel_names[c] if channel_names is not None else f"channel {c}"
+                axis.set_ylabel(f"{name}\n{ylabel}" if n_channels > 1 else ylabel)
+        axes[0, k].set_xlim(0, size * step)
+    handles = [axes[0, k] for k in range(n_templates) if np.isfinite(amplitudes[k])]
+    source = handles[0] if handles else axes[0, 0]
+    entries, labels = source.get_legend_handles_labels()
+    names = {"baseline": "baseline rate", "rate at a": "rate at amplitude a", "band": "lower to upper"}
+    legend = _legend_outside(axes[0, -1], handles=entries)
+    for text, label in zip(legend.get_texts(), labels):
+        text.set_text(names.get(label, label))
+    return figure
+
+
+def _event_snippets(signal: np.ndarray, examples: np.ndarray, positions: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """``signal[example, position + lag]`` per event and lag, NaN where it falls outside the data.
+
+    ``signal`` has shape (n_examples, n_bins); the result (n_events, n_lags).
+    """
+    index = positions[:, None] + lags[None, :]
+    inside = (index >= 0) & (index < signal.shape[1])
+    snippets = np.full(index.shape, np.nan)
+    rows = np.broadcast_to(examples[:, None], index.shape)
+    snippets[inside] = signal[rows[inside], index[inside]]
+    return snippets
+
+
+def _mean_over_events(snippets: np.ndarray) -> np.ndarray:
+    """Mean over events (rows) of the values inside the data; NaN at lags no event reaches."""
+    inside = np.isfinite(snippets)
+    n_inside = inside.sum(axis=0)
+    total = np.where(inside, snippets, 0.0).sum(axis=0)
+    return np.divide(total, n_inside, out=np.full(total.shape, np.nan), where=n_inside > 0)
+
+
+@_styled
+def plot_event_aligned(
+    counts: Any,
+    codes: Any,
+    template: int,
+    *,
+    bin_size: Any = None,
+    window: Any = None,
+    rates: Any = None,
+    n_trials: Any = None,
+    model: Any = None,
+    channel: int = 0,
+    ax: Any = None,
+) -> Any:
+    """The data aligned to one template's inferred events: a raster of the snippets over the event-triggered mean.
+
+    An event of template ``k`` is a code position ``s`` with ``codes[n, k, s] > 0``; its time 0 is the code
+    position, where the template starts (the template covers lags 0 to ``template_size - 1``). The upper panel
+    shows the counts around each event, one row per event, largest amplitude on top (a binned raster: the grey
+    level is the count in the bin, white outside the data). The lower panel is the event-triggered mean of the
+    counts (the PSTH of the events), per trial with ``n_trials`` and per second with ``bin_size``, and over it
+    the rate the model predicts for one event: the ``rates`` given, and/or, with ``model``,
+    ``f^-1(baseline_c + a * template_kc(t))`` at the median event amplitude ``a`` (zero template outside the
+    template's lags). Other events overlapping the window are not subtracted. Each bin is drawn at its centre.
+
+    Parameters
+    ----------
+    counts : array of shape (n_examples, n_channels, n_bins), or SpikeCounts
+        Counts per bin (for pooled trials, trials with a spike per bin). A SpikeCounts also gives ``bin_size``
+        and ``n_trials``.
+    codes : array of shape (n_examples, n_templates, n_code_bins)
+        Codes of the counts (``model.transform(counts)``); stride 1.
+    template : int
+        Template whose events are aligned.
+    bin_size : float or quantity, optional
+        Bin duration, for times in seconds and rates in spikes / s.
+    window : (start, stop), optional
+        Lags around the event to draw: seconds when ``bin_size`` is given (or quantities), else bins; start may
+        be negative. Default: half a template before the event to half a template after its end.
+    rates : array of shape (n_lags,) or (n_examples, n_channels, n_bins), optional
+        The predicted rate in the counts' unit (expected counts per bin): one value per lag of the window, drawn
+        as given (scaled like the counts), or the fitted rates of the counts (``model.predict_rate(counts)``),
+        averaged over the events like the counts.
+    n_trials : int or array of shape (n_examples,), optional
+        Trials pooled per example: the counts (and rates) are divided by it for rates per trial. Default: from a
+        SpikeCounts, else a binomial model's, else none (rates per example).
+    model : SpikeDictionary, optional
+        Fitted model whose template ``template`` gives the predicted rate at the median event amplitude.
+    channel : int
+        Channel drawn.
+    ax : pair of Axes or Axes, optional
+        The (raster, mean) Axes, or one Axes of a grid that is split in two.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``figure.axes[0]``: the raster (one ``AxesImage``, rows the events by decreasing amplitude);
+        ``figure.axes[1]``: lines ``"event-triggered mean"``, then ``"fitted rate"`` (3-D ``rates``) or ``"given
+        rate"`` (1-D ``rates``), then ``"model at median amplitude"``; its legend is right of it.
+    """
+    if hasattr(counts, "counts") and not isinstance(counts, np.ndarray):
+        if bin_size is None:
+            bin_size = getattr(counts, "bin_size", None)
+        if n_trials is None:
+            n_trials = getattr(counts, "n_trials", None)
+        counts = counts.counts
+    data = _numpy(counts, "counts")
+    code_values = _numpy(codes, "codes")
+    if data.ndim != 3:
+        raise ValueError(f"counts must have shape (n_examples, n_channels, n_bins), got {data.shape}.")
+    if code_values.ndim != 3 or code_values.shape[0] != data.shape[0]:
+        raise ValueError(
+            f"codes must have shape ({data.shape[0]}, n_templates, n_code_bins) for counts of shape {data.shape}, "
+            f"got {code_values.shape}."
+        )
+    n_examples, n_channels, n_bins = data.shape
+    if not 0 <= template < code_values.shape[1]:
+        raise ValueError(f"template must be in [0, {code_values.shape[1] - 1}], got {template}.")
+    if not 0 <= channel < n_channels:
+        raise ValueError(f"channel must be in [0, {n_channels - 1}], got {channel}.")
+    inverse = family = None
+    if model is not None:
+        templates, baseline = _fitted_arrays(model)
+        inverse, family = _inverse_link(model)
+        template_size = templates.shape[2]
+        if n_trials is None and family == "binomial":
+            model_trials = np.asarray(getattr(getattr(model, "family_", None), "n_trials", np.nan)).reshape(-1)
+            if model_trials.size not in (1, data.shape[0]) or not np.all(model_trials >= 1):
+                raise ValueError(
+                    "the binomial model pooled another number of examples' trials; pass n_trials (trials per "
+                    "example of these counts) for rates per trial."
+                )
+            n_trials = model_trials
+    else:
+        template_size = n_bins - code_values.shape[2] + 1
+    seconds = _seconds(bin_size)
+    step = seconds if seconds is not None else 1.0
+    if window is None:
+        first, last = -(template_size // 2), template_size + template_size // 2
+    else:
+        if np.ndim(window) != 1 or len(window) != 2:
+            raise ValueError(f"window must be (start, stop), got {window!r}.")
+        start, stop = (_in_bins(value, seconds, "window") for value in window)
+        first, last = int(np.floor(start + 1e-9)), int(np.ceil(stop - 1e-9))
+        if last <= first:
+            raise ValueError(f"window must have start < stop, got {window!r}.")
+    lags = np.arange(first, last)
+    per_trial = n_trials is not None
+    trials = np.ones(n_examples) if n_trials is None else _numpy(n_trials, "n_trials").reshape(-1)
+    if trials.size not in (1, n_examples) or not np.all(trials >= 1):
+        raise ValueError(f"n_trials must be a positive number or one per example ({n_examples}), got {n_trials}.")
+    trials = np.broadcast_to(trials, (n_examples,))
+    examples, positions = np.nonzero(code_values[:, template] > 0)
+    amplitudes = code_values[examples, template, positions]
+    order = np.argsort(-amplitudes, kind="stable")
+    examples, positions, amplitudes = examples[order], positions[order], amplitudes[order]
+    n_events = examples.size
+    per_second = 1.0 / seconds if seconds is not None else 1.0
+
+    upper, lower = _two_rows(ax, height_ratios=(1.2, 1.0), figsize=(6.5, 5.0))
+    figure = upper.figure
+    x = (lags + 0.5) * step
+    edges = (first * step, last * step)
+    title = f"template {template}: {n_events} event{'s' if n_events != 1 else ''}"
+    upper.set_title(title + (f", channel {channel}" if n_channels > 1 else ""))
+    upper.set_ylabel("Event (largest first)")
+    lower.set_xlabel("Time from event (s)" if seconds is not None else "Time from event (bins)")
+    lower.set_ylabel(_rate_label(per_trial, seconds))
+    lower.set_xlim(*edges)
+    upper.tick_params(axis="x", labelbottom=False)
+    if n_events == 0:
+        upper.text(0.5, 0.5, "no events", transform=upper.transAxes, ha="center", va="center")
+        return figure
+    snippets = _event_snippets(data[:, channel], examples, positions, lags)
+    import matplotlib as mpl
+
+    colormap = mpl.colormaps["Greys"].with_extremes(bad="white")
+    image = upper.imshow(
+        np.ma.masked_invalid(snippets),
+        aspect="auto",
+        cmap=colormap,
+        vmin=0,
+        vmax=max(1.0, float(np.nanmax(snippets)) if np.isfinite(snippets).any() else 1.0),
+        extent=(edges[0], edges[1], n_events, 0),
+        interpolation="nearest" if n_events <= 200 else "antialiased",
+    )
+    # an inset beside the raster: a colorbar taking room from the raster alone would misalign the two panels
+    figure.colorbar(image, cax=upper.inset_axes((1.02, 0.0, 0.025, 1.0)), label="Count in bin")
+    per_event = 1.0 / trials[examples][:, None]
+    for axis in (upper, lower):
+        axis.axvline(0.0, color=DATA_COLOR, linestyle=":", linewidth=0.8, label="_event")
+    lower.axvspan(0.0, template_size * step, color="0.92", linewidth=0, zorder=0, label="_template span")
+    mean = _mean_over_events(snippets * per_event) * per_second
+    lower.step(x, mean, where="mid", color=DATA_COLOR, linewidth=1.2, label="event-triggered mean")
+    scale = float(np.mean(per_event)) * per_second
+    if rates is not None:
+        values = _numpy(rates, "rates")
+        if values.shape == data.shape:
+            fitted = _mean_over_events(_event_snippets(values[:, channel], examples, positions, lags) * per_event)
+            lower.plot(x, fitted * per_second, color=FITTED_COLOR, linewidth=1.6, label="fitted rate")
+        elif values.shape == lags.shape:
+            lower.plot(x, values * scale, color=FITTED_COLOR, linewidth=1.6, label="given rate")
+        else:
+            raise ValueError(
+                f"rates must have shape ({lags.size},) (one per lag of the window) or the counts' shape {data.shape}, "
+                f"got {values.shape}."
+            )
+    if model is not None:
+        median = float(np.median(amplitudes))
+        shape = np.zeros(lags.size)
+        inside = (lags >= 0) & (lags < template_size)
+        shape[inside] = templates[template, channel, lags[inside]]
+        predicted = inverse(baseline[channel] + median * shape)
+        # binomial: the sigmoid is already per trial; otherwise an example's expected count, scaled like the counts
+        predicted = predicted * (per_second if family == "binomial" else scale)
+        lower.plot(x, predicted, color=TRUE_COLOR, linewidth=1.4, linestyle="--", label="model at median amplitude")
+    lower.set_ylim(bottom=0)
+    _legend_outside(lower)
+    figure.align_ylabels([upper, lower])
+    return figure

@@ -2,8 +2,8 @@
 
 A :class:`Report` collects sections (text, tables, figures, settings, timings) and writes one HTML file with
 every figure embedded as a base64 PNG, so the report can be mailed or archived on its own. Each figure is also
-written as a PNG file and each table as a CSV file next to the report; every file is written atomically (a
-temporary file, then a rename).
+written as a PNG file and an SVG file (vector, text kept as text: editable for a paper) and each table as a CSV
+file next to the report; every file is written atomically (a temporary file, then a rename).
 
 Examples
 --------
@@ -35,7 +35,7 @@ import pandas as pd
 
 from spikedict._atomic import atomic_path, write_bytes_atomic, write_text_atomic
 
-__all__ = ["OutputExistsError", "Report", "prepare_output_directory", "versions"]
+__all__ = ["OutputExistsError", "Report", "figure_images", "prepare_output_directory", "versions"]
 
 # Packages whose versions every report lists (the ones that decide what the numbers are).
 REPORTED_PACKAGES = ("spikedict", "torch", "numpy", "scipy", "neo", "elephant", "quantities", "pandas", "matplotlib")
@@ -106,12 +106,41 @@ def remove_if_empty(path: str | os.PathLike) -> None:
 
 def figure_png(figure: Any, dpi: int = 110) -> bytes:
     """A matplotlib figure as PNG bytes; the figure is closed afterwards."""
+    return figure_images(figure, dpi, formats=("png",))["png"]
+
+
+def figure_images(figure: Any, dpi: int = 110, formats: tuple[str, ...] = ("png", "svg")) -> dict[str, bytes]:
+    """A matplotlib figure as bytes in each of ``formats``; the figure is closed afterwards (even on an error).
+
+    SVG keeps text as text (``svg.fonttype = "none"``) and carries no date, so the same figure gives the same file.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+    dpi : int
+        Resolution of raster formats (PNG).
+    formats : tuple of str
+        matplotlib format names.
+
+    Returns
+    -------
+    dict of str to bytes
+        The file's bytes per format.
+    """
+    import matplotlib as mpl
     import matplotlib.pyplot as plt  # only to release the figure from pyplot's registry
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    images = {}
+    try:
+        with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": "spikedict"}):
+            for name in formats:
+                buffer = io.BytesIO()
+                metadata = {"Date": None} if name == "svg" else None
+                figure.savefig(buffer, format=name, dpi=dpi, bbox_inches="tight", metadata=metadata)
+                images[name] = buffer.getvalue()
+    finally:
+        plt.close(figure)
+    return images
 
 
 def _format_value(value: Any) -> str:
@@ -124,7 +153,7 @@ def _format_value(value: Any) -> str:
 
 @dataclass
 class Report:
-    """An HTML report written to ``folder/report.html``, with its figures (PNG) and tables (CSV) beside it.
+    """An HTML report written to ``folder/report.html``, with its figures (PNG and SVG) and tables (CSV) beside it.
 
     Parameters
     ----------
@@ -174,22 +203,27 @@ class Report:
         return path
 
     def add_figure(self, name: str, figure: Any, heading: str, caption: str = "") -> Path:
-        """A matplotlib figure, embedded as a base64 PNG and written to ``folder/name.png`` (then closed).
+        """A matplotlib figure, embedded as a base64 PNG and written to ``folder/name.png`` and ``folder/name.svg``.
+
+        The figure is closed afterwards; both files are listed in ``files`` and linked under the figure.
 
         Returns
         -------
         Path
-            The PNG file.
+            The PNG file (the SVG file is beside it, ``path.with_suffix(".svg")``).
         """
-        data = figure_png(figure)
+        images = figure_images(figure)
         path = self.folder / f"{name}.png"
-        write_bytes_atomic(path, data)
-        self.files.append(path)
-        encoded = base64.b64encode(data).decode("ascii")
+        vector = self.folder / f"{name}.svg"
+        write_bytes_atomic(path, images["png"])
+        write_bytes_atomic(vector, images["svg"])
+        self.files.extend([path, vector])
+        encoded = base64.b64encode(images["png"]).decode("ascii")
         text = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        links = " · ".join(f"<a href='{html.escape(p.name)}'>{html.escape(p.name)}</a>" for p in (path, vector))
         self.sections.append(
             f"<h2>{html.escape(heading)}</h2>\n<figure><img alt='{html.escape(heading)}' "
-            f"src='data:image/png;base64,{encoded}'/>{text}</figure>\n"
+            f"src='data:image/png;base64,{encoded}'/>{text}</figure>\n<p class='file'>Files: {links}</p>\n"
         )
         return path
 

@@ -102,12 +102,15 @@ def test_raster_with_rates(tmp_path):
     assert len(ax.collections) == 10
     for k, collection in enumerate(ax.collections):
         np.testing.assert_array_equal(collection.get_positions(), np.flatnonzero(trials[k]))
-    assert ax.get_ylabel() == "Trial" and ax.get_xlabel() == "Time (bins)"
     rate_axis = ax.figure.axes[-1]
     assert rate_axis is not ax
-    assert [line.get_label() for line in rate_axis.lines] == ["predicted rate", "true rate"]
-    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), rates / 10)
-    np.testing.assert_allclose(rate_axis.lines[1].get_ydata(), true_rates / 10)
+    # the raster above, the rates on an Axes of their own below it, sharing the time axis
+    assert rate_axis.get_position().y1 <= ax.get_position().y0
+    assert ax.get_ylabel() == "Trial" and rate_axis.get_xlabel() == "Time (bins)"
+    assert [line.get_label() for line in rate_axis.lines] == ["observed (all trials)", "predicted rate", "true rate"]
+    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), trials.sum(axis=0) / 10)
+    np.testing.assert_allclose(rate_axis.lines[1].get_ydata(), rates / 10)
+    np.testing.assert_allclose(rate_axis.lines[2].get_ydata(), true_rates / 10)
     assert rate_axis.get_ylabel() == "Rate (spikes / trial / bin)"
     ax.figure.savefig(tmp_path / "raster.png")
 
@@ -118,9 +121,12 @@ def test_raster_of_spike_trains_in_seconds():
     ax = plotting.plot_raster(trains, rates, bin_size=1 * pq.ms)
     np.testing.assert_allclose(ax.collections[0].get_positions(), [0.001, 0.005, 0.012])
     rate_axis = ax.figure.axes[-1]
-    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), 0.5 / (2 * 0.001))
+    np.testing.assert_allclose(rate_axis.lines[1].get_ydata(), 0.5 / (2 * 0.001))
+    observed = np.zeros(20)
+    observed[[1, 3, 5, 12]] = 1.0
+    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), observed / (2 * 0.001))
     assert rate_axis.get_ylabel() == "Rate (spikes / s)"
-    assert ax.get_xlabel() == "Time (s)"
+    assert rate_axis.get_xlabel() == "Time (s)"
     with pytest.raises(ValueError, match="need bin_size"):
         plotting.plot_raster(trains, rates)
 
@@ -291,3 +297,227 @@ def test_sequences_draw_the_engaged_channels_in_the_order_they_peak():
     assert figure.axes[0].get_xlabel() == "Time (s)"
     with pytest.raises(ValueError, match="threshold must lie in"):
         sequence_order(templates, threshold=0)
+
+
+# ----------------------------------------------------------------------------- style, windows, event-aligned views
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def legend_is_right_of(legend, axis):
+    axis.figure.canvas.draw()
+    return legend.get_window_extent().x0 >= axis.get_window_extent().x1
+
+
+@pytest.fixture(scope="module")
+def fitted_models(binomial_counts, poisson_counts):
+    """One-epoch fits of both count families and their codes (small, fast)."""
+    models = {}
+    for family, counts in (("binomial", binomial_counts), ("poisson", poisson_counts)):
+        model = small_model(family=family, solver__n_epochs=1).fit(counts)
+        models[family] = (model, counts, model.transform(counts))
+    return models
+
+
+def test_figures_share_one_style_without_changing_global_settings():
+    before = dict(plt.rcParams)
+    ax = plotting.plot_codes(np.ones((2, 10)))
+    assert dict(plt.rcParams) == before
+    assert not ax.spines["top"].get_visible() and not ax.spines["right"].get_visible()
+    colors = [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines]
+    assert colors == list(plotting.PALETTE[:2])
+    assert ax.xaxis.label.get_fontsize() >= 11  # the paper context scaled up for the screen
+
+
+def test_raster_default_window_is_short_and_said_in_the_label():
+    rng = np.random.default_rng(2)
+    trials = (rng.random((60, 1000)) < 0.05).astype(int)  # 60 trials of 5 s in bins of 5 ms
+    rates = np.full(1000, 3.0)
+    ax = plotting.plot_raster(trials, rates, bin_size=0.005)
+    rate_axis = ax.figure.axes[-1]
+    # 2 s (400 bins) is shorter than 500 bins; 50 of the 60 trials are drawn, all 60 are pooled
+    assert rate_axis.get_xlim() == pytest.approx((0.0, 2.0))
+    assert rate_axis.get_xlabel() == "Time (s), 0 to 2 s of 5 s shown"
+    assert len(ax.collections) == 50 and ax.get_ylabel() == "Trial (first 50 of 60)"
+    for k, collection in enumerate(ax.collections):
+        np.testing.assert_allclose(collection.get_positions(), np.flatnonzero(trials[k, :400]) * 0.005)
+    (observed,) = [line for line in rate_axis.lines if line.get_label() == "observed (all trials)"]
+    np.testing.assert_allclose(observed.get_ydata(), trials[:, :400].sum(axis=0) / (60 * 0.005))
+    np.testing.assert_allclose(observed.get_xdata(), np.arange(400) * 0.005)
+    np.testing.assert_allclose(rate_axis.lines[1].get_ydata(), 3.0 / (60 * 0.005))
+    assert rate_axis.get_ylabel() == "Rate (spikes / s)"
+    assert legend_is_right_of(rate_axis.get_legend(), rate_axis)
+
+
+def test_raster_window_in_seconds_in_bins_and_on_given_axes():
+    rng = np.random.default_rng(3)
+    trials = (rng.random((5, 1000)) < 0.1).astype(int)
+    ax = plotting.plot_raster(trials, bin_size=0.005, window=(1.0, 1.5))
+    assert ax.figure.axes[-1].get_xlim() == pytest.approx((1.0, 1.5))
+    np.testing.assert_allclose(ax.collections[2].get_positions(), (200 + np.flatnonzero(trials[2, 200:300])) * 0.005)
+    # in bins without bin_size; one Axes of a grid is split into the raster and the rates below it
+    figure, axis = plt.subplots()
+    returned = plotting.plot_raster(trials, np.ones(1000), ax=axis, window=(100, 150))
+    assert returned is axis and len(figure.axes) == 2
+    rate_axis = figure.axes[1]
+    assert rate_axis.get_position().y1 <= axis.get_position().y0
+    assert rate_axis.get_xlim() == pytest.approx((100, 150))
+    assert rate_axis.get_xlabel() == "Time (bins), bins 100 to 150 of 1000 shown"
+    np.testing.assert_allclose(rate_axis.lines[0].get_ydata(), trials[:, 100:150].sum(axis=0) / 5)
+    with pytest.raises(ValueError, match="holds no bin"):
+        plotting.plot_raster(trials, bin_size=0.005, window=(6.0, 7.0))
+    pooled = plotting.plot_raster(trials.sum(axis=0), window=(10, 20))
+    np.testing.assert_allclose(pooled.lines[0].get_ydata(), trials.sum(axis=0)[10:20])
+    assert legend_is_right_of(pooled.get_legend(), pooled)
+
+
+def aligned_problem():
+    """2 examples x 2 channels x 40 bins, templates of 10 bins (31 code positions), events of template 1."""
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 6, size=(2, 2, 40)).astype(float)
+    codes = np.zeros((2, 3, 31))
+    codes[0, 1, 12] = 0.5
+    codes[1, 1, 20] = 2.0
+    codes[1, 1, 2] = 1.0  # 5 bins before it fall outside the data
+    codes[0, 0, 7] = 3.0  # another template's event
+    codes[0, 1, 25] = -1.0  # negative codes are not events
+    return counts, codes
+
+
+def test_event_aligned_mean_is_the_event_triggered_average():
+    counts, codes = aligned_problem()
+    n_trials = np.array([10, 20])
+    figure = plotting.plot_event_aligned(counts, codes, 1, bin_size=0.002, n_trials=n_trials, channel=1)
+    raster, mean_axis = figure.axes[:2]
+    lags = np.arange(-5, 15)  # half a template before the event to half a template after it
+    events = [(1, 20), (1, 2), (0, 12)]  # by decreasing amplitude
+    snippets = np.full((3, 20), np.nan)
+    for row, (example, position) in enumerate(events):
+        for j, lag in enumerate(lags):
+            if 0 <= position + lag < 40:
+                snippets[row, j] = counts[example, 1, position + lag]
+    image = raster.images[0].get_array()
+    np.testing.assert_array_equal(image.filled(np.nan), snippets)
+    per_trial = snippets / n_trials[[1, 1, 0]][:, None]
+    expected = np.nanmean(per_trial, axis=0) / 0.002
+    (mean,) = [line for line in mean_axis.lines if line.get_label() == "event-triggered mean"]
+    np.testing.assert_allclose(mean.get_ydata(), expected)
+    np.testing.assert_allclose(mean.get_xdata(), (lags + 0.5) * 0.002)
+    assert mean_axis.get_xlabel() == "Time from event (s)"
+    assert mean_axis.get_ylabel() == "Rate (spikes / s / trial)"
+    assert raster.get_title() == "template 1: 3 events, channel 1"
+    assert legend_is_right_of(mean_axis.get_legend(), mean_axis)
+    # the fitted rates of the counts are averaged like the counts; a rate per lag is drawn as given
+    rates = counts + 1.0
+    figure = plotting.plot_event_aligned(counts, codes, 1, bin_size=0.002, n_trials=n_trials, rates=rates, channel=1)
+    (fitted,) = [line for line in figure.axes[1].lines if line.get_label() == "fitted rate"]
+    np.testing.assert_allclose(fitted.get_ydata(), np.nanmean((snippets + 1) / n_trials[[1, 1, 0]][:, None], 0) / 0.002)
+    figure = plotting.plot_event_aligned(counts, codes, 1, rates=np.arange(20.0), window=(-5, 15))
+    (given,) = [line for line in figure.axes[1].lines if line.get_label() == "given rate"]
+    np.testing.assert_allclose(given.get_ydata(), np.arange(20.0))
+    assert figure.axes[1].get_ylabel() == "Count (spikes / bin)"
+    assert figure.axes[1].get_xlabel() == "Time from event (bins)"
+
+
+def test_event_aligned_without_events_and_bad_input():
+    counts, codes = aligned_problem()
+    figure = plotting.plot_event_aligned(counts, codes, 2)
+    assert figure.axes[0].get_title() == "template 2: 0 events, channel 0"
+    assert not figure.axes[0].images
+    with pytest.raises(ValueError, match=r"template must be in \[0, 2\]"):
+        plotting.plot_event_aligned(counts, codes, 3)
+    with pytest.raises(ValueError, match=r"rates must have shape \(20,\)"):
+        plotting.plot_event_aligned(counts, codes, 1, rates=np.ones(7))
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_event_aligned_model_prediction_at_the_median_amplitude(fitted_models, family):
+    model, counts, codes = fitted_models[family]
+    k = int(np.argmax((codes > 0).sum(axis=(0, 2))))
+    figure = plotting.plot_event_aligned(counts, codes, k, model=model, bin_size=0.001)
+    (predicted,) = [line for line in figure.axes[1].lines if line.get_label() == "model at median amplitude"]
+    amplitude = np.median(codes[:, k][codes[:, k] > 0])
+    template = np.concatenate([np.zeros(10), model.templates_[k, 0], np.zeros(10)])
+    eta = model.baseline_[0] + amplitude * template
+    # binomial: per trial (n_trials from the model); Poisson: the expected count of an example, per second
+    expected = sigmoid(eta) / 0.001 if family == "binomial" else np.exp(eta) / 0.001
+    np.testing.assert_allclose(predicted.get_ydata(), expected, rtol=1e-5)
+    per_trial = family == "binomial"
+    assert figure.axes[1].get_ylabel() == ("Rate (spikes / s / trial)" if per_trial else "Rate (spikes / s)")
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_rate_templates_are_rates_around_the_baseline(fitted_models, family, tmp_path):
+    model, _, codes = fitted_models[family]
+    lower, upper = model.templates_ - 0.1, model.templates_ + 0.1
+    figure = plotting.plot_rate_templates(model, bin_size=2 * pq.ms, codes=codes, lower=lower, upper=upper)
+    inverse = sigmoid if family == "binomial" else np.exp
+    n_templates = model.templates_.shape[0]
+    assert len(figure.axes) == n_templates
+    for k, axis in enumerate(figure.axes):
+        amplitude = np.median(codes[:, k][codes[:, k] > 0])
+        (rate,) = [line for line in axis.lines if line.get_label() == "rate at a"]
+        np.testing.assert_allclose(
+            rate.get_ydata(), inverse(model.baseline_[0] + amplitude * model.templates_[k, 0]) / 0.002, rtol=1e-5
+        )
+        np.testing.assert_allclose(rate.get_xdata(), (np.arange(20) + 0.5) * 0.002)
+        (baseline,) = [line for line in axis.lines if line.get_label() == "baseline"]
+        np.testing.assert_allclose(baseline.get_ydata(), inverse(model.baseline_[0]) / 0.002, rtol=1e-6)
+        (band,) = [c for c in axis.collections if c.get_label() == "band"]
+        band_y = band.get_paths()[0].vertices[:, 1]
+        low = inverse(model.baseline_[0] + amplitude * lower[k, 0]) / 0.002
+        high = inverse(model.baseline_[0] + amplitude * upper[k, 0]) / 0.002
+        assert band_y.min() == pytest.approx(min(low.min(), high.min()), rel=1e-5)
+        assert band_y.max() == pytest.approx(max(low.max(), high.max()), rel=1e-5)
+        assert axis.get_title() == f"template {k}, a = {amplitude:.3g}"
+        assert axis.get_xlabel() == "Time from event (s)"
+    label = "Rate (spikes / s / trial)" if family == "binomial" else "Rate (spikes / s)"
+    assert figure.axes[0].get_ylabel() == label
+    legend = figure.axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["baseline rate", "lower to upper", "rate at amplitude a"]
+    assert legend_is_right_of(legend, figure.axes[-1])
+    # a given amplitude needs no codes; several channels are rows; many channels are left to plot_sequences
+    figure = plotting.plot_rate_templates(model, bin_size=None, amplitude=1.5)
+    np.testing.assert_allclose(
+        next(line for line in figure.axes[0].lines if line.get_label() == "rate at a").get_ydata(),
+        inverse(model.baseline_[0] + 1.5 * model.templates_[0, 0]),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match=r"pass codes=model\.transform"):
+        plotting.plot_rate_templates(model, bin_size=0.002)
+
+
+def test_rate_templates_of_several_channels_and_too_many():
+    from types import SimpleNamespace
+
+    from spikedict.families import Poisson
+
+    rng = np.random.default_rng(5)
+    templates = rng.standard_normal((2, 3, 8))
+    model = SimpleNamespace(templates_=templates, baseline_=np.array([-1.0, 0.0, 1.0]), family_=Poisson())
+    figure = plotting.plot_rate_templates(model, bin_size=0.01, amplitude=[1.0, 2.0], channel_names=["a", "b", "c"])
+    axes = np.array(figure.axes).reshape(3, 2)
+    (rate,) = [line for line in axes[2, 1].lines if line.get_label() == "rate at a"]
+    np.testing.assert_allclose(rate.get_ydata(), np.exp(1.0 + 2.0 * templates[1, 2]) / 0.01)
+    assert axes[1, 0].get_ylabel() == "b\nRate (spikes / s)"
+    many = SimpleNamespace(templates_=np.ones((1, 9, 4)), baseline_=np.zeros(9), family_=Poisson())
+    with pytest.raises(ValueError, match="plot_sequences"):
+        plotting.plot_rate_templates(many, bin_size=0.01, amplitude=1.0)
+
+
+def test_report_writes_png_and_svg(tmp_path):
+    from spikedict.report import Report
+
+    report = Report("figures", tmp_path)
+    ax = plotting.plot_raster(np.eye(3, 20, dtype=int), np.ones(20), bin_size=0.001)
+    path = report.add_figure("raster", ax.figure, "Raster", "caption")
+    svg = tmp_path / "raster.svg"
+    assert path == tmp_path / "raster.png" and path.read_bytes().startswith(b"\x89PNG")
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+    assert ">Trial<" in svg.read_text()  # text kept as text
+    assert report.files == [path, svg]
+    assert not plt.get_fignums()  # closed after saving
+    assert "href='raster.svg'" in report.to_html()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raster.png", "raster.svg"]

@@ -59,6 +59,18 @@ def initial_templates(
     return torch.as_tensor(array, dtype=torch.get_default_dtype())
 
 
+def baseline_floor(y: Tensor | RecordingWindows, family: Family) -> Tensor | None:
+    """Per-channel lowest baseline of a count fit: the natural parameter of half a spike over all of ``y``'s bins.
+
+    A channel without spikes would otherwise be driven towards a rate of 0, at which one spike in new data costs an
+    unbounded loss; half a spike is the usual pseudo-count. None for the Gaussian family and for windows.
+    """
+    if family.name == "gaussian" or isinstance(y, RecordingWindows):
+        return None
+    n_values = y.shape[0] * int(np.prod(y.shape[2:]))
+    return family.baseline_from_mean(torch.full((y.shape[1],), 0.5 / n_values, dtype=y.dtype), y.shape[0])
+
+
 def initial_baseline(baseline: Any, y: Tensor | RecordingWindows, family: Family) -> Tensor:
     """Per-channel baseline, shape (n_channels,): ``"learn"`` / ``"estimate"`` from the mean counts of ``y``, or
     the given number(s) (checked)."""
@@ -68,7 +80,9 @@ def initial_baseline(baseline: Any, y: Tensor | RecordingWindows, family: Family
             mean = torch.as_tensor(y.mean_counts(), dtype=torch.get_default_dtype())
         else:
             mean = y.mean(dim=[0] + list(range(2, y.ndim)))
-        return family.baseline_from_mean(mean, y.shape[0])
+        start = family.baseline_from_mean(mean, y.shape[0])
+        floor = baseline_floor(y, family)
+        return start if floor is None else torch.maximum(start, floor.to(start.dtype))
     values = np.broadcast_to(np.asarray(baseline, dtype=np.float64), (n_channels,)) if np.ndim(baseline) <= 1 else None
     if values is None or not np.all(np.isfinite(values)):
         raise ValueError(f"baseline must be finite, one number or one per channel ({n_channels}), got {baseline!r}.")

@@ -25,7 +25,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 _TIME_PATTERN = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ]+)\s*$")
 
 
-def parse_time(text: str) -> Any:
+def parse_time(text: str, signed: bool = False) -> Any:
     """A duration from text with its unit, as a ``quantities`` quantity.
 
     Examples
@@ -54,21 +54,24 @@ def parse_time(text: str) -> Any:
         value.rescale(pq.s)
     except (LookupError, ValueError) as error:
         raise ValueError(f"{text!r} is not a duration: {unit!r} is not a unit of time (use s, ms or us).") from error
-    if number < 0:
+    if number < 0 and not signed:
         raise ValueError(f"{text!r} is negative; give a positive duration.")
     return value
 
 
 class Duration(click.ParamType):
-    """A time with its unit: ``5ms``, ``5 ms``, ``0.005 s``."""
+    """A time with its unit: ``5ms``, ``5 ms``, ``0.005 s`` (``-500ms`` too when ``signed``)."""
 
     name = "DURATION"
+
+    def __init__(self, signed: bool = False) -> None:
+        self.signed = signed
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if hasattr(value, "rescale"):
             return value
         try:
-            return parse_time(value)
+            return parse_time(value, signed=self.signed)
         except ValueError as error:
             self.fail(str(error), param, ctx)
 
@@ -93,6 +96,7 @@ class BinsOrDuration(click.ParamType):
 
 
 DURATION = Duration()
+TIME = Duration(signed=True)
 BINS_OR_DURATION = BinsOrDuration()
 
 
@@ -279,6 +283,27 @@ def demo(
     "and elephant's instantaneous_rate (0: fit all, score none).",
 )
 @click.option(
+    "--align-to",
+    default=None,
+    metavar="COLUMN",
+    help="NWB files with units and trials tables: the trials column that is time 0 of each trial (default "
+    "start_time), e.g. go_cue_time.",
+)
+@click.option(
+    "--trial-window",
+    type=(TIME, TIME),
+    default=None,
+    metavar="BEFORE AFTER",
+    help="NWB files with units and trials tables: the trial's window around --align-to, e.g. -500ms 1.5s.",
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Check that each template can be recovered: refit 5 data sets simulated from the fit (costs 5 fits at the "
+    "chosen sparsity); their spread is the templates' band.",
+)
+@click.option(
     "--window",
     type=DURATION,
     default=None,
@@ -330,6 +355,9 @@ def fit(
     pool_size: int | None,
     example_duration: Any,
     heldout_fraction: float,
+    align_to: str | None,
+    trial_window: Any,
+    check: bool,
     window: Any,
     overlap: Any,
     n_epochs: int | None,
@@ -416,6 +444,9 @@ def fit(
             sparsity=sparsity_value,
             pool_size=pool_size,
             heldout_fraction=heldout_fraction,
+            n_simulations=5 if check else 0,
+            align_to=align_to,
+            trial_window=trial_window,
             seed=seed,
             device=device,
             resume=resume,

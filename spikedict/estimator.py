@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from spikedict import _inference
-from spikedict._initialisation import build_model, initial_baseline, initial_templates, set_start
+from spikedict._initialisation import baseline_floor, build_model, initial_baseline, initial_templates, set_start
 from spikedict._validation import check_counts, check_out, check_windows, family_for, into, template_shape, unpack
 from spikedict.families import Family, resolve_family
 from spikedict.io._windows import RecordingWindows
@@ -261,6 +261,10 @@ class SpikeDictionary(Settings):
         if family.scale_from_residuals and not isinstance(self.family, Family):
             # the maximum-likelihood scale, so that score() is a proper log-likelihood
             family = model.family = _inference.fitted_scale(model, family, result, sample, encoder.n_iterations)
+        floor = baseline_floor(data, family)
+        if floor is not None and isinstance(self.baseline, str) and self.baseline == "learn":
+            with torch.no_grad():  # a channel without spikes keeps the rate of half a spike
+                model.baseline.copy_(torch.maximum(model.baseline, floor.to(model.baseline)))
         self.model_, self.family_, self.solver_ = model, family, solver
         self.sparsity_, self.reweighting_delta_ = float(model.sparsity), result.reweighting_delta
         self.n_channels_, self.history_, self.stop_reason_ = int(data.shape[1]), result.history, result.stop_reason

@@ -119,7 +119,9 @@ class FitInterrupted(RuntimeError):
     """The fit was interrupted (Ctrl-C); the checkpoint holds the finished epochs."""
 
 
-def open_recording(source: str | Path) -> tuple[Any, str, RecordingDefaults]:
+def open_recording(
+    source: str | Path, *, align_to: str | None = None, trial_window: tuple[pq.Quantity, pq.Quantity] | None = None
+) -> tuple[Any, str, RecordingDefaults]:
     """Read a recording from a Neo-readable file, or load a shipped data set by name.
 
     Parameters
@@ -127,6 +129,11 @@ def open_recording(source: str | Path) -> tuple[Any, str, RecordingDefaults]:
     source : str or path
         A file that ``neo.io`` reads (``.mat``, ``.nix``, ``.nwb``, ...) or a shipped data set name
         (see :func:`spikedict.io.list_datasets`).
+    align_to : str, optional
+        NWB files with ``units`` and ``trials`` tables: the trials-table column that is time 0 of each trial
+        (default ``start_time``); see :func:`spikedict.io.read_nwb`.
+    trial_window : (quantities.Quantity, quantities.Quantity), optional
+        NWB files with ``units`` and ``trials`` tables: the times before and after the alignment that make a trial.
 
     Returns
     -------
@@ -146,6 +153,16 @@ def open_recording(source: str | Path) -> tuple[Any, str, RecordingDefaults]:
     from spikedict.io import list_datasets, load_dataset, read_recording
 
     path = Path(source)
+    if align_to is not None or trial_window is not None:
+        from spikedict.io._nwb import nwb_layout, read_nwb
+
+        if not (path.is_file() and path.suffix.lower() == ".nwb" and nwb_layout(path) == "units"):
+            raise ValueError(
+                f"align_to and trial_window choose the trials of an NWB file with units and trials tables; "
+                f"{str(source)!r} is not one. Leave them out for other recordings."
+            )
+        block = read_nwb(path, align_to=align_to, window=trial_window)
+        return block, path.name, RecordingDefaults()
     if path.is_file():
         block = read_recording(path)
         label = path.name
@@ -385,6 +402,9 @@ def fit_recording(
     sparsity: float | str = "auto",
     pool_size: int | None = None,
     heldout_fraction: float = 0.2,
+    n_simulations: int = 5,
+    align_to: str | None = None,
+    trial_window: tuple[pq.Quantity, pq.Quantity] | None = None,
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
@@ -425,6 +445,12 @@ def fit_recording(
         of the fit and used to score it: their spikes are split in two halves, and the fitted model, a constant
         rate, the PSTH (trials aligned to an event) and elephant's ``instantaneous_rate`` predict the second half
         from the first (:func:`spikedict.analysis.heldout_comparison`). 0 fits every example and scores none.
+    n_simulations : int
+        Data sets simulated from the fit and refitted to check that each template can be recovered at this signal
+        and data size (:func:`spikedict.analysis.template_bootstrap`); their spread is the templates' band in
+        ``templates.csv``. 0 skips the check (count families only).
+    align_to, trial_window :
+        Trials of an NWB file with units and trials tables (see :func:`open_recording`).
     resume : bool
         Continue the interrupted fit whose checkpoint is in ``folder``.
     progress : bool or None
@@ -457,12 +483,13 @@ def fit_recording(
     device_used = str(resolve_device(device))
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    block, label, defaults = open_recording(source)
+    block, label, defaults = open_recording(source, align_to=align_to, trial_window=trial_window)
     settings = _resolve_settings(
         defaults, family, bin_size, n_templates, template_size, group_by, example_duration, n_epochs, pool_size
     )
     parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
-    _write_settings(folder, source, settings, window, overlap, parameters)
+    reading = {"align_to": align_to, "trial_window": trial_window} if align_to or trial_window else None
+    _write_settings(folder, source, settings, window, overlap, parameters, reading)
     if window is not None:
         return _fit_windows(
             block,
@@ -484,8 +511,31 @@ def fit_recording(
     counts, heldout = _heldout_examples(counts, heldout_fraction, echo)
     model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
     warned = warned + _fit_warnings(model, echo)
-    fitted = _Fitted(block, label, counts, heldout, model, settings)
+    bootstrap = _check_templates(model, counts, settings, n_simulations, seed, parameters, echo, timings)
+    fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap)
     return _write_fit(folder, source, fitted, parameters, device_used, echo, timings, started, warned)
+
+
+def _check_templates(
+    model: Any,
+    counts: Any,
+    settings: RecordingDefaults,
+    n_simulations: int,
+    seed: int,
+    parameters: Mapping[str, Any],
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+) -> Any:
+    """The recoverability check of the fitted templates (None when skipped or for Gaussian data)."""
+    from spikedict.analysis import template_bootstrap
+
+    if n_simulations == 0 or settings.family == "gaussian":
+        return None
+    echo(f"checking the templates: {n_simulations} refits of data simulated from the fit")
+    clock = time.perf_counter()
+    bootstrap = template_bootstrap(model, counts, n_simulations, seed=seed, progress=parameters.get("progress"))
+    timings["check"] = time.perf_counter() - clock
+    return bootstrap
 
 
 def _heldout_examples(counts: Any, fraction: float, echo: Callable[[str], None]) -> tuple[Any, Any]:
@@ -642,13 +692,16 @@ def _write_settings(
     window: pq.Quantity | None,
     overlap: pq.Quantity | None,
     parameters: Mapping[str, Any],
+    reading: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``settings.json``: how the recording is read, binned (or streamed in windows) and fitted."""
+    """Write ``settings.json``: how the recording is read (``reading``: options of the reader), binned (or streamed in
+    windows) and fitted."""
     write_text_atomic(
         folder / "settings.json",
         json.dumps(
             {
                 **_recording_settings(source, settings),
+                **(reading or {}),
                 "window": None if window is None else str(window),
                 "overlap": None if overlap is None else str(overlap),
                 **{k: v for k, v in parameters.items() if k != "checkpoint_path"},
@@ -758,6 +811,8 @@ class _Fitted:
         The examples left out of the fit to score it.
     model : SpikeDictionary
     settings : RecordingDefaults
+    bootstrap : TemplateBootstrap or None
+        The recoverability check of the templates.
     """
 
     block: Any
@@ -766,6 +821,7 @@ class _Fitted:
     heldout: Any
     model: Any
     settings: RecordingDefaults
+    bootstrap: Any = None
 
 
 def _write_fit(
@@ -785,9 +841,9 @@ def _write_fit(
     clock = time.perf_counter()
     model, settings = fitted.model, fitted.settings
     seconds = float(settings.bin_size.rescale(pq.s).magnitude)
-    written = _write_model_and_templates(folder, model, fitted.counts.channel_names, seconds)
+    written = _write_model_and_templates(folder, model, fitted.counts.channel_names, seconds, fitted.bootstrap)
     evaluation = _evaluate_fit(fitted, timings)
-    warned = warned + _heldout_warnings(evaluation.summary, echo)
+    warned = warned + _heldout_warnings(evaluation.summary, echo) + _recoverability_warnings(fitted.bootstrap, echo)
     evaluation.summary["data_warnings"] = " | ".join(warned)
     report = _fit_report(folder, fitted, evaluation, written)
     if warned:
@@ -885,6 +941,10 @@ def _evaluate_fit(fitted: _Fitted, timings: dict[str, float]) -> _Evaluation:
     for name, column in HELDOUT_COLUMNS.items():
         found = [] if heldout_table is None else heldout_table.loc[heldout_table["model"] == name, "bits_per_spike"]
         summary[column] = float(found.iloc[0]) if len(found) else float("nan")
+    if fitted.bootstrap is not None:
+        table = fitted.bootstrap.table
+        summary["n_templates_recoverable"] = int(table["recoverable"].sum())
+        summary["mean_predicted_error"] = float(table["median_error"].mean())
     if truth is not None and truth.shape[1:] == (counts.n_channels,) + truth.shape[2:]:
         alignment = align_templates(model.templates_, truth)
         alignment_table = alignment.table
@@ -901,6 +961,23 @@ def _heldout_warnings(summary: Mapping[str, Any], echo: Callable[[str], None]) -
         f"the templates predict held-out spikes no better than a constant rate ({gain:+.3f} bits per spike): they "
         "may be noise at this signal and data size. Try pooling trials into binomial counts (--pool N or "
         "--group-by), a larger bin size, fewer or shorter templates, or a lower --sparsity."
+    )
+    echo(f"warning: {message}")
+    return [message]
+
+
+def _recoverability_warnings(bootstrap: Any, echo: Callable[[str], None]) -> list[str]:
+    """Templates the recoverability check does not recover: say which, and what to try."""
+    if bootstrap is None:
+        return []
+    lost = bootstrap.table.loc[~bootstrap.table["recoverable"]]
+    if lost.empty:
+        return []
+    errors = ", ".join(f"{int(row.template)} ({row.median_error:.2f})" for row in lost.itertuples())
+    message = (
+        f"template(s) {errors} are not recoverable at this signal and data size: refits of data simulated from this "
+        "fit return them with a median error above 0.3 (in brackets), so the fitted shapes may be mostly noise. "
+        "Try pooling trials (--pool N or --group-by), more data, or fewer templates."
     )
     echo(f"warning: {message}")
     return [message]
@@ -950,6 +1027,17 @@ def _fit_report(folder: Path, fitted: _Fitted, evaluation: _Evaluation, written:
             "examples' spikes from the other half better than the one before (split-half gain: bits per spike over "
             "a constant rate); the best was kept. The held-out examples play no part in the choice.",
         )
+    if fitted.bootstrap is not None:
+        report.add_table(
+            "recoverability",
+            fitted.bootstrap.table,
+            "Can these templates be trusted?",
+            f"{len(fitted.bootstrap.errors)} data sets were simulated from the fit (the recording's shape and trials, "
+            "the fitted baseline, each template's fitted event rate and amplitudes) and refitted with the same "
+            "settings. median_error and q90_error are the refits' errors against each fitted template "
+            "(sqrt(1 - cos^2), 0 is a perfect match, 1 none); a template above 0.3 is not recoverable at this "
+            "signal and data size. The spread of the refits is the band in templates.csv (lower, upper).",
+        )
     if evaluation.alignment_table is not None:
         report.add_table(
             "template_errors",
@@ -980,10 +1068,16 @@ def _run_fit(model: Any, data: Any, resume: bool, timings: dict[str, float]) -> 
     return model
 
 
-def _write_model_and_templates(folder: Path, model: Any, channel_names: list[str], seconds: float) -> list[Path]:
-    """``model.safetensors``, ``templates.npz`` and ``templates.csv`` (one row per template, channel and bin)."""
+def _write_model_and_templates(
+    folder: Path, model: Any, channel_names: list[str], seconds: float, bootstrap: Any = None
+) -> list[Path]:
+    """``model.safetensors``, ``templates.npz`` and ``templates.csv`` (one row per template, channel and bin, with the
+    band of the recoverability check's refits when it ran)."""
     model.save(folder / "model.safetensors")
     templates = model.templates_
+    missing = np.full(templates.shape, np.nan)
+    lower = missing if bootstrap is None else bootstrap.lower
+    upper = missing if bootstrap is None else bootstrap.upper
     rows = [
         {
             "template": k,
@@ -992,6 +1086,8 @@ def _write_model_and_templates(folder: Path, model: Any, channel_names: list[str
             "bin": t,
             "time_s": t * seconds,
             "value": float(templates[k, c, t]),
+            "lower": float(lower[k, c, t]),
+            "upper": float(upper[k, c, t]),
         }
         for k in range(templates.shape[0])
         for c in range(templates.shape[1])
@@ -1003,6 +1099,8 @@ def _write_model_and_templates(folder: Path, model: Any, channel_names: list[str
             templates=templates,
             initial_templates=model.initial_templates_,
             baseline=model.baseline_,
+            lower=lower,
+            upper=upper,
             bin_size_s=np.float64(seconds),
             channel_names=np.asarray(channel_names),
         )

@@ -143,7 +143,17 @@ def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
     templates = pd.read_csv(out / "templates.csv")
-    assert list(templates.columns) == ["template", "channel", "channel_name", "bin", "time_s", "value"]
+    assert list(templates.columns) == [
+        "template",
+        "channel",
+        "channel_name",
+        "bin",
+        "time_s",
+        "value",
+        "lower",
+        "upper",
+    ]
+    assert (templates["lower"] <= templates["upper"]).all()  # the band of the recoverability check
     assert len(templates) == 3 * 1 * 20
     arrays = np.load(out / "templates.npz")
     assert arrays["templates"].shape == (3, 1, 20) and float(arrays["bin_size_s"]) == pytest.approx(0.001)
@@ -300,3 +310,25 @@ def test_simulate_takes_the_amplitude_range(capsys):
     assert len(amplitudes) and amplitudes.min() >= 3 and amplitudes.max() <= 5
     assert main([*command, "--amplitude-range", "5", "3", "--overwrite"]) == 2
     assert "LOW 5 is above HIGH 3" in _error_line(capsys)
+
+
+def test_fit_checks_its_templates_unless_asked_not_to_and_pools_groups_of_trials(capsys):
+    command = ["fit", "motoneurone", "--pool", "50", "--n-templates", "2", *TINY_FIT]
+    assert main([*command, "--out", "checked"]) == 0
+    printed = capsys.readouterr().err
+    assert "in groups of 50 consecutive trials" in printed and "checking the templates: 5 refits" in printed
+    summary = pd.read_csv("checked/summary.csv")
+    assert summary.loc[0, "family"] == "binomial" and summary.loc[0, "n_examples"] + summary.loc[
+        0, "n_heldout_examples"
+    ] == int(np.ceil(469 / 50))
+    check = pd.read_csv("checked/recoverability.csv")
+    assert (
+        check["template"].tolist() == [0, 1] and summary.loc[0, "n_templates_recoverable"] == check["recoverable"].sum()
+    )
+    assert "Can these templates be trusted?" in Path("checked/report.html").read_text()
+    assert Path("checked/heldout.csv").exists() and Path("checked/sparsity_path.csv").exists()
+    assert main([*command, "--out", "unchecked", "--no-check", "--pool", "0", "--family", "poisson"]) == 0
+    summary = pd.read_csv("unchecked/summary.csv")
+    assert not Path("unchecked/recoverability.csv").exists() and "n_templates_recoverable" not in summary.columns
+    assert summary.loc[0, "family"] == "poisson" and summary.loc[0, "n_examples"] == 469 - 94
+    assert pd.read_csv("unchecked/templates.csv")["lower"].isna().all()

@@ -174,3 +174,14 @@ def test_pooling_groups_of_consecutive_trials():
             bin_spiketrains(block, 1 * pq.ms, pool_size=bad)
     with pytest.raises(ValueError, match="need pool_trials=True"):
         bin_spiketrains(block, 1 * pq.ms, pool_size=4, pool_trials=False)
+
+
+def test_a_silent_channel_keeps_the_rate_of_half_a_spike():
+    """A channel without a spike in the training data would be driven to a rate of 0 (a held-out spike there then
+    costs an unbounded loss); its baseline stops at half a spike over the training bins."""
+    counts = np.random.default_rng(0).poisson(0.3, size=(6, 2, 200))
+    counts[:, 1] = 0
+    model = SpikeDictionary(1, 10, "poisson", solver=Alternating(n_epochs=2), seed=0, progress=False).fit(counts)
+    assert model.baseline_[1] == pytest.approx(math.log(0.5 / (6 * 200)), abs=1e-5)
+    assert model.baseline_[0] > math.log(0.2)  # an active channel is not touched
+

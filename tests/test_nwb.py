@@ -402,3 +402,26 @@ def test_fit_a_session_from_the_field_pooled_by_a_condition(tmp_path, rng, monke
     assert "6 trials in bins of 1.0 ms, pooling trials by 'direction'" in capsys.readouterr().err
     summary = pd.read_csv(tmp_path / "fitted" / "summary.csv")
     assert summary.loc[0, "family"] == "binomial" and summary.loc[0, "n_examples"] == 2
+
+
+def test_fit_a_session_aligned_to_its_go_cue_from_the_command_line(tmp_path, rng, monkeypatch, capsys):
+    from spikedict.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    written = write_session(tmp_path / "session.nwb", rng)
+    command = ["fit", "session.nwb", "--out", "fitted", "--align-to", "go_cue_time", "--trial-window", "-400ms", "1s"]
+    assert main([*command, "--bin-size", "2ms", "--template-size", "20", "--no-check", *TINY_FIT]) == 0
+    summary = pd.read_csv(tmp_path / "fitted" / "summary.csv")
+    assert summary.loc[0, ["n_examples", "n_heldout_examples", "n_bins"]].tolist() == [5, 1, 700]
+    settings = (tmp_path / "fitted" / "settings.json").read_text()
+    assert "go_cue_time" in settings
+    first = written["spikes"][0]
+    go = written["go_cues"][0]
+    expected = int(np.sum((first >= go - 0.4) & (first < go + 1.0)))
+    from spikedict.io import bin_spiketrains, read_nwb
+
+    block = read_nwb(tmp_path / "session.nwb", align_to="go_cue_time", window=(-0.4 * pq.s, 1.0 * pq.s))
+    assert int(bin_spiketrains(block, 2 * pq.ms).counts[0, 0].sum()) == expected
+    capsys.readouterr()
+    assert main(["fit", "locust", "--out", "other", "--align-to", "go_cue_time", *TINY_FIT]) == 1
+    assert "not one. Leave them out for other recordings" in capsys.readouterr().err

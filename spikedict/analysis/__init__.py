@@ -30,6 +30,7 @@ from spikedict.analysis.metrics import (
     log_likelihood_per_bin,
     pseudo_r2,
 )
+from spikedict.analysis.recoverability import TemplateBootstrap, recoverability, template_bootstrap
 from spikedict.analysis.selection import ModelSelection, select_model
 from spikedict.analysis.sequences import sequence_order
 
@@ -37,6 +38,7 @@ __all__ = [
     "Alignment",
     "AnalysisData",
     "ModelSelection",
+    "TemplateBootstrap",
     "align_templates",
     "as_analysis_data",
     "bits_per_spike",
@@ -52,12 +54,14 @@ __all__ = [
     "heldout_split",
     "log_likelihood_per_bin",
     "pseudo_r2",
+    "recoverability",
     "select_model",
     "sequence_order",
     "smoothed_rates",
     "split_half_gain",
     "split_spikes",
     "split_trials",
+    "template_bootstrap",
     "template_error",
     "time_blocks",
 ]

@@ -360,17 +360,21 @@ class FitResult:
         One row: data shape, family, log-likelihoods, fit time.
     alignment : pandas.DataFrame or None
         Template errors against the ground truth, when the recording carries it (simulated data).
-    folder : Path
+    folder : Path or None
+        Where it was written (None: nothing was written).
     heldout : pandas.DataFrame or None
         The held-out comparison of rate models (see ``heldout_fraction`` of :func:`fit_recording`).
+    bootstrap : TemplateBootstrap or None
+        The recoverability check of the templates (see ``n_simulations``).
     """
 
     model: Any
     counts: Any
     summary: pd.DataFrame
     alignment: pd.DataFrame | None
-    folder: Path
+    folder: Path | None
     heldout: pd.DataFrame | None = None
+    bootstrap: Any = None
 
 
 def _ground_truth(block: Any) -> np.ndarray | None:
@@ -390,7 +394,7 @@ def _noop(message: str) -> None:
 
 def fit_recording(
     source: str | Path,
-    folder: str | Path,
+    folder: str | Path | None,
     *,
     family: str | None = None,
     bin_size: pq.Quantity | None = None,
@@ -423,8 +427,9 @@ def fit_recording(
     ----------
     source : str or path
         A Neo-readable file or a shipped data set name.
-    folder : path
-        Output folder, already prepared (see :func:`spikedict.report.prepare_output_directory`).
+    folder : path or None
+        Output folder, already prepared (see :func:`spikedict.report.prepare_output_directory`); None fits and
+        evaluates the recording the same way and writes nothing (not with ``window`` or ``resume``).
     family : {"binomial", "poisson", "gaussian"}, optional
     bin_size : quantities.Quantity, optional
     n_templates : int, optional
@@ -478,8 +483,10 @@ def fit_recording(
     """
     from spikedict.training import resolve_device
 
-    folder = Path(folder)
-    checkpoint = _checkpoint(folder, checkpoint_path, resume)
+    if folder is None and (window is not None or resume):
+        raise ValueError("a streamed fit (window) and resume write into a folder; give folder.")
+    folder = None if folder is None else Path(folder)
+    checkpoint = None if folder is None else _checkpoint(folder, checkpoint_path, resume)
     device_used = str(resolve_device(device))
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -489,8 +496,9 @@ def fit_recording(
     )
     parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
     reading = {"align_to": align_to, "trial_window": trial_window} if align_to or trial_window else None
-    _write_settings(folder, source, settings, window, overlap, parameters, reading)
-    if window is not None:
+    if folder is not None:
+        _write_settings(folder, source, settings, window, overlap, parameters, reading)
+    if window is not None and folder is not None:
         return _fit_windows(
             block,
             label,
@@ -513,6 +521,12 @@ def fit_recording(
     warned = warned + _fit_warnings(model, echo)
     bootstrap = _check_templates(model, counts, settings, n_simulations, seed, parameters, echo, timings)
     fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap)
+    if folder is None:  # the same fit and its evaluation, nothing written
+        evaluation = _evaluate_fit(fitted, timings)
+        warned = warned + _heldout_warnings(evaluation.summary, echo) + _recoverability_warnings(bootstrap, echo)
+        evaluation.summary["data_warnings"] = " | ".join(warned)
+        summary = pd.DataFrame([evaluation.summary])
+        return FitResult(model, counts, summary, evaluation.alignment_table, None, evaluation.heldout_table, bootstrap)
     return _write_fit(folder, source, fitted, parameters, device_used, echo, timings, started, warned)
 
 
@@ -659,7 +673,7 @@ def _estimator_parameters(
         seed=seed,
         device=device,
         progress=progress,
-        checkpoint_path=str(checkpoint),
+        checkpoint_path=None if checkpoint is None else str(checkpoint),
     )
     parameters.update(settings.estimator_params)
     parameters.update(estimator_params or {})
@@ -856,7 +870,9 @@ def _write_fit(
     )
     _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
     summary = pd.DataFrame([evaluation.summary])
-    return FitResult(model, fitted.counts, summary, evaluation.alignment_table, folder, evaluation.heldout_table)
+    return FitResult(
+        model, fitted.counts, summary, evaluation.alignment_table, folder, evaluation.heldout_table, fitted.bootstrap
+    )
 
 
 @dataclass

@@ -95,6 +95,7 @@ def test_a_model_of_clear_events_predicts_held_out_spikes_and_is_left_unchanged(
     assert gains["constant rate"] == 0.0
     assert gains["spikedict"] > 0.1 and gains["spikedict"] > gains["instantaneous_rate"] > gains["PSTH"]
     assert table["setting"].iloc[-1].startswith("Gaussian kernel, sigma")
+    assert "mixed with the constant rate, weight" in table["setting"].iloc[2]  # the PSTH's floor
     assert np.array_equal(model.baseline_, baseline) and np.allclose(model.predict_rate(heldout), rates)
     assert split_half_gain(model, train) > 0.1
 

@@ -12,6 +12,10 @@ and is scored on the second:
 * elephant's ``instantaneous_rate`` of the first half, a Gaussian kernel whose width is chosen on the training
   examples (the width that best predicts their second halves from their first).
 
+A PSTH or a smoothed rate estimated from few spikes is near 0 in places, where a single held-out spike costs a
+large loss; each is mixed with the constant rate, with the weight (0 among the choices, :data:`MIXING_WEIGHTS`)
+that predicts best on the training examples.
+
 The gain over the constant rate, in bits per spike of the second half, is what :func:`heldout_comparison`
 reports and what ``spikedict fit`` writes as ``heldout_bits_per_spike``.
 """
@@ -37,6 +41,10 @@ __all__ = ["bits_per_spike", "heldout_comparison", "smoothed_rates", "split_half
 
 #: Gaussian kernel widths tried by the smoothing model, in bins.
 DEFAULT_WIDTHS_IN_BINS = (1, 2, 4, 8, 16, 32)
+#: Weights of the constant rate mixed into the PSTH and the smoothed rate, chosen on the training examples: a rate
+#: estimated from few spikes is near 0 in places, where one spike costs a large loss; mixing in the constant is
+#: the simplest floor, and its weight 0 is among the choices.
+MIXING_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 CONSTANT = "constant rate"
 MODEL = "spikedict"
 PSTH = "PSTH"
@@ -177,13 +185,36 @@ def _model_rates(model: Any, first: AnalysisData, second: AnalysisData, exposure
 
 
 def _psth(train: AnalysisData, second: AnalysisData, family: Family, exposure: float) -> np.ndarray:
-    """The training examples' mean spikes per trial in every bin, scaled to ``second``; a bin without any training
-    spike gets half a spike's worth (so that one held-out spike there is not charged an infinite loss)."""
+    """The training examples' mean spikes per trial in every bin, scaled to ``second``."""
     trials = _per_trial(train, family)
-    total_trials = float(trials.sum())
-    per_trial = train.counts.sum(axis=0) / total_trials
-    per_trial = np.maximum(per_trial, 0.5 / total_trials)
+    per_trial = train.counts.sum(axis=0) / float(trials.sum())
     return per_trial[None] * _per_trial(second, family) * exposure
+
+
+def _mixed(rates: np.ndarray, constant: np.ndarray, weight: float) -> np.ndarray:
+    return (1.0 - weight) * rates + weight * constant
+
+
+def _best_weight(data: AnalysisData, rates: np.ndarray, constant: np.ndarray, family: Family) -> tuple[float, float]:
+    """The mixing weight (and its log-likelihood per bin) that best predicts ``data`` from ``rates``."""
+    scores = [log_likelihood_per_bin(data, _mixed(rates, constant, w), family) for w in MIXING_WEIGHTS]
+    best = int(np.argmax(scores))
+    return MIXING_WEIGHTS[best], scores[best]
+
+
+def _psth_weight(train: AnalysisData, family: Family) -> float:
+    """The PSTH's mixing weight: the PSTH of the even training examples predicting the odd ones, and back."""
+    if train.n_examples < 2:
+        return 0.0
+    halves = [train.subset(np.arange(start, train.n_examples, 2)) for start in (0, 1)]
+    scores = np.zeros(len(MIXING_WEIGHTS))
+    for fitted_on, scored in (halves, halves[::-1]):
+        psth = _psth(fitted_on, scored, family, 1.0)
+        constant = constant_rates(scored, _scored(scored, family), fitted_on=fitted_on)
+        scores += [
+            log_likelihood_per_bin(scored, _mixed(psth, constant, w), _scored(scored, family)) for w in MIXING_WEIGHTS
+        ]
+    return MIXING_WEIGHTS[int(np.argmax(scores))]
 
 
 def smoothed_rates(counts: np.ndarray, bin_size: pq.Quantity, width: pq.Quantity) -> np.ndarray:
@@ -232,15 +263,19 @@ def smoothed_rates(counts: np.ndarray, bin_size: pq.Quantity, width: pq.Quantity
 
 def _smoothing_width(
     train: AnalysisData, family: Family, bin_size: pq.Quantity, widths: Sequence[pq.Quantity], seed: int
-) -> pq.Quantity:
-    """The kernel width whose smoothing of the training examples' first halves best predicts their second."""
-    first, second, _ = split_spikes(train, family, seed=seed + 1)
+) -> tuple[pq.Quantity, float]:
+    """The kernel width and mixing weight whose smoothing of the training examples' first halves best predicts
+    their second."""
+    first, second, exposure = split_spikes(train, family, seed=seed + 1)
     scale = _per_trial(second, family) / _per_trial(first, family)
-    scores = [
-        log_likelihood_per_bin(second, smoothed_rates(first.counts, bin_size, width) * scale, _scored(second, family))
+    scored = _scored(second, family)
+    constant = constant_rates(second, scored, fitted_on=train) * exposure
+    choices = [
+        (width, *_best_weight(second, smoothed_rates(first.counts, bin_size, width) * scale, constant, scored))
         for width in widths
     ]
-    return widths[int(np.argmax(scores))]
+    width, weight, _ = max(choices, key=lambda choice: choice[2])
+    return width, weight
 
 
 def _scored(data: AnalysisData, family: Family) -> Family:
@@ -315,13 +350,19 @@ def heldout_comparison(
         CONSTANT: ("", constant),
     }
     if psth:
-        rates[PSTH] = ("", _psth(train, second, family, exposure))
+        weight = _psth_weight(train, family)
+        rates[PSTH] = (
+            f"mixed with the constant rate, weight {weight:g}",
+            _mixed(_psth(train, second, family, exposure), constant, weight),
+        )
     if bin_size is not None:
         widths = [w * bin_size for w in DEFAULT_WIDTHS_IN_BINS] if widths is None else list(widths)
-        width = _smoothing_width(train, family, bin_size, widths, seed)
+        width, weight = _smoothing_width(train, family, bin_size, widths, seed)
         scale = _per_trial(second, family) / _per_trial(first, family)
-        smoothed = smoothed_rates(first.counts, bin_size, width) * scale
-        rates[SMOOTHING] = (f"Gaussian kernel, sigma {float(width.rescale(pq.ms).magnitude):g} ms", smoothed)
+        smoothed = _mixed(smoothed_rates(first.counts, bin_size, width) * scale, constant, weight)
+        sigma = float(width.rescale(pq.ms).magnitude)
+        setting = f"Gaussian kernel, sigma {sigma:g} ms; mixed with the constant rate, weight {weight:g}"
+        rates[SMOOTHING] = (setting, smoothed)
     rows = [
         {
             "model": name,

@@ -367,11 +367,11 @@ def _in_bins(value: Any, seconds: float | None, name: str) -> float:
     return value / seconds if seconds is not None else value
 
 
-def _window_bins(window: Any, n_bins: int, seconds: float | None) -> tuple[int, int]:
+def _window_bins(window: Any, n_bins: int, seconds: float | None, origin: float = 0.0) -> tuple[int, int]:
     """``window = (start, stop)`` (seconds with ``bin_size``, else bins) as bins ``[first, last)`` of ``n_bins``.
 
-    None: from the start, at most :data:`DEFAULT_WINDOW_BINS` bins or :data:`DEFAULT_WINDOW_SECONDS`, whichever
-    is shorter.
+    Bin 0 starts at time ``origin`` (in the window's unit). None: from the start, at most
+    :data:`DEFAULT_WINDOW_BINS` bins or :data:`DEFAULT_WINDOW_SECONDS`, whichever is shorter.
     """
     if window is None:
         longest = DEFAULT_WINDOW_BINS
@@ -380,25 +380,28 @@ def _window_bins(window: Any, n_bins: int, seconds: float | None) -> tuple[int, 
         return 0, min(n_bins, longest)
     if np.ndim(window) != 1 or len(window) != 2:
         raise ValueError(f"window must be (start, stop), got {window!r}.")
-    start, stop = (_in_bins(value, seconds, "window") for value in window)
+    offset = origin / seconds if seconds is not None else origin
+    start, stop = (_in_bins(value, seconds, "window") - offset for value in window)
     first = max(0, int(np.floor(start + 1e-9)))
     last = min(n_bins, int(np.ceil(stop - 1e-9)))
     if last <= first:
         unit = "s" if seconds is not None else "bins"
+        end = origin + n_bins * (seconds or 1)
         raise ValueError(
-            f"window={window!r} ({unit}) holds no bin of the data (0 to {n_bins * (seconds or 1):g} {unit}); "
+            f"window={window!r} ({unit}) holds no bin of the data ({origin:g} to {end:g} {unit}); "
             "pass (start, stop) with start < stop inside the data."
         )
     return first, last
 
 
-def _window_note(first: int, last: int, n_bins: int, seconds: float | None) -> str:
+def _window_note(first: int, last: int, n_bins: int, seconds: float | None, origin: float = 0.0) -> str:
     """``""`` when the window is the whole data, else which part of it is shown (for an axis label)."""
     if first == 0 and last >= n_bins:
         return ""
     if seconds is None:
         return f", bins {first} to {last} of {n_bins} shown"
-    return f", {first * seconds:.4g} to {last * seconds:.4g} s of {n_bins * seconds:.4g} s shown"
+    start, stop, end = (origin + bins * seconds for bins in (first, last, n_bins))
+    return f", {start:.4g} to {stop:.4g} s of {origin:.4g} to {end:.4g} s shown"
 
 
 def _legend_outside(axis: Any, handles: list[Any] | None = None) -> Any:
@@ -443,6 +446,7 @@ def plot_raster(
     bin_size: Any = None,
     window: Any = None,
     max_trials: int = MAX_RASTER_TRIALS,
+    t_start: Any = None,
     ax: Any = None,
 ) -> Any:
     """A raster of trials above the pooled spikes and the fitted (and true) rate, in a readable window.
@@ -465,11 +469,16 @@ def plot_raster(
         number of trials, and by ``bin_size`` for spikes / s).
     bin_size : float or quantity, optional
     window : (start, stop), optional
-        Part of the data to draw: seconds when ``bin_size`` is given (or quantities), else bins. Default: from
-        the start, the shorter of :data:`DEFAULT_WINDOW_SECONDS` and :data:`DEFAULT_WINDOW_BINS` bins.
+        Part of the data to draw, in the time of the x axis: seconds when ``bin_size`` is given (or quantities),
+        else bins. Default: from the start, the shorter of :data:`DEFAULT_WINDOW_SECONDS` and
+        :data:`DEFAULT_WINDOW_BINS` bins.
     max_trials : int
         Most trials drawn in the raster (the first ones); the y label counts the others, which still enter the
         pooled rate.
+    t_start : float or quantity, optional
+        Time of the start of bin 0 (seconds with ``bin_size``, else bins), e.g. ``SpikeCounts.t_start`` or the
+        stimulus-relative start of a trial. Default: the first spike train's ``t_start`` (Neo), else 0. Each Neo
+        spike train is placed relative to its own ``t_start`` (the start of its bin 0).
     ax : Axes or pair of Axes, optional
         For a raster: the (raster, rate) Axes, or one Axes of a grid that is split in two. For pooled counts:
         one Axes.
@@ -501,18 +510,26 @@ def plot_raster(
     step = seconds if seconds is not None else 1.0
     time_label = "Time (s)" if seconds is not None else "Time (bins)"
     is_array = isinstance(trials, np.ndarray) or (hasattr(trials, "shape") and not hasattr(trials, "rescale"))
+    origin = 0.0
+    if t_start is not None:
+        origin = _in_bins(t_start, seconds, "t_start") * step
+    elif not is_array:
+        starts = [train.t_start for train in trials if hasattr(train, "t_start") and hasattr(train, "rescale")]
+        origin = float(starts[0].rescale("s").magnitude) if starts else 0.0
     if is_array and np.ndim(trials) == 1:
         counts = np.asarray(trials, dtype=np.float64)
         n_bins = max([counts.size] + [values.size for _, values in rate_lines])
-        first, last = _window_bins(window, n_bins, seconds)
+        first, last = _window_bins(window, n_bins, seconds, origin)
         if ax is None:
             _, ax = plt.subplots(figsize=(8, 3), layout="constrained")
-        x = np.arange(n_bins) * step
-        ax.step(x[first:last], counts[first:last], where="mid", color=DATA_COLOR, linewidth=1.0, label="counts")
+        x = origin + np.arange(n_bins) * step
+        # a light histogram behind the rates (binary counts would otherwise be a comb of dark lines)
+        ax.fill_between(x[first:last], counts[first:last], step="mid", color="0.88", linewidth=0, label="_counts")
+        ax.step(x[first:last], counts[first:last], where="mid", color="0.7", linewidth=0.5, label="counts")
         for name, values in rate_lines:
             ax.plot(x[first : min(last, values.size)], values[first:last], label=name, **styles[name])
-        ax.set_xlim(first * step, last * step)
-        ax.set_xlabel(time_label + _window_note(first, last, n_bins, seconds))
+        ax.set_xlim(origin + first * step, origin + last * step)
+        ax.set_xlabel(time_label + _window_note(first, last, n_bins, seconds, origin))
         ax.set_ylabel("Count (trials with a spike per bin)")
         _legend_outside(ax)
         return ax
@@ -524,45 +541,48 @@ def plot_raster(
                 f"shape (n_bins,); got shape {spikes.shape}."
             )
         n_bins = max([spikes.shape[1]] + [values.size for _, values in rate_lines])
-        first, last = _window_bins(window, n_bins, seconds)
-        x = np.arange(n_bins) * step
+        first, last = _window_bins(window, n_bins, seconds, origin)
+        x = origin + np.arange(n_bins) * step
         positions = [x[first + np.flatnonzero(row[first:last] > 0)] for row in spikes]
         pooled = np.asarray(spikes[:, first:last], dtype=np.float64).sum(axis=0)
     else:
-        times = []
+        times = []  # in bins from the start of bin 0
         duration = 0.0
         for train in trials:
+            shift = origin
             if hasattr(train, "rescale"):
                 if seconds is None:
                     raise ValueError("spike trains with units need bin_size (e.g. 1 * pq.ms) to place the rates.")
+                if hasattr(train, "t_start"):
+                    shift = float(train.t_start.rescale("s").magnitude)
                 if hasattr(train, "t_stop"):
-                    duration = max(duration, float(train.t_stop.rescale("s").magnitude))
+                    duration = max(duration, float(train.t_stop.rescale("s").magnitude) - shift)
                 train = train.rescale("s").magnitude
-            times.append(np.asarray(train, dtype=np.float64).reshape(-1))
+            times.append((np.asarray(train, dtype=np.float64).reshape(-1) - shift) / step)
         latest = max((float(t.max()) for t in times if t.size), default=0.0)
         n_bins = max(
-            [int(np.ceil(max(duration, latest) / step - 1e-9)), int(np.floor(latest / step)) + 1]
+            [int(np.ceil(duration / step - 1e-9)), int(np.floor(latest + 1e-9)) + 1]
             + [values.size for _, values in rate_lines]
         )
-        first, last = _window_bins(window, n_bins, seconds)
-        start, stop = first * step, last * step
-        positions = [t[(t >= start) & (t < stop)] for t in times]
-        spike_bins = np.floor(np.concatenate(positions) / step + 1e-9).astype(np.int64) if positions else []
-        pooled = np.bincount(np.asarray(spike_bins, dtype=np.int64) - first, minlength=last - first)[: last - first]
+        first, last = _window_bins(window, n_bins, seconds, origin)
+        kept = [t[(t >= first - 1e-9) & (t < last - 1e-9)] for t in times]
+        positions = [origin + t * step for t in kept]
+        spike_bins = np.floor(np.concatenate(kept) + 1e-9).astype(np.int64) if kept else np.zeros(0, np.int64)
+        pooled = np.bincount(spike_bins - first, minlength=last - first)[: last - first]
     n_trials = len(positions)
     if n_trials == 0:
         raise ValueError("trials holds no trials; pass at least one trial.")
     raster_axis, rate_axis = _two_rows(ax, height_ratios=(1.3, 1.0), figsize=(8, 4.5))
     drawn = positions[:max_trials]
     n_drawn = len(drawn)
-    ticks = 1.0 if n_drawn <= 20 else 0.6
+    ticks = 1.0 if n_drawn <= 20 else 0.8
     raster_axis.eventplot(drawn, colors=TRUE_COLOR, linelengths=0.8, linewidths=ticks)
     raster_axis.set_ylabel("Trial" if n_drawn == n_trials else f"Trial (first {n_drawn} of {n_trials})")
     raster_axis.set_ylim(-0.5, n_drawn - 0.5)
     raster_axis.spines["bottom"].set_visible(False)
     raster_axis.tick_params(axis="x", bottom=False, labelbottom=False)
     scale, ylabel = _rate_scale(n_trials, bin_size)
-    x = np.arange(n_bins) * step
+    x = origin + np.arange(n_bins) * step
     observed = pooled * scale
     rate_axis.fill_between(x[first:last], observed, step="post", color="0.9", linewidth=0, label="_observed")
     rate_axis.step(
@@ -572,8 +592,8 @@ def plot_raster(
         rate_axis.plot(x[first : min(last, values.size)], values[first:last] * scale, label=name, **styles[name])
     rate_axis.set_ylabel(ylabel)
     rate_axis.set_ylim(bottom=0)
-    rate_axis.set_xlim(first * step, last * step)
-    rate_axis.set_xlabel(time_label + _window_note(first, last, n_bins, seconds))
+    rate_axis.set_xlim(origin + first * step, origin + last * step)
+    rate_axis.set_xlabel(time_label + _window_note(first, last, n_bins, seconds, origin))
     _legend_outside(rate_axis)
     raster_axis.figure.align_ylabels([raster_axis, rate_axis])
     return raster_axis

@@ -339,7 +339,7 @@ def test_raster_default_window_is_short_and_said_in_the_label():
     rate_axis = ax.figure.axes[-1]
     # 2 s (400 bins) is shorter than 500 bins; 50 of the 60 trials are drawn, all 60 are pooled
     assert rate_axis.get_xlim() == pytest.approx((0.0, 2.0))
-    assert rate_axis.get_xlabel() == "Time (s), 0 to 2 s of 5 s shown"
+    assert rate_axis.get_xlabel() == "Time (s), 0 to 2 s of 0 to 5 s shown"
     assert len(ax.collections) == 50 and ax.get_ylabel() == "Trial (first 50 of 60)"
     for k, collection in enumerate(ax.collections):
         np.testing.assert_allclose(collection.get_positions(), np.flatnonzero(trials[k, :400]) * 0.005)
@@ -371,6 +371,30 @@ def test_raster_window_in_seconds_in_bins_and_on_given_axes():
     pooled = plotting.plot_raster(trials.sum(axis=0), window=(10, 20))
     np.testing.assert_allclose(pooled.lines[0].get_ydata(), trials.sum(axis=0)[10:20])
     assert legend_is_right_of(pooled.get_legend(), pooled)
+
+
+def test_raster_of_neo_trials_that_start_before_the_stimulus():
+    import neo
+
+    trains = [
+        neo.SpikeTrain([-200.0, 18.5, 30.0], units="ms", t_start=-250.0 * pq.ms, t_stop=250.0 * pq.ms),
+        neo.SpikeTrain([-249.0, 20.0], units="ms", t_start=-250.0 * pq.ms, t_stop=250.0 * pq.ms),
+    ]
+    rates = np.zeros(250)
+    rates[134] = 2.0  # the bin of 18 to 20 ms
+    ax = plotting.plot_raster(trains, rates, bin_size=2 * pq.ms)
+    rate_axis = ax.figure.axes[-1]
+    np.testing.assert_allclose(ax.collections[0].get_positions(), [-0.2, 0.0185, 0.03])
+    np.testing.assert_allclose(rate_axis.get_xlim(), (-0.25, 0.25))
+    assert rate_axis.get_xlabel() == "Time (s)"
+    observed, predicted = rate_axis.lines
+    np.testing.assert_allclose(predicted.get_xdata()[[0, 134]], [-0.25, 0.018])
+    expected = np.zeros(250)
+    expected[[25, 134, 140, 0, 135]] = 1.0  # -200, 18.5, 30, -249, 20 ms
+    np.testing.assert_allclose(observed.get_ydata(), expected / (2 * 0.002))
+    window = plotting.plot_raster(trains, rates, bin_size=2 * pq.ms, window=(0.0 * pq.ms, 50.0 * pq.ms))
+    np.testing.assert_allclose(window.collections[0].get_positions(), [0.0185, 0.03])
+    assert window.figure.axes[-1].get_xlabel() == "Time (s), 0 to 0.05 s of -0.25 to 0.25 s shown"
 
 
 def aligned_problem():

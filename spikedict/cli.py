@@ -95,6 +95,35 @@ class BinsOrDuration(click.ParamType):
             self.fail(f"{text!r} is neither a number of bins (e.g. 50) nor a duration (e.g. 50ms).", param, ctx)
 
 
+class CountOrAuto(click.ParamType):
+    """A whole number >= 1, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:
+            self.fail(f"{value!r} is neither a whole number >= 1 nor 'auto'.", param, ctx)
+        return int(text)
+
+
+class ListOf(click.ParamType):
+    """One value of ``item``, or several separated by commas (a list)."""
+
+    def __init__(self, item: click.ParamType) -> None:
+        self.item = item
+        self.name = f"{item.name}[,...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if not isinstance(value, str) or "," not in value:
+            return self.item.convert(value, param, ctx)
+        return [self.item.convert(part, param, ctx) for part in value.split(",") if part.strip()]
+
+
 DURATION = Duration()
 TIME = Duration(signed=True)
 BINS_OR_DURATION = BinsOrDuration()
@@ -244,12 +273,19 @@ def demo(
     default=None,
     help="Bin width with its unit, e.g. 5ms or '0.005 s' (default: the file's suggestion, else 5 ms).",
 )
-@click.option("--n-templates", type=click.IntRange(min=1), default=None, help="Number of templates (default 3).")
+@click.option(
+    "--n-templates",
+    type=CountOrAuto(),
+    default=None,
+    help="Number of templates (default 3), or 'auto': chosen from 1 to 5 by how well each fit predicts held-out "
+    "spikes (3-fold, on the training examples).",
+)
 @click.option(
     "--template-size",
-    type=BINS_OR_DURATION,
+    type=ListOf(BINS_OR_DURATION),
     default=None,
-    help="Template length in bins (50) or as a duration (50ms) (default 50 bins).",
+    help="Template length in bins (50) or as a duration (50ms) (default 50 bins); several, comma-separated "
+    "(25,50 or 50ms,100ms), are compared as --n-templates auto compares numbers.",
 )
 @click.option(
     "--group-by",
@@ -349,7 +385,7 @@ def fit(
     recording: str,
     family: str | None,
     bin_size: Any,
-    n_templates: int | None,
+    n_templates: int | str | None,
     template_size: Any,
     group_by: str | None,
     pool_size: int | None,
@@ -384,6 +420,7 @@ def fit(
     Examples:
       spikedict fit locust
       spikedict fit paper-binomial --out paper-fit --n-epochs 50
+      spikedict fit motoneurone --pool 20 --n-templates auto --template-size 25,50
       spikedict fit study.mat --family binomial --group-by example --bin-size 1ms --template-size 50
       spikedict fit session.nix --family poisson --bin-size "5 ms" --example-duration 1s --out session-fit
       spikedict fit session.nix --out session-fit --resume

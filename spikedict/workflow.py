@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -398,8 +398,8 @@ def fit_recording(
     *,
     family: str | None = None,
     bin_size: pq.Quantity | None = None,
-    n_templates: int | None = None,
-    template_size: int | pq.Quantity | None = None,
+    n_templates: int | str | Sequence[int] | None = None,
+    template_size: int | pq.Quantity | Sequence[int | pq.Quantity] | None = None,
     group_by: str | None = None,
     example_duration: pq.Quantity | None = None,
     n_epochs: int | None = None,
@@ -432,9 +432,12 @@ def fit_recording(
         evaluates the recording the same way and writes nothing (not with ``window`` or ``resume``).
     family : {"binomial", "poisson", "gaussian"}, optional
     bin_size : quantities.Quantity, optional
-    n_templates : int, optional
-    template_size : int or quantities.Quantity, optional
-        Bins, or a duration.
+    n_templates : int, "auto" or list of int, optional
+        ``"auto"`` (or a list) chooses the number of templates from 1 to 5 (or the list) by how well each fit
+        predicts held-out spikes, in 3 folds of the training examples (:func:`spikedict.analysis.select_model`
+        with ``infer_codes_from="split_spikes"``), at the "auto" sparsity; the chosen one is then fitted as usual.
+    template_size : int, quantities.Quantity or a list of them, optional
+        Bins, or a duration; several are compared as ``n_templates="auto"`` compares numbers.
     group_by : str, optional
         Pool trials with equal values of this segment annotation into one example (binomial counts); ``"none"``
         turns pooling off for a recording whose default pools.
@@ -491,9 +494,9 @@ def fit_recording(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     block, label, defaults = open_recording(source, align_to=align_to, trial_window=trial_window)
-    settings = _resolve_settings(
-        defaults, family, bin_size, n_templates, template_size, group_by, example_duration, n_epochs, pool_size
-    )
+    candidates = _model_candidates(n_templates, template_size)
+    first = (candidates[0][0], candidates[1][0]) if candidates else (n_templates, template_size)
+    settings = _resolve_settings(defaults, family, bin_size, *first, group_by, example_duration, n_epochs, pool_size)
     parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
     reading = {"align_to": align_to, "trial_window": trial_window} if align_to or trial_window else None
     if folder is not None:
@@ -517,10 +520,13 @@ def fit_recording(
     counts = _bin_recording(block, label, settings, echo, timings)
     warned = _data_warnings(counts, settings, echo)
     counts, heldout = _heldout_examples(counts, heldout_fraction, echo)
+    selection = None
+    if candidates:
+        settings, parameters, selection = _choose_model(counts, settings, parameters, candidates, echo, timings)
     model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
     warned = warned + _fit_warnings(model, echo)
     bootstrap = _check_templates(model, counts, settings, n_simulations, seed, parameters, echo, timings)
-    fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap)
+    fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap, selection)
     if folder is None:  # the same fit and its evaluation, nothing written
         evaluation = _evaluate_fit(fitted, timings)
         warned = warned + _heldout_warnings(evaluation.summary, echo) + _recoverability_warnings(bootstrap, echo)
@@ -528,6 +534,70 @@ def fit_recording(
         summary = pd.DataFrame([evaluation.summary])
         return FitResult(model, counts, summary, evaluation.alignment_table, None, evaluation.heldout_table, bootstrap)
     return _write_fit(folder, source, fitted, parameters, device_used, echo, timings, started, warned)
+
+
+#: Numbers of templates compared by ``n_templates="auto"``.
+AUTO_N_TEMPLATES = (1, 2, 3, 4, 5)
+
+
+def _model_candidates(n_templates: Any, template_size: Any) -> tuple[list[int], list[Any]] | None:
+    """The numbers and lengths of templates to compare, or None when one of each is given."""
+    several_sizes = isinstance(template_size, (list, tuple))
+    if n_templates != "auto" and not isinstance(n_templates, (list, tuple)) and not several_sizes:
+        return None
+    if isinstance(n_templates, str) and n_templates != "auto":
+        raise ValueError(f"n_templates must be a whole number >= 1, a list of them or 'auto', got {n_templates!r}.")
+    numbers = list(AUTO_N_TEMPLATES) if n_templates == "auto" else n_templates
+    numbers = list(numbers) if isinstance(numbers, (list, tuple)) else [numbers]
+    sizes = list(template_size) if several_sizes else [template_size]
+    return numbers, sizes
+
+
+def _choose_model(
+    counts: Any,
+    settings: RecordingDefaults,
+    parameters: Mapping[str, Any],
+    candidates: tuple[list[Any], list[Any]],
+    echo: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[RecordingDefaults, dict[str, Any], Any]:
+    """Choose the number and length of templates by held-out spikes (see ``n_templates`` of :func:`fit_recording`)."""
+    from spikedict.analysis import select_model
+
+    numbers, sizes = candidates
+    sizes = [
+        _bins(size, settings.bin_size, "template_size") if isinstance(size, pq.Quantity) else size for size in sizes
+    ]
+    n_numbers = [n if n is not None else settings.n_templates for n in numbers]
+    n_sizes = [int(size) if size is not None else int(settings.template_size) for size in sizes]
+    cv = min(3, counts.n_examples)
+    if cv < 2:
+        raise ValueError(
+            f"choosing the templates needs at least 2 training examples to fold, got {counts.n_examples}; give "
+            "--n-templates N and one --template-size."
+        )
+    echo(
+        f"choosing among {len(n_numbers) * len(n_sizes)} settings (numbers of templates {n_numbers}, lengths "
+        f"{n_sizes} bins) by held-out spikes in {cv} folds of the training examples"
+    )
+    fixed = {k: v for k, v in parameters.items() if k not in ("n_templates", "template_size", "checkpoint_path")}
+    fixed["progress"] = False
+    clock = time.perf_counter()
+    selection = select_model(
+        counts,
+        {"n_templates": n_numbers, "template_size": n_sizes},
+        cv=cv,
+        evaluation_family=settings.family,
+        infer_codes_from="split_spikes",
+        refit=False,
+        **fixed,
+    )
+    timings["model_choice"] = time.perf_counter() - clock
+    best = selection.best_params
+    echo(f"chose {best['n_templates']} template(s) of {best['template_size']} bins")
+    settings = replace(settings, n_templates=int(best["n_templates"]), template_size=int(best["template_size"]))
+    parameters = {**parameters, "n_templates": settings.n_templates, "template_size": settings.template_size}
+    return settings, parameters, selection
 
 
 def _check_templates(
@@ -827,6 +897,8 @@ class _Fitted:
     settings : RecordingDefaults
     bootstrap : TemplateBootstrap or None
         The recoverability check of the templates.
+    selection : ModelSelection or None
+        The choice of the number and length of templates, when asked for.
     """
 
     block: Any
@@ -836,6 +908,7 @@ class _Fitted:
     model: Any
     settings: RecordingDefaults
     bootstrap: Any = None
+    selection: Any = None
 
 
 def _write_fit(
@@ -1042,6 +1115,23 @@ def _fit_report(folder: Path, fitted: _Fitted, evaluation: _Evaluation, written:
             "Fits at the 'auto' sparsity and below it, going down while each predicted half of the training "
             "examples' spikes from the other half better than the one before (split-half gain: bits per spike over "
             "a constant rate); the best was kept. The held-out examples play no part in the choice.",
+        )
+    if fitted.selection is not None:
+        from spikedict.plotting import plot_model_selection
+
+        report.add_table(
+            "model_choice",
+            fitted.selection.summary,
+            "Number and length of templates",
+            "Each setting fitted in 3 folds of the training examples at the 'auto' sparsity; a held-out fold's "
+            "spikes are split in two halves, codes inferred from one and the other scored (mean and standard error "
+            "of the log-likelihood per bin over the folds). The best setting was then fitted as above.",
+        )
+        report.add_figure(
+            "model_choice",
+            plot_model_selection(fitted.selection, x="n_templates").figure,
+            "Model choice",
+            "Held-out log-likelihood per bin against the number of templates (one line per template length).",
         )
     if fitted.bootstrap is not None:
         report.add_table(

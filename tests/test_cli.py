@@ -232,7 +232,7 @@ def test_resume_without_checkpoint_is_an_error(capsys):
         (["fit", "locust", "--family", "nope"], "'nope' is not one of 'binomial', 'poisson', 'gaussian'"),
         (["fit", "locust", "--bin-size", "5"], "'5' has no unit"),
         (["fit", "locust", "--bin-size", "5 kg"], "'kg' is not a unit of time"),
-        (["fit", "locust", "--n-templates", "0"], "0 is not in the range x>=1"),
+        (["fit", "locust", "--n-templates", "0"], "neither a whole number >= 1 nor .auto."),
         (["fit", "locust", "--sparsity", "lots"], "'lots' is neither a number nor 'auto'"),
         (["fit", "locust", "--set", "n_epoch=3"], "'n_epoch' is not a parameter of SpikeDictionary; its parameters"),
         (["nonsense"], "No such command 'nonsense'"),
@@ -332,3 +332,19 @@ def test_fit_checks_its_templates_unless_asked_not_to_and_pools_groups_of_trials
     assert not Path("unchecked/recoverability.csv").exists() and "n_templates_recoverable" not in summary.columns
     assert summary.loc[0, "family"] == "poisson" and summary.loc[0, "n_examples"] == 469 - 94
     assert pd.read_csv("unchecked/templates.csv")["lower"].isna().all()
+
+
+def test_number_and_length_of_templates_chosen_by_held_out_spikes(capsys):
+    command = ["fit", "motoneurone", "--n-templates", "auto", "--template-size", "10,40ms", "--no-check", *TINY_FIT]
+    assert main([*command, "--out", "chosen"]) == 0
+    assert "choosing among 10 settings (numbers of templates [1, 2, 3, 4, 5], lengths [10, 20] bins)" in (
+        capsys.readouterr().err
+    )
+    choice = pd.read_csv("chosen/model_choice.csv")
+    assert len(choice) == 10 and set(choice["template_size"]) == {10, 20}
+    best = choice.loc[choice["rank"] == 1].iloc[0]
+    summary = pd.read_csv("chosen/summary.csv")
+    assert summary.loc[0, ["n_templates", "template_size"]].tolist() == [best["n_templates"], best["template_size"]]
+    assert "Model choice" in Path("chosen/report.html").read_text()
+    assert main(["fit", "motoneurone", "--n-templates", "0", "--out", "bad"]) == 2
+    assert "neither a whole number >= 1 nor 'auto'" in _error_line(capsys)

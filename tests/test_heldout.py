@@ -186,3 +186,27 @@ def test_a_silent_channel_keeps_the_rate_of_half_a_spike():
     assert model.baseline_[1] == pytest.approx(math.log(0.5 / (6 * 200)), abs=1e-5)
     assert model.baseline_[0] > math.log(0.2)  # an active channel is not touched
 
+
+
+def test_model_selection_scores_spikes_its_codes_have_not_seen(binomial_fit):
+    """evaluate_heldout(infer_codes_from="split_spikes") is the comparison's spikedict row, and select_model with
+    it prefers the true number of templates to more of them on data of clear events."""
+    from spikedict.analysis import evaluate_heldout, select_model
+
+    model, train, heldout = binomial_fit
+    scores = evaluate_heldout(model, heldout, "binomial", train=train, infer_codes_from="split_spikes")
+    row = heldout_comparison(model, train, heldout).set_index("model").loc["spikedict"]
+    assert scores["heldout_log_likelihood_per_bin"] == pytest.approx(row["heldout_log_likelihood_per_bin"])
+    noise = np.random.default_rng(0).poisson(0.3, size=(12, 1, 200))
+    selection = select_model(
+        noise,
+        {"sparsity": [0.02, 2.0]},
+        cv=2,
+        family="poisson",
+        template_size=10,
+        n_templates=2,
+        solver__n_epochs=2,
+        infer_codes_from="split_spikes",
+        refit=False,
+    )
+    assert selection.best_params == {"sparsity": 2.0}  # codes that follow noise lose on spikes they have not seen

@@ -77,7 +77,7 @@ def evaluate_heldout(
     *,
     train: Any = None,
     clip: float = DEFAULT_CLIP,
-    infer_codes_from: Literal["heldout", "other_trials"] = "heldout",
+    infer_codes_from: Literal["heldout", "other_trials", "split_spikes"] = "heldout",
     split_seed: int = 0,
 ) -> dict[str, float]:
     """Score a fitted model on held-out examples in the data's family.
@@ -101,8 +101,10 @@ def evaluate_heldout(
         (binomial data, ``M >= 2``): the pooled trials of each held-out example are split at random in two
         halves (:func:`~spikedict.analysis.split_trials`); codes are inferred from one half and the other half
         is scored with the rate scaled to its number of trials, so no scored count was seen by the encoder.
+        ``"split_spikes"`` (binomial or Poisson data): the same for any counts, through
+        :func:`~spikedict.analysis.split_spikes` (pooled trials split by trials, other counts thinned).
     split_seed : int
-        Seeds the split of trials for ``"other_trials"``.
+        Seeds the split of trials (or spikes) for ``"other_trials"`` and ``"split_spikes"``.
 
     Returns
     -------
@@ -134,9 +136,20 @@ def evaluate_heldout(
         rates = model.predict_rate(inferred) * scale
         family = scored.family
         log_likelihood = log_likelihood_per_bin(scored.counts, rates, family, clip=clip)
+    elif infer_codes_from == "split_spikes":
+        from spikedict.analysis.heldout import predict_second_half
+
+        scored, rates, family, exposure = predict_second_half(model, heldout, family, split_seed)
+        log_likelihood = log_likelihood_per_bin(scored.counts, rates, family, clip=clip)
     else:
-        raise ValueError(f"infer_codes_from must be 'heldout' or 'other_trials', got {infer_codes_from!r}.")
-    null_rates = constant_rates(scored.counts, family, fitted_on=train if train is not None else heldout)
+        raise ValueError(
+            f"infer_codes_from must be 'heldout', 'other_trials' or 'split_spikes', got {infer_codes_from!r}."
+        )
+    exposure = exposure if infer_codes_from == "split_spikes" else 1.0
+    from spikedict.analysis.heldout import _with_trials
+
+    reference = _with_trials(as_analysis_data(train if train is not None else heldout, "train"), model)
+    null_rates = constant_rates(scored.counts, family, fitted_on=reference) * exposure
     return {
         "heldout_log_likelihood_per_bin": float(log_likelihood),
         "heldout_deviance_per_bin": deviance_per_bin(scored.counts, rates, family, clip=clip),

@@ -37,7 +37,14 @@ from spikedict.analysis._data import AnalysisData, _carried_n_trials, as_analysi
 from spikedict.analysis.metrics import constant_rates, log_likelihood_per_bin
 from spikedict.families import Binomial, Family, Gaussian, Poisson
 
-__all__ = ["bits_per_spike", "heldout_comparison", "smoothed_rates", "split_half_gain", "split_spikes"]
+__all__ = [
+    "bits_per_spike",
+    "heldout_comparison",
+    "predict_second_half",
+    "smoothed_rates",
+    "split_half_gain",
+    "split_spikes",
+]
 
 #: Gaussian kernel widths tried by the smoothing model, in bins.
 DEFAULT_WIDTHS_IN_BINS = (1, 2, 4, 8, 16, 32)
@@ -375,6 +382,28 @@ def heldout_comparison(
     return pd.DataFrame(rows)
 
 
+def predict_second_half(
+    model: Any, data: Any, family: str | Family | None = None, seed: int = 0
+) -> tuple[AnalysisData, np.ndarray, Family, float]:
+    """Split ``data`` (:func:`split_spikes`) and predict the second half from codes inferred on the first.
+
+    Returns
+    -------
+    second : AnalysisData
+        The half that is scored.
+    rates : ndarray, shape (n_examples, n_channels, n_bins)
+        Its expected counts.
+    family : Family
+        The family it is scored in (its own ``n_trials`` for pooled binomial counts).
+    exposure : float
+        Its rate relative to the data's, for counts without trials (see :func:`split_spikes`).
+    """
+    data = _with_trials(as_analysis_data(data), model)
+    family = _family_of(data, getattr(model.family_, "name", "") if family is None else family)
+    first, second, exposure = split_spikes(data, family, seed=seed)
+    return second, _model_rates(model, first, second, exposure, family), _scored(second, family), exposure
+
+
 def split_half_gain(model: Any, data: Any, seed: int = 0) -> float:
     """Gain of a fitted model over a constant rate when it predicts half of the spikes of ``data`` from the other.
 
@@ -397,8 +426,6 @@ def split_half_gain(model: Any, data: Any, seed: int = 0) -> float:
         Bits per spike of the second half (above 0: better than a constant rate).
     """
     data = _with_trials(as_analysis_data(data), model)
-    family = _family_of(data, getattr(model.family_, "name", ""))
-    first, second, exposure = split_spikes(data, family, seed=seed)
-    scored = _scored(second, family)
+    second, rates, scored, exposure = predict_second_half(model, data, seed=seed)
     constant = constant_rates(second, scored, fitted_on=data) * exposure
-    return bits_per_spike(second, _model_rates(model, first, second, exposure, family), constant, scored)
+    return bits_per_spike(second, rates, constant, scored)

@@ -114,7 +114,7 @@ def select_model(
     seed: int = 0,
     refit: bool = True,
     clip: float = DEFAULT_CLIP,
-    infer_codes_from: Literal["heldout", "other_trials"] = "heldout",
+    infer_codes_from: Literal["heldout", "other_trials", "split_spikes"] = "heldout",
     **estimator_params: Any,
 ) -> ModelSelection:
     """Score every setting of a parameter grid by cross-validated held-out log-likelihood per bin.
@@ -141,10 +141,11 @@ def select_model(
         Refit the best setting on all the data as ``best_estimator``.
     clip : float
         See :func:`~spikedict.analysis.log_likelihood_per_bin`.
-    infer_codes_from : {"heldout", "other_trials"}
+    infer_codes_from : {"heldout", "other_trials", "split_spikes"}
         Where held-out codes come from (see :func:`~spikedict.analysis.evaluate_heldout`). With ``"heldout"``
         the encoder sees the counts it is scored on, which favours weak sparsity and many templates;
-        ``"other_trials"`` (binomial data) scores trials the encoder never saw and is the fairer choice.
+        ``"other_trials"`` (binomial data) scores trials the encoder never saw and is the fairer choice;
+        ``"split_spikes"`` does the same for Poisson counts too (each spike to one half or the other).
     **estimator_params
         Fixed SpikeDictionary parameters (``n_trials``, ``solver__n_epochs``, ...). ``progress`` defaults to
         False.

@@ -1069,8 +1069,8 @@ def plot_event_aligned(
     Parameters
     ----------
     counts : array of shape (n_examples, n_channels, n_bins), or SpikeCounts
-        Counts per bin (for pooled trials, trials with a spike per bin). A SpikeCounts also gives ``bin_size``
-        and ``n_trials``.
+        Counts per bin (for pooled trials, trials with a spike per bin). A SpikeCounts also gives ``bin_size``,
+        ``n_trials`` and the channel's name for the title.
     codes : array of shape (n_examples, n_templates, n_code_bins)
         Codes of the counts (``model.transform(counts)``); stride 1.
     template : int
@@ -1085,8 +1085,9 @@ def plot_event_aligned(
         as given (scaled like the counts), or the fitted rates of the counts (``model.predict_rate(counts)``),
         averaged over the events like the counts.
     n_trials : int or array of shape (n_examples,), optional
-        Trials pooled per example: the counts (and rates) are divided by it for rates per trial. Default: from a
-        SpikeCounts, else a binomial model's, else none (rates per example).
+        Trials pooled per example: the counts (and rates) are divided by it for rates per trial (the label says
+        "per trial" unless every example is one trial). Default: from a SpikeCounts, else a binomial model's,
+        else none (rates per example).
     model : SpikeDictionary, optional
         Fitted model whose template ``template`` gives the predicted rate at the median event amplitude.
     channel : int
@@ -1101,7 +1102,9 @@ def plot_event_aligned(
         ``figure.axes[1]``: lines ``"event-triggered mean"``, then ``"fitted rate"`` (3-D ``rates``) or ``"given
         rate"`` (1-D ``rates``), then ``"model at median amplitude"``; its legend is right of it.
     """
+    channel_names = None
     if hasattr(counts, "counts") and not isinstance(counts, np.ndarray):
+        channel_names = getattr(counts, "channel_names", None)
         if bin_size is None:
             bin_size = getattr(counts, "bin_size", None)
         if n_trials is None:
@@ -1148,11 +1151,11 @@ def plot_event_aligned(
         if last <= first:
             raise ValueError(f"window must have start < stop, got {window!r}.")
     lags = np.arange(first, last)
-    per_trial = n_trials is not None
     trials = np.ones(n_examples) if n_trials is None else _numpy(n_trials, "n_trials").reshape(-1)
     if trials.size not in (1, n_examples) or not np.all(trials >= 1):
         raise ValueError(f"n_trials must be a positive number or one per example ({n_examples}), got {n_trials}.")
     trials = np.broadcast_to(trials, (n_examples,))
+    per_trial = bool(np.any(trials > 1)) or family == "binomial"  # single trials: spikes / s, as for Poisson
     examples, positions = np.nonzero(code_values[:, template] > 0)
     amplitudes = code_values[examples, template, positions]
     order = np.argsort(-amplitudes, kind="stable")
@@ -1165,7 +1168,8 @@ def plot_event_aligned(
     x = (lags + 0.5) * step
     edges = (first * step, last * step)
     title = f"template {template}: {n_events} event{'s' if n_events != 1 else ''}"
-    upper.set_title(title + (f", channel {channel}" if n_channels > 1 else ""))
+    name = channel_names[channel] if channel_names is not None else f"channel {channel}"
+    upper.set_title(title + (f", {name}" if n_channels > 1 else ""))
     upper.set_ylabel("Event (largest first)")
     lower.set_xlabel("Time from event (s)" if seconds is not None else "Time from event (bins)")
     lower.set_ylabel(_rate_label(per_trial, seconds))

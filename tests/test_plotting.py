@@ -450,6 +450,8 @@ def test_event_aligned_without_events_and_bad_input():
     figure = plotting.plot_event_aligned(counts, codes, 2)
     assert figure.axes[0].get_title() == "template 2: 0 events, channel 0"
     assert not figure.axes[0].images
+    single = plotting.plot_event_aligned(counts, codes, 1, bin_size=0.002, n_trials=1)
+    assert single.axes[1].get_ylabel() == "Rate (spikes / s)"  # one trial per example: no "per trial"
     with pytest.raises(ValueError, match=r"template must be in \[0, 2\]"):
         plotting.plot_event_aligned(counts, codes, 3)
     with pytest.raises(ValueError, match=r"rates must have shape \(20,\)"):
@@ -545,3 +547,17 @@ def test_report_writes_png_and_svg(tmp_path):
     assert not plt.get_fignums()  # closed after saving
     assert "href='raster.svg'" in report.to_html()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raster.png", "raster.svg"]
+
+
+def test_event_aligned_reads_bin_size_trials_and_names_from_spike_counts():
+    from spikedict.io import SpikeCounts
+
+    counts, codes = aligned_problem()
+    data = SpikeCounts(
+        counts=counts, n_trials=np.array([10, 20]), bin_size=2 * pq.ms, t_start=0 * pq.s, channel_names=["u1", "u2"]
+    )
+    by_hand = plotting.plot_event_aligned(counts, codes, 1, bin_size=0.002, n_trials=[10, 20], channel=1)
+    figure = plotting.plot_event_aligned(data, codes, 1, channel=1)
+    assert figure.axes[0].get_title() == "template 1: 3 events, u2"
+    np.testing.assert_allclose(figure.axes[1].lines[-1].get_ydata(), by_hand.axes[1].lines[-1].get_ydata())
+    assert figure.axes[1].get_ylabel() == "Rate (spikes / s / trial)"

@@ -232,7 +232,7 @@ def test_resume_without_checkpoint_is_an_error(capsys):
         (["fit", "locust", "--family", "nope"], "'nope' is not one of 'binomial', 'poisson', 'gaussian'"),
         (["fit", "locust", "--bin-size", "5"], "'5' has no unit"),
         (["fit", "locust", "--bin-size", "5 kg"], "'kg' is not a unit of time"),
-        (["fit", "locust", "--n-templates", "0"], "neither a whole number >= 1 nor .auto."),
+        (["fit", "locust", "--n-templates", "0"], "neither a whole number >= 1 nor 'auto'"),
         (["fit", "locust", "--sparsity", "lots"], "'lots' is neither a number nor 'auto'"),
         (["fit", "locust", "--set", "n_epoch=3"], "'n_epoch' is not a parameter of SpikeDictionary; its parameters"),
         (["nonsense"], "No such command 'nonsense'"),

@@ -195,7 +195,7 @@ def _place(template: np.ndarray, lag: int, sign: int, size: int) -> np.ndarray:
 def plot_sequences(
     templates: Any,
     *,
-    threshold: float = 0.25,
+    threshold: float = 0.5,
     bin_size: Any = None,
     channel_names: list[str] | None = None,
     ax: Any = None,

@@ -1306,38 +1306,86 @@ def _fit_windows(
     return FitResult(model, windows, pd.DataFrame([summary]), None, folder)
 
 
+def _rate_template_figure(report: Any, fitted: _Fitted, codes: np.ndarray) -> None:
+    """The templates as rate modulations in spikes/s at their median event amplitude, with the check's bands."""
+    from spikedict.plotting import plot_rate_templates
+
+    model, counts = fitted.model, fitted.counts
+    bands = {} if fitted.bootstrap is None else {"lower": fitted.bootstrap.lower, "upper": fitted.bootstrap.upper}
+    per_trial = " per trial" if model.family_.name == "binomial" else ""
+    report.add_figure(
+        "rate_templates",
+        plot_rate_templates(
+            model, bin_size=fitted.settings.bin_size, codes=codes, channel_names=counts.channel_names, **bands
+        ),
+        "Templates as rate modulations",
+        f"The rate (spikes / s{per_trial}) each template causes at its median event amplitude, around the baseline "
+        "rate (dashed)" + ("; the band holds 90% of the recoverability check's refits." if bands else "."),
+    )
+
+
+def _event_figures(report: Any, fitted: _Fitted, codes: np.ndarray, rates: np.ndarray) -> None:
+    """For each template with events, the data aligned to them (raster and event-triggered mean)."""
+    from spikedict.plotting import plot_event_aligned
+
+    model, counts = fitted.model, fitted.counts
+    for k in range(model.n_templates):
+        if not (codes[:, k] > 0).any():
+            continue  # the rate templates say "no events"
+        channel = int(np.abs(model.templates_[k]).max(axis=1).argmax())
+        report.add_figure(
+            f"events_template{k}",
+            plot_event_aligned(counts, codes, k, model=model, rates=rates, channel=channel),
+            f"Data aligned to the events of template {k}",
+            "Above: the counts around each inferred event (a positive code; time 0 is where the template starts), "
+            f"largest amplitude first ({counts.channel_names[channel]}). Below: their event-triggered mean, the "
+            "fitted rate averaged over the same events, and the template's rate at the median event amplitude "
+            "(dashed); the shaded span is the template's.",
+        )
+
+
 def _fit_figures(report: Any, fitted: _Fitted, truth: np.ndarray | None, rates: np.ndarray) -> None:
-    """Templates, rate over the spikes, codes and training curve of a fit to binned counts."""
-    from spikedict.plotting import plot_codes, plot_raster, plot_sequences, plot_templates, plot_training_curve
+    """Templates (as shapes and as rate modulations with their bands), rate over the spikes, the data aligned to each
+    template's events, codes and training curve of a fit to binned counts."""
+    from spikedict.plotting import (
+        plot_codes,
+        plot_raster,
+        plot_sequences,
+        plot_templates,
+        plot_training_curve,
+    )
 
     model, counts, block, bin_size = fitted.model, fitted.counts, fitted.block, fitted.settings.bin_size
     use_truth = truth is not None and truth.shape[1] == counts.n_channels
+    all_codes = model.transform(counts)
     if counts.n_channels > MAX_CHANNELS_DRAWN:
         report.add_figure(
             "templates",
             plot_sequences(model, bin_size=bin_size, channel_names=counts.channel_names),
             "Templates as sequences",
-            "Each template's channels that reach a quarter of its peak, sorted by the time of their peak.",
+            "Each template's channels that reach half of its peak, sorted by the time of their peak.",
         )
     else:
         report.add_figure(
             "templates",
             plot_templates(model, truth if use_truth else None, bin_size=bin_size),
             "Templates",
-            "Learned templates (red) and their initial templates (dotted)"
+            "Learned templates (orange-red) and their initial templates (dotted)"
             + (", true ones in black." if use_truth else "."),
         )
+        _rate_template_figure(report, fitted, all_codes)
     labels = counts.example_labels
     if fitted.settings.pooled and fitted.settings.example_duration is None and "trials" in labels.columns:
         trials = [block.segments[int(i)].spiketrains[0] for i in labels["trials"].iloc[0]]
         axis = plot_raster(trials, rates[0, 0], bin_size=bin_size)
         caption = "The trials of example 0 (first unit) with the fitted rate per trial."
     else:
-        axis = plot_raster(counts.counts[0, 0], rates[0, 0], bin_size=bin_size)
+        axis = plot_raster(counts.counts[0, 0], rates[0, 0], bin_size=bin_size, t_start=counts.t_start)
         caption = "Counts of example 0 (first unit) with the fitted rate (expected count per bin)."
     axis.set_title("example 0")
     report.add_figure("raster", axis.figure, "Rate over the spikes", caption)
-    codes = model.transform(select_examples(counts, slice(0, 1)))
+    _event_figures(report, fitted, all_codes, rates)
+    codes = all_codes[:1]
     report.add_figure(
         "codes", plot_codes(codes, bin_size=bin_size).figure, "Codes", "Inferred codes of example 0, per template."
     )

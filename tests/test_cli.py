@@ -166,7 +166,11 @@ def test_simulate_info_fit_resume(tmp_path, capsys, monkeypatch):
     ]
     assert 0 <= summary.loc[0, "mean_template_error"] <= 1
     assert len(pd.read_csv(out / "template_errors.csv")) == 3
-    assert len(_embedded_pngs((out / "report.html").read_text())) == 4
+    html = (out / "report.html").read_text()
+    # templates, their rate modulations, raster, codes, training, and the data aligned to each template with events
+    with_events = [name for name in ("events_template0", "events_template1", "events_template2") if name in html]
+    assert len(_embedded_pngs(html)) == 5 + len(with_events) and "Templates as rate modulations" in html
+    assert all((out / f"{name}.svg").exists() for name in ("templates", "rate_templates", "raster", *with_events))
     assert SpikeDictionary.load(out / "model.safetensors").templates_.shape == (3, 1, 20)
 
 

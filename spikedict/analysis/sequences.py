@@ -9,7 +9,7 @@ import numpy as np
 __all__ = ["sequence_order"]
 
 
-def sequence_order(templates: Any, threshold: float = 0.25) -> list[np.ndarray]:
+def sequence_order(templates: Any, threshold: float = 0.5) -> list[np.ndarray]:
     """The channels each template engages, sorted by the time of their peak, as seqNMF and PP-Seq draw sequences.
 
     A channel is engaged when its largest value in the template reaches ``threshold`` times the template's
@@ -30,7 +30,7 @@ def sequence_order(templates: Any, threshold: float = 0.25) -> list[np.ndarray]:
     --------
     >>> import numpy as np
     >>> template = np.zeros((1, 3, 5))
-    >>> template[0, 0, 3], template[0, 1, 1], template[0, 2, 2] = 1.0, 0.8, 0.1
+    >>> template[0, 0, 3], template[0, 1, 1], template[0, 2, 2] = 1.0, 0.8, 0.3
     >>> sequence_order(template)[0].tolist()
     [1, 0]
     """

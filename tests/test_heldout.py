@@ -187,7 +187,6 @@ def test_a_silent_channel_keeps_the_rate_of_half_a_spike():
     assert model.baseline_[0] > math.log(0.2)  # an active channel is not touched
 
 
-
 def test_model_selection_scores_spikes_its_codes_have_not_seen(binomial_fit):
     """evaluate_heldout(infer_codes_from="split_spikes") is the comparison's spikedict row, and select_model with
     it prefers the true number of templates to more of them on data of clear events."""

@@ -1313,11 +1313,18 @@ def _rate_template_figure(report: Any, fitted: _Fitted, codes: np.ndarray) -> No
     model, counts = fitted.model, fitted.counts
     bands = {} if fitted.bootstrap is None else {"lower": fitted.bootstrap.lower, "upper": fitted.bootstrap.upper}
     per_trial = " per trial" if model.family_.name == "binomial" else ""
+    figure = plot_rate_templates(
+        model, bin_size=fitted.settings.bin_size, codes=codes, channel_names=counts.channel_names, **bands
+    )
+    if fitted.bootstrap is not None:  # the check's verdict next to each template
+        for row in fitted.bootstrap.table.itertuples():
+            verdict = "recoverable" if row.recoverable else "not recoverable"
+            for axis in figure.axes:
+                if axis.get_title().startswith((f"template {row.template},", f"template {row.template}:")):
+                    axis.set_title(f"{axis.get_title()}\n{verdict} (median error {row.median_error:.2f})")
     report.add_figure(
         "rate_templates",
-        plot_rate_templates(
-            model, bin_size=fitted.settings.bin_size, codes=codes, channel_names=counts.channel_names, **bands
-        ),
+        figure,
         "Templates as rate modulations",
         f"The rate (spikes / s{per_trial}) each template causes at its median event amplitude, around the baseline "
         "rate (dashed)" + ("; the band holds 90% of the recoverability check's refits." if bands else "."),

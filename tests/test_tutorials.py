@@ -11,7 +11,7 @@ TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("[0-
 
 
 def test_the_tutorials_are_there():
-    assert [path.stem[:2] for path in TUTORIALS] == ["01", "02", "03", "04", "05"]
+    assert [path.stem[:2] for path in TUTORIALS] == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[path.stem for path in TUTORIALS])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -35,6 +36,9 @@ from spikedict.settings import Encoder, Settings, TemplateConstraints, transform
 from spikedict.solvers import FitProblem, FitResult, Solver, get_solver, run_epochs
 from spikedict.solvers._runner import warn_interrupted
 from spikedict.training import resolve_device
+
+#: What an EM fit adds (see ``_set_posterior``).
+POSTERIOR_ATTRIBUTES = ("posterior_codes_", "event_probability_", "template_lower_", "template_upper_")
 
 __all__ = ["NotFittedError", "SpikeDictionary"]
 
@@ -115,6 +119,12 @@ class SpikeDictionary(Settings):
     n_channels_ : int
     model_ : DCEA
         The trained network.
+    posterior_codes_, event_probability_ : ndarray, shape (n_examples, n_templates, n_code_bins)
+        EM fits only: the posterior mean of every training code and the probability of an event at every position,
+        over the last iterations (see :meth:`events`). Not written by :meth:`save`.
+    template_lower_, template_upper_ : ndarray, shape like ``templates_``
+        EM fits only: a band around each template, twice the standard deviation of the unit-norm templates over
+        the last iterations. Not written by :meth:`save`.
     """
 
     def __init__(
@@ -269,7 +279,44 @@ class SpikeDictionary(Settings):
         self.sparsity_, self.reweighting_delta_ = float(model.sparsity), result.reweighting_delta
         self.n_channels_, self.history_, self.stop_reason_ = int(data.shape[1]), result.history, result.stop_reason
         self._set_fitted_arrays()
+        self._set_posterior(result.posterior)
         return self
+
+    def _set_posterior(self, posterior: Any) -> None:
+        """The EM solver's posterior of the training codes and bands of the templates (other solvers: none)."""
+        for name in POSTERIOR_ATTRIBUTES:
+            self.__dict__.pop(name, None)
+        if posterior is None:
+            return
+        self.posterior_codes_ = posterior.codes.numpy().copy()
+        self.event_probability_ = posterior.event_probability.numpy().copy()
+        self.template_lower_ = posterior.lower.numpy().copy()
+        self.template_upper_ = posterior.upper.numpy().copy()
+
+    def events(self, threshold: float = 0.5) -> pd.DataFrame:
+        """The events of the training examples with their posterior probability, position and amplitude (EM fits).
+
+        Parameters
+        ----------
+        threshold : float
+            Keep the events whose posterior probability reaches this.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per event: ``template``, ``example``, ``position`` (code bin), ``probability``, ``amplitude``
+            (see :func:`spikedict.analysis.posterior_events`); ``groupby("template")`` gives a table per template.
+        """
+        from spikedict.analysis.metrics import posterior_events
+
+        self._check_fitted()
+        if not hasattr(self, "event_probability_"):
+            raise ValueError(
+                f"events() reads the codes' posterior, which only a sampling solver learns; this model was fitted "
+                f"with solver {getattr(self.solver_, 'name', self.solver_)!r}. Fit with solver='em', or read the MAP "
+                "codes with transform()."
+            )
+        return posterior_events(self.event_probability_, self.posterior_codes_, threshold)
 
     def _fit_once(
         self,

@@ -142,6 +142,8 @@ def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_coun
     monkeypatch.setattr(runner, "save_checkpoint", save)
     resumed = small_model(**settings, checkpoint_path=str(path)).fit(binomial_counts, resume=True)
     np.testing.assert_allclose(resumed.templates_, whole.templates_, atol=1e-6)
+    np.testing.assert_allclose(resumed.event_probability_, whole.event_probability_)  # the posterior's moments too
+    np.testing.assert_allclose(resumed.posterior_codes_, whole.posterior_codes_, atol=1e-5)
     assert len(resumed.history_) == 7
     loaded = SpikeDictionary.load(whole.save(tmp_path / "em"))  # the settings travel with the model
     assert loaded.solver == whole.solver and loaded.solver_ == whole.solver_
@@ -167,3 +169,39 @@ def test_em_improves_on_the_map_start_at_moderate_signal():
     em_error = align_templates(em.templates_, simulation.templates).mean_error
     assert em_error < map_error - 0.05, (map_error, em_error)
     assert math.isfinite(em.score(simulation.counts))
+
+
+def test_the_posterior_finds_the_true_events_with_their_amplitudes_and_bands_the_templates():
+    """Clear binomial events, EM started from the truth: the events with posterior probability above 1/2 are the
+    true ones (each within 2 bins), their amplitudes follow the true ones, and the templates lie in their bands."""
+    from spikedict.simulate import paper_templates, simulate_counts
+
+    truth = paper_templates(30)
+    simulation = simulate_counts(
+        truth, 12, 600, "binomial", n_trials=30, baseline=-1.0, amplitude_range=(2.0, 4.0), event_rate=0.004, seed=2
+    )
+    solver = EM(n_epochs=16, n_burn_in=3, map_fit=Alternating(n_epochs=2))
+    model = SpikeDictionary(3, 30, "binomial", n_trials=30, init=truth, solver=solver, seed=0, progress=False)
+    model.fit(simulation.counts)
+    probability = model.event_probability_
+    assert probability.shape == simulation.codes.shape and probability.min() >= 0 and probability.max() <= 1
+    events = model.events(threshold=0.5)
+    assert events.columns.tolist() == ["template", "example", "position", "probability", "amplitude"]
+    assert (events["probability"] >= 0.5).all()
+    found, matched_amplitudes = 0, []
+    true_events = np.argwhere(simulation.codes > 0)
+    for example, template, position in true_events:
+        near = events[(events["example"] == example) & (events["template"] == template)]
+        near = near[(near["position"] - position).abs() <= 2]
+        if len(near):
+            found += 1
+            matched_amplitudes.append((simulation.codes[example, template, position], near["amplitude"].iloc[0]))
+    assert found >= 0.8 * len(true_events) and len(events) <= 1.25 * len(true_events), (found, len(events))
+    true_amplitudes, amplitudes = np.array(matched_amplitudes).T
+    assert np.corrcoef(true_amplitudes, amplitudes)[0, 1] > 0.5
+    inside = (model.templates_ >= model.template_lower_) & (model.templates_ <= model.template_upper_)
+    assert inside.mean() > 0.9 and (model.template_upper_ > model.template_lower_).mean() > 0.9
+    map_model = SpikeDictionary(3, 30, "binomial", n_trials=30, solver=Alternating(n_epochs=1), progress=False)
+    with pytest.raises(ValueError, match="only a sampling solver learns"):
+        map_model.fit(simulation.counts).events()
+    assert not hasattr(map_model, "event_probability_")

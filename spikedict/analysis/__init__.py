@@ -28,6 +28,7 @@ from spikedict.analysis.metrics import (
     event_detection,
     find_events,
     log_likelihood_per_bin,
+    posterior_events,
     pseudo_r2,
 )
 from spikedict.analysis.recoverability import TemplateBootstrap, recoverability, template_bootstrap
@@ -53,6 +54,7 @@ __all__ = [
     "heldout_comparison",
     "heldout_split",
     "log_likelihood_per_bin",
+    "posterior_events",
     "pseudo_r2",
     "recoverability",
     "select_model",

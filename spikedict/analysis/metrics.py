@@ -34,6 +34,7 @@ __all__ = [
     "event_detection",
     "find_events",
     "log_likelihood_per_bin",
+    "posterior_events",
     "pseudo_r2",
 ]
 
@@ -418,3 +419,64 @@ def event_detection(
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def posterior_events(
+    event_probability: np.ndarray, posterior_codes: np.ndarray, threshold: float = 0.5, min_probability: float = 0.05
+) -> pd.DataFrame:
+    """Events from the codes' posterior: runs of positions that share one event's probability, above a threshold.
+
+    A sampled event moves by a bin or two between draws, so its probability spreads over neighbouring positions.
+    Each run of consecutive positions whose probability reaches ``min_probability`` is one candidate event: its
+    probability is the run's total (at most 1), its position the probability-weighted mean, its amplitude the
+    posterior mean amplitude given the event.
+
+    Parameters
+    ----------
+    event_probability, posterior_codes : ndarray, shape (n_examples, n_templates, n_code_bins)
+        Per position, the share of draws with an event and the posterior mean code (see
+        :class:`spikedict.solvers.base.Posterior`).
+    threshold : float
+        Keep the events whose probability reaches this.
+    min_probability : float
+        Positions below this do not join a run.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per event: ``template``, ``example``, ``position`` (code bin, fractional), ``probability``,
+        ``amplitude``; sorted by template, example and position.
+
+    Examples
+    --------
+    >>> probability = np.array([[[0.0, 0.3, 0.6, 0.0, 0.1]]])
+    >>> posterior_events(probability, 2.0 * probability, threshold=0.5).round(2).to_dict("records")
+    [{'template': 0, 'example': 0, 'position': 1.67, 'probability': 0.9, 'amplitude': 2.0}]
+    """
+    probability = np.asarray(event_probability, dtype=np.float64)
+    codes = np.asarray(posterior_codes, dtype=np.float64)
+    if probability.ndim != 3 or probability.shape != codes.shape:
+        raise ValueError(
+            f"event_probability and posterior_codes must have one shape (n_examples, n_templates, n_code_bins), got "
+            f"{probability.shape} and {codes.shape}."
+        )
+    rows = []
+    for example, template in np.ndindex(*probability.shape[:2]):
+        values = probability[example, template]
+        positions = np.flatnonzero(values >= min_probability)
+        if positions.size == 0:
+            continue
+        for run in np.split(positions, np.flatnonzero(np.diff(positions) > 1) + 1):
+            total = float(values[run].sum())
+            if min(total, 1.0) >= threshold:
+                rows.append(
+                    {
+                        "template": template,
+                        "example": example,
+                        "position": float((run * values[run]).sum() / total),
+                        "probability": min(total, 1.0),
+                        "amplitude": float(codes[example, template, run].sum() / total),
+                    }
+                )
+    columns = ["template", "example", "position", "probability", "amplitude"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["template", "example", "position"], ignore_index=True)

@@ -79,6 +79,29 @@ class FitProblem:
 
 
 @dataclass
+class Posterior:
+    """The codes' posterior and the templates' spread, averaged over a sampling solver's last iterations.
+
+    Attributes
+    ----------
+    codes : Tensor, shape (n_examples, n_templates, n_code_bins)
+        Posterior mean of every code (for unit-norm templates).
+    event_probability : Tensor, shape (n_examples, n_templates, n_code_bins)
+        Share of the draws with an event at each position.
+    lower, upper : Tensor, shape (n_templates, n_channels, *template_shape)
+        Mean of the unit-norm templates over the iterations, minus and plus twice their standard deviation.
+    n_draws : int
+        Draws (iterations) averaged.
+    """
+
+    codes: Tensor
+    event_probability: Tensor
+    lower: Tensor
+    upper: Tensor
+    n_draws: int
+
+
+@dataclass
 class FitResult:
     """What a run ends with.
 
@@ -100,6 +123,8 @@ class FitResult:
     residual_rms : float or None
         Root mean square of the data minus the decoded codes at the end, for a family whose scale is fitted from
         its residuals (Gaussian), where the solver has codes of every example (None: the estimator infers them).
+    posterior : Posterior or None
+        What a sampling solver (EM) learned of the codes' posterior over its last iterations (None: the others).
     """
 
     history: pd.DataFrame
@@ -109,6 +134,7 @@ class FitResult:
     best_epoch: int = 0
     validation_index: Tensor | None = None
     residual_rms: float | None = None
+    posterior: Posterior | None = None
 
     @property
     def final_loss(self) -> float:

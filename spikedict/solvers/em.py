@@ -13,6 +13,8 @@ instead integrates over the codes. Monte-Carlo EM does it by alternating
   drawn events;
 
 and averaging the templates over the last iterations (stochastic approximation: the draws' noise averages out).
+Over the same iterations the drawn codes are averaged into the posterior mean of every code and the probability
+of an event at every position, and the spread of the templates gives each a band (:class:`Posterior`).
 The alternating MAP fit (continuation, spare templates, reweighted l1) runs first and gives the start, the prior's
 amplitude range and its event rate.
 """
@@ -34,7 +36,7 @@ from spikedict.model import DCEA
 from spikedict.settings import check_integer
 from spikedict.solvers._sampling import CodePrior, CodeSampler
 from spikedict.solvers.alternating import Alternating
-from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Solver
+from spikedict.solvers.base import EpochRun, FitProblem, FitResult, Posterior, Solver
 
 __all__ = ["EM"]
 
@@ -164,6 +166,8 @@ class EMRun(EpochRun):
         self.y: Tensor | None = None
         self.prior: CodePrior | None = None
         self.average: tuple[Tensor, Tensor] | None = None
+        # running means over the averaged iterations: codes, events, unit-norm templates and their squares
+        self.moments: dict[str, Tensor] | None = None
         self.n_averaged = 0
         self.delta: float | None = None
 
@@ -229,7 +233,7 @@ class EMRun(EpochRun):
         self.iteration += 1
         first_averaged = settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
         if self.iteration > first_averaged:
-            self._accumulate()
+            self._accumulate(codes)
         with torch.no_grad():
             loss = _data_loss(model, problem.data, codes.cpu(), problem.family, problem.batch_size, backward=False)
         n_events = float((codes != 0).sum())
@@ -257,17 +261,44 @@ class EMRun(EpochRun):
                 weights[k] += torch.bincount(nearest, minlength=len(grid)).double()
         prior.amplitude_weights = (weights / weights.sum(dim=1, keepdim=True)).to(prior.amplitude_weights.dtype)
 
-    def _accumulate(self) -> None:
+    def _accumulate(self, codes: Tensor) -> None:
+        """Running means of the templates and baseline, and of the posterior's moments (codes for unit-norm
+        templates, events, unit-norm templates and their squares)."""
         templates, baseline = self.model.templates.detach().cpu(), self.model.baseline.detach().cpu()
-        if self.average is None:
-            self.average = (templates.clone(), baseline.clone())
+        norms = templates.flatten(1).norm(dim=1).clamp(min=1e-30)
+        shape = (-1,) + (1,) * (templates.ndim - 1)
+        unit = templates / norms.reshape(shape)
+        codes = codes.detach().cpu()
+        moments = {
+            "codes": codes * norms.reshape(1, -1, 1).to(codes),
+            "events": (codes != 0).to(torch.float32),
+            "unit": unit,
+            "unit_squared": unit**2,
+        }
+        weight = 1.0 / (self.n_averaged + 1)
+        if self.average is None or self.moments is None:
+            self.average, self.moments = (templates.clone(), baseline.clone()), moments
         else:
-            weight = 1.0 / (self.n_averaged + 1)
             self.average = (
                 self.average[0] + weight * (templates - self.average[0]),
                 self.average[1] + weight * (baseline - self.average[1]),
             )
+            self.moments = {k: v + weight * (moments[k] - v) for k, v in self.moments.items()}
         self.n_averaged += 1
+
+    def _posterior(self) -> Posterior | None:
+        """The averaged codes, event probabilities and template bands (None before any averaged iteration)."""
+        if self.moments is None:
+            return None
+        moments = self.moments
+        spread = (moments["unit_squared"] - moments["unit"] ** 2).clamp(min=0).sqrt()
+        return Posterior(
+            codes=moments["codes"],
+            event_probability=moments["events"],
+            lower=moments["unit"] - 2 * spread,
+            upper=moments["unit"] + 2 * spread,
+            n_draws=self.n_averaged,
+        )
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -284,6 +315,7 @@ class EMRun(EpochRun):
             "amplitude_weights": prior.amplitude_weights.clone(),
             "generator": self.generator.get_state(),
             "average": None if self.average is None else tuple(t.clone() for t in self.average),
+            "moments": None if self.moments is None else {k: v.clone() for k, v in self.moments.items()},
             "n_averaged": self.n_averaged,
             "iteration": self.iteration,
             "delta": self.delta,
@@ -304,6 +336,7 @@ class EMRun(EpochRun):
         self.prior = CodePrior(state["event_probability"], state["amplitudes"], state["amplitude_weights"])
         self.generator.set_state(state["generator"])
         self.average, self.n_averaged = state["average"], state["n_averaged"]
+        self.moments = state.get("moments")
         self.iteration, self.delta, self.phase = state["iteration"], state["delta"], "em"
         self._new_sampler(state["codes"])
 
@@ -328,6 +361,7 @@ class EMRun(EpochRun):
             codes=codes * norms.reshape(1, -1, 1),
             reweighting_delta=self.delta,
             best_epoch=len(history),
+            posterior=self._posterior(),
         )
 
 

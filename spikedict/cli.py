@@ -336,8 +336,15 @@ def demo(
     "--check/--no-check",
     default=True,
     show_default=True,
-    help="Check that each template can be recovered: refit 5 data sets simulated from the fit (costs 5 fits at the "
-    "chosen sparsity); their spread is the templates' band.",
+    help="Check that each template can be recovered: refit data sets simulated from the fit (each costs a fit at "
+    "the chosen sparsity); their spread is the templates' band.",
+)
+@click.option(
+    "--n-simulations",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Simulated data sets of the check (more: a steadier verdict and band, at a fit each).",
 )
 @click.option(
     "--window",
@@ -394,6 +401,7 @@ def fit(
     align_to: str | None,
     trial_window: Any,
     check: bool,
+    n_simulations: int,
     window: Any,
     overlap: Any,
     n_epochs: int | None,
@@ -481,7 +489,7 @@ def fit(
             sparsity=sparsity_value,
             pool_size=pool_size,
             heldout_fraction=heldout_fraction,
-            n_simulations=5 if check else 0,
+            n_simulations=n_simulations if check else 0,
             align_to=align_to,
             trial_window=trial_window,
             seed=seed,

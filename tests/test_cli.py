@@ -318,9 +318,9 @@ def test_simulate_takes_the_amplitude_range(capsys):
 
 def test_fit_checks_its_templates_unless_asked_not_to_and_pools_groups_of_trials(capsys):
     command = ["fit", "motoneurone", "--pool", "50", "--n-templates", "2", *TINY_FIT]
-    assert main([*command, "--out", "checked"]) == 0
+    assert main([*command, "--out", "checked", "--n-simulations", "3"]) == 0
     printed = capsys.readouterr().err
-    assert "in groups of 50 consecutive trials" in printed and "checking the templates: 5 refits" in printed
+    assert "in groups of 50 consecutive trials" in printed and "checking the templates: 3 refits" in printed
     summary = pd.read_csv("checked/summary.csv")
     assert summary.loc[0, "family"] == "binomial" and summary.loc[0, "n_examples"] + summary.loc[
         0, "n_heldout_examples"

@@ -53,6 +53,7 @@ def test_templates_fitted_to_noise_are_flagged():
     table = recoverability(model, counts, n_simulations=2, seed=0)
     assert not table["recoverable"].any()
     assert (table.loc[table["n_events"] > 0, "median_error"] > 0.3).all()
+    assert (table.loc[table["n_events"] == 0, "median_error"] == 1.0).all()  # nothing to recover
 
 
 def test_bad_settings_are_refused(clear_events):

@@ -158,6 +158,8 @@ def template_bootstrap(
         for row in alignment.table.itertuples(index=False):
             errors[s, int(row.true_index)] = float(row.error)
         refits[s] = alignment.aligned
+    silent = np.array([len(values) == 0 for values in amplitudes])
+    errors[:, silent] = 1.0  # a template without events has nothing to recover: its match in a refit is chance
     lower, upper = np.quantile(refits, [(1 - coverage) / 2, (1 + coverage) / 2], axis=0)
     table = pd.DataFrame(
         {

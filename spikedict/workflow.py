@@ -366,6 +366,8 @@ class FitResult:
         The held-out comparison of rate models (see ``heldout_fraction`` of :func:`fit_recording`).
     bootstrap : TemplateBootstrap or None
         The recoverability check of the templates (see ``n_simulations``).
+    heldout_counts : SpikeCounts or None
+        The examples left out of the fit (see ``heldout_fraction``).
     """
 
     model: Any
@@ -375,6 +377,7 @@ class FitResult:
     folder: Path | None
     heldout: pd.DataFrame | None = None
     bootstrap: Any = None
+    heldout_counts: Any = None
 
 
 def _ground_truth(block: Any) -> np.ndarray | None:
@@ -532,7 +535,9 @@ def fit_recording(
         warned = warned + _heldout_warnings(evaluation.summary, echo) + _recoverability_warnings(bootstrap, echo)
         evaluation.summary["data_warnings"] = " | ".join(warned)
         summary = pd.DataFrame([evaluation.summary])
-        return FitResult(model, counts, summary, evaluation.alignment_table, None, evaluation.heldout_table, bootstrap)
+        return FitResult(
+            model, counts, summary, evaluation.alignment_table, None, evaluation.heldout_table, bootstrap, heldout
+        )
     return _write_fit(folder, source, fitted, parameters, device_used, echo, timings, started, warned)
 
 
@@ -944,7 +949,14 @@ def _write_fit(
     _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
     summary = pd.DataFrame([evaluation.summary])
     return FitResult(
-        model, fitted.counts, summary, evaluation.alignment_table, folder, evaluation.heldout_table, fitted.bootstrap
+        model,
+        fitted.counts,
+        summary,
+        evaluation.alignment_table,
+        folder,
+        evaluation.heldout_table,
+        fitted.bootstrap,
+        fitted.heldout,
     )
 
 

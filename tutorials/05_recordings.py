@@ -50,9 +50,9 @@ import pandas as pd
 import quantities as pq
 
 from spikedict.analysis import find_events, sequence_order
-from spikedict.io import bin_spiketrains
+from spikedict.io import SpikeCounts
 from spikedict.plotting import plot_event_aligned, plot_raster, plot_rate_templates, plot_sequences
-from spikedict.workflow import fit_recording, open_recording, split_examples
+from spikedict.workflow import fit_recording, open_recording
 
 QUICK = os.environ.get("SPIKEDICT_TUTORIAL_QUICK", "0") == "1"
 # Tiny fits for the test suite; the full run uses the data sets' defaults, as `spikedict fit` does.
@@ -90,11 +90,16 @@ def study(name: str):
     print(f"\nrecoverability check ({N_SIMULATIONS} refits; recoverable: median error at most 0.3):")
     print(check.round(3).to_string(index=False))
 
-    block, _, settings = open_recording(name)
-    every = bin_spiketrains(block, settings.bin_size, group_by=settings.group_by, pool_size=settings.pool_size)
-    if settings.example_duration is not None:
-        every = split_examples(every, int(round(float((settings.example_duration / settings.bin_size).simplified))))
-    assert np.array_equal(every.counts[: counts.n_examples], counts.counts), "not binned as the fit was"
+    block, _, _ = open_recording(name)
+    heldout = result.heldout_counts
+    every = SpikeCounts(
+        np.concatenate([counts.counts, heldout.counts]),
+        np.concatenate([counts.n_trials, heldout.n_trials]),
+        counts.bin_size,
+        counts.t_start,
+        counts.channel_names,
+        pd.concat([counts.example_labels, heldout.example_labels], ignore_index=True),
+    )
     codes = model.transform(every)
     if counts.n_channels <= 8:
         bands = {"lower": result.bootstrap.lower, "upper": result.bootstrap.upper}

@@ -527,7 +527,7 @@ def fit_recording(
     if candidates:
         settings, parameters, selection = _choose_model(counts, settings, parameters, candidates, echo, timings)
     model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
-    warned = warned + _fit_warnings(model, echo)
+    warned = warned + _fit_warnings(model, counts, echo)
     bootstrap = _check_templates(model, counts, settings, n_simulations, seed, parameters, echo, timings)
     fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap, selection)
     if folder is None:  # the same fit and its evaluation, nothing written
@@ -642,11 +642,10 @@ def _heldout_examples(counts: Any, fraction: float, echo: Callable[[str], None])
     return select_examples(counts, slice(0, n_train)), select_examples(counts, slice(n_train, counts.n_examples))
 
 
-def _fit_warnings(model: Any, echo: Callable[[str], None]) -> list[str]:
+def _fit_warnings(model: Any, counts: Any, echo: Callable[[str], None]) -> list[str]:
     """A fit that ended with no events (codes all zero) explains nothing beyond the baseline: say so, with what to
     try, in the terminal."""
-    history = model.history_
-    if not len(history) or float(history["code_density"].iloc[-1]) > 0:
+    if _events(model, counts):
         return []
     message = (
         f"the fit ended with no events (every code is zero at sparsity {model.sparsity_:.3g}): the templates are "
@@ -845,8 +844,10 @@ def _fit_counts(
 SPARSITY_PATH = (0.7, 0.5, 0.35, 0.25)
 
 
-def _events(model: Any) -> bool:
-    return bool(len(model.history_)) and float(model.history_["code_density"].iloc[-1]) > 0
+def _events(model: Any, counts: Any) -> bool:
+    """Whether the fitted model codes any event in ``counts`` (by ``transform``: the training history's last codes,
+    warm-started through the fit, can hold events that inference from zero does not find)."""
+    return bool(np.any(model.transform(counts) != 0))
 
 
 def _choose_sparsity(
@@ -864,17 +865,19 @@ def _choose_sparsity(
     from spikedict.analysis import split_half_gain
 
     def gain_of(candidate: Any) -> float:
-        return split_half_gain(candidate, counts) if _events(candidate) else -np.inf
+        return split_half_gain(candidate, counts) if _events(candidate, counts) else -np.inf
 
     auto, seconds = model.sparsity_, timings["fit"]
     best = (gain_of(model), model)
-    path = [{"sparsity": auto, "events": _events(model), "split_half_bits_per_spike": best[0]}]
+    path = [{"sparsity": auto, "events": bool(np.isfinite(best[0])), "split_half_bits_per_spike": best[0]}]
     for factor in SPARSITY_PATH:
         echo(f"trying sparsity {auto * factor:.3g} (split-half gain so far {best[0]:+.3f} bits per spike)")
         candidate = _run_fit(_build_estimator({**parameters, "sparsity": auto * factor}), counts, False, timings)
         seconds += timings["fit"]
         gain = gain_of(candidate)
-        path.append({"sparsity": candidate.sparsity_, "events": _events(candidate), "split_half_bits_per_spike": gain})
+        path.append(
+            {"sparsity": candidate.sparsity_, "events": bool(np.isfinite(gain)), "split_half_bits_per_spike": gain}
+        )
         if gain > best[0]:
             best = (gain, candidate)
         elif np.isfinite(best[0]):  # no better than the last fit with events: the path has passed its best

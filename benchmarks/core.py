@@ -350,6 +350,18 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def run_with_threads(run: Any, args: Any, argv: list[str] | None) -> int:
+    """``run(args, argv)`` with ``args.threads`` torch threads (a ``--quick`` smoke run: 1 unless told otherwise, as
+    multi-threaded torch spends a tiny problem waiting for its threads on a busy machine), restored afterwards."""
+    threads = torch.get_num_threads()
+    if args.threads or args.quick:
+        torch.set_num_threads(args.threads or 1)
+    try:
+        return run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -70,7 +70,7 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import RESULTS, cpu_model, git_revision, source_hash
+from core import RESULTS, cpu_model, git_revision, run_with_threads, source_hash
 
 from spikedict.analysis import align_templates, find_events
 from spikedict.analysis.sequences import sequence_order
@@ -377,14 +377,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module's docstring); torch's thread count is restored at the end."""
-    args = parse_arguments(argv)
-    threads = torch.get_num_threads()
-    if args.threads or args.quick:
-        torch.set_num_threads(args.threads or 1)
-    try:
-        return run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
+    return run_with_threads(run, parse_arguments(argv), argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -99,7 +99,7 @@ from scipy.special import gammaln, xlogy
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import RESULTS, cpu_model, git_revision
+from core import RESULTS, cpu_model, git_revision, run_with_threads
 
 from spikedict import SpikeDictionary
 from spikedict.io import SpikeCounts, bin_spiketrains, load_dataset
@@ -700,16 +700,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module's docstring); torch's thread count is restored at the end."""
-    args = parse_arguments(argv)
-    threads = torch.get_num_threads()
-    # A smoke run uses one thread unless told otherwise (as core.py): on a busy machine, multi-threaded torch
-    # spends a tiny problem waiting for its threads.
-    if args.threads or args.quick:
-        torch.set_num_threads(args.threads or 1)
-    try:
-        return run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
+    return run_with_threads(run, parse_arguments(argv), argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -530,7 +530,7 @@ def plot_raster(
             ax.plot(x[first : min(last, values.size)], values[first:last], label=name, **styles[name])
         ax.set_xlim(origin + first * step, origin + last * step)
         ax.set_xlabel(time_label + _window_note(first, last, n_bins, seconds, origin))
-        ax.set_ylabel("Count (trials with a spike per bin)")
+        ax.set_ylabel("Count per bin (spikes, or pooled trials with a spike)")
         _legend_outside(ax)
         return ax
     if is_array:

@@ -137,7 +137,7 @@ def test_raster_of_pooled_counts():
     assert [line.get_label() for line in ax.lines] == ["counts", "predicted rate"]
     np.testing.assert_allclose(ax.lines[0].get_ydata(), counts)
     np.testing.assert_allclose(ax.lines[1].get_ydata(), [1.0, 2.0, 3.0, 1.0])
-    assert ax.get_ylabel() == "Count (trials with a spike per bin)"
+    assert ax.get_ylabel() == "Count per bin (spikes, or pooled trials with a spike)"
     with pytest.raises(ValueError, match=r"rates\[example, channel\]"):
         plotting.plot_raster(counts, rates=np.ones((1, 4)))
 

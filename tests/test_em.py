@@ -23,17 +23,18 @@ TEMPLATES = TEMPLATES / TEMPLATES.flatten(1).norm(dim=1)[:, None, None]
 AMPLITUDES = torch.tensor([1.0, 2.5])
 
 
-def exact_posterior(y, family, n_templates, prior, baseline):
-    """Every code configuration of a tiny problem (events of a template at least a template apart), with its
-    posterior probability by enumeration."""
+def exact_posterior(y, family, n_templates, prior, baseline, spacing=None):
+    """Every code configuration of a tiny problem (events of a template at least ``spacing`` apart, by default a
+    template), with its posterior probability by enumeration."""
     size, n_bins = TEMPLATES.shape[-1], y.shape[-1]
     n_shifts = n_bins - size + 1
+    spacing = size if spacing is None else spacing
     per_template = []
     for _ in range(n_templates):
         options = []
-        for n_events in range(3):
+        for n_events in range(n_shifts + 1):
             for shifts in itertools.combinations(range(n_shifts), n_events):
-                if any(b - a < size for a, b in itertools.pairwise(shifts)):
+                if any(b - a < spacing for a, b in itertools.pairwise(shifts)):
                     continue
                 options += [tuple(zip(shifts, grid)) for grid in itertools.product(range(2), repeat=n_events)]
         per_template.append(options)
@@ -53,13 +54,21 @@ def exact_posterior(y, family, n_templates, prior, baseline):
 
 
 @pytest.mark.parametrize(
-    ("family", "n_templates"), [(Poisson(), 1), (Binomial(n_trials=5), 1), (Poisson(), 2), (Binomial(n_trials=5), 2)]
+    ("family", "n_templates", "spacing"),
+    [
+        (Poisson(), 1, None),
+        (Binomial(n_trials=5), 1, None),
+        (Poisson(), 2, None),
+        (Binomial(n_trials=5), 2, None),
+        (Poisson(), 2, 2),  # events closer than a template: smaller blocks, three colours
+        (Binomial(n_trials=5), 1, 1),  # any spacing: one-shift blocks, three colours
+    ],
 )
-def test_the_sampler_draws_from_the_exact_posterior(family, n_templates):
+def test_the_sampler_draws_from_the_exact_posterior(family, n_templates, spacing):
     y = torch.tensor([[[0.0, 3.0, 2.0, 0.0, 1.0, 4.0, 1.0]]])
     baseline = torch.tensor([-0.5])
     prior = CodePrior(torch.tensor([0.15, 0.1])[:n_templates], AMPLITUDES, torch.tensor([[0.6, 0.4], [0.3, 0.7]]))
-    states, probability = exact_posterior(y, family, n_templates, prior, baseline.reshape(1, -1, 1))
+    states, probability = exact_posterior(y, family, n_templates, prior, baseline.reshape(1, -1, 1), spacing)
     n_chains = 6000  # independent chains, one per copy of the example
     sampler = CodeSampler(
         TEMPLATES[:n_templates],
@@ -67,6 +76,7 @@ def test_the_sampler_draws_from_the_exact_posterior(family, n_templates):
         y.expand(n_chains, -1, -1).contiguous(),
         family,
         torch.zeros(n_chains, n_templates, 5),
+        spacing,
     )
     generator = torch.Generator().manual_seed(3)
     for _ in range(60):
@@ -101,6 +111,8 @@ def test_the_sampler_keeps_its_rates_in_step_with_its_codes():
     assert 0 < acceptance <= 1 and bool((sampler.codes != 0).any())
     with pytest.raises(ValueError, match="draws the codes of count data"):
         CodeSampler(templates, torch.tensor([0.2, 0.4]), y, Gaussian(), torch.zeros(4, 2, 53))
+    with pytest.raises(ValueError, match="min_spacing must lie between 1 and the template size 8"):
+        CodeSampler(templates, torch.tensor([0.2, 0.4]), y, Poisson(), torch.zeros(4, 2, 53), 9)
     events = sampler.codes != 0  # events of one template at least a template apart
     for example, template in itertools.product(range(4), range(2)):
         shifts = torch.nonzero(events[example, template]).flatten()

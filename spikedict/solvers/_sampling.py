@@ -2,14 +2,15 @@
 
 The prior of the codes of template ``k`` is a sparse spike-and-slab point process on the shifts: an event at
 each shift with probability ``event_probability[k]``, amplitudes drawn from a distribution on a grid
-(``amplitude_weights[k]`` over ``amplitudes``), and events of one template at least ``template_size`` bins apart
-(a hard core: one template cannot explain the same bins twice). Given the templates and the baseline, the
-posterior of the codes is sampled by **blocked Metropolis-within-Gibbs**:
+(``amplitude_weights[k]`` over ``amplitudes``), and events of one template at least ``min_spacing`` bins apart
+(a hard core; by default ``template_size``: one template cannot explain the same bins twice). Given the templates
+and the baseline, the posterior of the codes is sampled by **blocked Metropolis-within-Gibbs**:
 
-- the shifts of one template are cut into blocks of ``template_size`` shifts at an offset drawn at each sweep;
-  one block holds at most one event, and the blocks of the same parity (every other block) do not share a bin
-  of the data, so all of them (in every example) are updated at once, given the other templates' codes and the
-  other parity's events;
+- the shifts of one template are cut into blocks of ``min_spacing`` shifts at an offset drawn at each sweep; one
+  block holds at most one event. The blocks are coloured so that blocks of one colour (every ``n_colours``-th
+  block, ``n_colours = ceil((min_spacing + template_size - 1) / min_spacing)``: every other block for the default
+  spacing) do not share a bin of the data, and all of them (in every example) are updated at once, given the other
+  templates' codes and the other colours' events;
 - in a block, a candidate (no event, or an event at one shift with one amplitude) is proposed from a quadratic
   approximation of the log-likelihood around the rates without the block's own event (two correlations of the
   data with the template, as in a Newton step), and accepted with the Metropolis-Hastings ratio of the
@@ -70,17 +71,31 @@ class CodeSampler:
         A count family (binomial, Poisson), whose ``A(eta) - y eta`` is the negative log-likelihood itself; it
         covers the examples of ``y`` (binomial ``n_trials`` per example, say).
     codes : Tensor, shape (n_examples, n_templates, n_bins - template_size + 1)
-        The chain's state: amplitudes on the prior's grid, events of one template at least ``template_size``
+        The chain's state: amplitudes on the prior's grid, events of one template at least ``min_spacing``
         apart (zeros to start from nothing).
+    min_spacing : int, optional
+        Fewest bins between two events of one template (default: the template size), from 1 to the template size.
     """
 
-    def __init__(self, templates: Tensor, baseline: Tensor, y: Tensor, family: Family, codes: Tensor) -> None:
+    def __init__(
+        self,
+        templates: Tensor,
+        baseline: Tensor,
+        y: Tensor,
+        family: Family,
+        codes: Tensor,
+        min_spacing: int | None = None,
+    ) -> None:
         if templates.ndim != 3:
             raise ValueError("the code sampler needs 1-D templates, shape (n_templates, n_channels, template_size).")
         if family.linear_residual:
             raise ValueError(f"the code sampler draws the codes of count data (binomial, Poisson), got {family!r}.")
         self.templates, self.y, self.family = templates, y, family
         self.size = templates.shape[-1]
+        self.spacing = self.size if min_spacing is None else int(min_spacing)
+        if not 1 <= self.spacing <= self.size:
+            raise ValueError(f"min_spacing must lie between 1 and the template size {self.size}, got {min_spacing!r}.")
+        self.n_colours = -(-(self.spacing + self.size - 1) // self.spacing)
         self.n_shifts = y.shape[-1] - self.size + 1
         self.baseline = baseline.reshape(1, -1, 1).to(y.dtype)
         self.operators = [ConvolutionOperator(templates[k : k + 1], (y.shape[-1],)) for k in range(len(templates))]
@@ -96,37 +111,37 @@ class CodeSampler:
 
     def sweep(self, prior: CodePrior, generator: torch.Generator) -> float:
         """Update every block of every template once; returns the fraction of proposals accepted."""
-        offset = int(torch.randint(0, self.size, (1,), generator=generator))
+        offset = int(torch.randint(0, self.spacing, (1,), generator=generator))
         accepted, proposed = 0.0, 0
         for k in range(len(self.templates)):
-            for parity in (0, 1):
-                a, n = self._update(k, parity, offset, prior, generator)
+            for colour in range(self.n_colours):
+                a, n = self._update(k, colour, offset, prior, generator)
                 accepted, proposed = accepted + a, proposed + n
         self.accepted = accepted / max(proposed, 1)
         return self.accepted
 
-    def _blocks(self, parity: int, offset: int) -> Tensor:
-        """Shifts of the blocks of ``parity``, shape (n_blocks, template_size); -1 outside [0, n_shifts)."""
-        size = self.size
-        first = -offset + parity * size
-        starts = torch.arange(first, self.n_shifts, 2 * size)
-        shifts = starts[:, None] + torch.arange(size)[None, :]
+    def _blocks(self, colour: int, offset: int) -> Tensor:
+        """Shifts of the blocks of ``colour``, shape (n_blocks, min_spacing); -1 outside [0, n_shifts)."""
+        spacing = self.spacing
+        first = -offset + colour * spacing
+        starts = torch.arange(first, self.n_shifts, self.n_colours * spacing)
+        shifts = starts[:, None] + torch.arange(spacing)[None, :]
         return torch.where((shifts >= 0) & (shifts < self.n_shifts), shifts, -1).to(self.y.device)
 
     def _update(
-        self, k: int, parity: int, offset: int, prior: CodePrior, generator: torch.Generator
+        self, k: int, colour: int, offset: int, prior: CodePrior, generator: torch.Generator
     ) -> tuple[float, int]:
-        size, codes = self.size, self.codes[:, k]
+        size, codes = self.spacing, self.codes[:, k]
         operator, template = self.operators[k], self.templates[k]
-        blocks = self._blocks(parity, offset)
+        blocks = self._blocks(colour, offset)
         valid = blocks >= 0
         index = blocks.clamp(min=0)
-        in_parity = torch.zeros(self.n_shifts, dtype=torch.bool, device=codes.device)
-        in_parity[index[valid]] = True
-        own = codes * in_parity
-        eta_rest = self.eta - operator.decode(own[:, None])  # without this parity's events of template k
-        # events of template k outside these blocks forbid candidates closer than template_size to them
-        others = ((codes != 0) & ~in_parity).to(codes.dtype)[:, None]
+        in_colour = torch.zeros(self.n_shifts, dtype=torch.bool, device=codes.device)
+        in_colour[index[valid]] = True
+        own = codes * in_colour
+        eta_rest = self.eta - operator.decode(own[:, None])  # without this colour's events of template k
+        # events of template k outside these blocks forbid candidates closer than min_spacing to them
+        others = ((codes != 0) & ~in_colour).to(codes.dtype)[:, None]
         crowded = F.max_pool1d(others, 2 * size - 1, stride=1, padding=size - 1)[:, 0] > 0
         # the quadratic model of the log-likelihood of an event of amplitude a at each shift
         gradient = operator.correlate(self.y - self.family.mean(eta_rest))[:, 0]
@@ -157,7 +172,7 @@ class CodeSampler:
         uniform = torch.rand(log_ratio.shape, generator=generator).to(log_ratio.device)
         accept = (torch.log(uniform.clamp(min=1e-300)) < log_ratio) & torch.isfinite(target_new)
         choice = torch.where(accept, proposal, current)
-        self._write(k, own, index, choice, none, amplitudes, in_parity, eta_rest)
+        self._write(k, own, index, choice, none, amplitudes, in_colour, eta_rest)
         return float(accept.sum()), accept.numel()
 
     def _current_choice(self, own: Tensor, index: Tensor, valid: Tensor, amplitudes: Tensor) -> Tensor:
@@ -198,14 +213,14 @@ class CodeSampler:
         choice: Tensor,
         none: int,
         amplitudes: Tensor,
-        in_parity: Tensor,
+        in_colour: Tensor,
         eta_rest: Tensor,
     ) -> None:
         is_event, shift, amplitude = _decode_choice(index, choice, none, amplitudes)
         new = torch.zeros_like(own)
         rows = torch.arange(choice.shape[0], device=choice.device)[:, None].expand_as(shift)
         new[rows[is_event], shift[is_event]] = amplitude[is_event]
-        self.codes[:, k] = self.codes[:, k] * ~in_parity + new
+        self.codes[:, k] = self.codes[:, k] * ~in_colour + new
         self.eta = eta_rest + self.operators[k].decode(new[:, None])
 
 

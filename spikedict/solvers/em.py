@@ -64,6 +64,10 @@ class EM(Solver):
         values average more draws' noise away; the averaging should start once the templates have settled.
     n_restarts : int
         Initialisations (seeds ``seed``, ``seed + 1``, ...); the fit with the lowest training loss is kept.
+    min_spacing : int or None
+        Fewest bins between two events of one template in the prior (None: the template size, so one template
+        never explains the same bins twice). Lower it for data whose events of one kind can follow each other
+        within a template's length; the sampler then updates smaller blocks in more passes.
     """
 
     name = "em"
@@ -78,6 +82,7 @@ class EM(Solver):
         n_dictionary_iterations: int = 10,
         averaging: float = 0.5,
         n_restarts: int = 1,
+        min_spacing: int | None = None,
     ) -> None:
         self.n_epochs = n_epochs
         self.map_fit = map_fit
@@ -87,6 +92,7 @@ class EM(Solver):
         self.n_dictionary_iterations = n_dictionary_iterations
         self.averaging = averaging
         self.n_restarts = n_restarts
+        self.min_spacing = min_spacing
 
     def _settings_of(self, name: str) -> Any:
         value = getattr(self, name)
@@ -113,6 +119,8 @@ class EM(Solver):
             check_integer("EM", name, getattr(self, name), lowest.get(name, 1))
         if not (_is_real(self.averaging) and 0 < self.averaging <= 1):
             raise ValueError(f"EM averaging must be a fraction in (0, 1], got {self.averaging!r}.")
+        if self.min_spacing is not None:
+            check_integer("EM", "min_spacing", self.min_spacing, 1)
 
     def learning_room(
         self,
@@ -159,6 +167,7 @@ class EMRun(EpochRun):
             "n_amplitudes": settings.n_amplitudes,
             "n_sweeps": settings.n_sweeps,
             "n_burn_in": settings.n_burn_in,
+            "min_spacing": settings.min_spacing,
         }
         self.generator = torch.Generator().manual_seed(int(problem.seed) + 7919)
         self.iteration = 0
@@ -203,8 +212,15 @@ class EMRun(EpochRun):
         model, device = self.model, self.model.templates.device
         if self.y is None:  # the sampler's data, moved to the device once
             self.y = self.problem.data.to(device)
+        spacing = self.settings.min_spacing
+        size = model.templates.shape[-1]
         self.sampler = CodeSampler(
-            model.templates.detach(), model.baseline.detach(), self.y, self.problem.family.to(device), codes.to(device)
+            model.templates.detach(),
+            model.baseline.detach(),
+            self.y,
+            self.problem.family.to(device),
+            codes.to(device),
+            None if spacing is None else min(int(spacing), size),
         )
 
     # ------------------------------------------------------------------------------------------ epochs

@@ -6,8 +6,8 @@ instead integrates over the codes. Monte-Carlo EM does it by alternating
 
 - **E-step**: codes drawn from their posterior ``p(x | y, H)`` under a sparse spike-and-slab prior (an event
   probability per template and an amplitude distribution on a grid, events of one template at least
-  ``min_spacing`` apart), by the blocked Metropolis-within-Gibbs sampler of :mod:`spikedict.solvers._sampling` with the family's
-  exact likelihood, warm-started from the previous draw;
+  ``min_spacing`` apart), by the blocked Metropolis-within-Gibbs sampler of :mod:`spikedict.solvers._sampling`
+  with the family's exact likelihood, warm-started from the previous draw;
 - **M-step**: the exact maximum-likelihood template (and baseline) step on the drawn codes, warm-started from the
   current templates (L-BFGS, as the alternating solver's template step), and the prior re-estimated from the
   drawn events;

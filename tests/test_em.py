@@ -217,3 +217,12 @@ def test_the_posterior_finds_the_true_events_with_their_amplitudes_and_bands_the
     with pytest.raises(ValueError, match="only a sampling solver learns"):
         map_model.fit(simulation.counts).events()
     assert not hasattr(map_model, "event_probability_")
+
+
+def test_em_restarts_are_compared_by_the_mean_loss_of_their_last_iterations(binomial_counts):
+    """One EM iteration's loss is one draw's: restarts are compared by the mean over the last 5 iterations."""
+    solver = EM(n_epochs=6, n_burn_in=1, map_fit=Alternating(n_epochs=2), n_restarts=2)
+    model = small_model(solver=solver, seed=0).fit(binomial_counts)
+    em_losses = model.history_.loc[model.history_["phase"] == "em", "train_loss"]
+    assert model.restart_losses_[model.best_restart_] == pytest.approx(em_losses.iloc[-5:].mean())
+    assert model.restart_losses_[model.best_restart_] == min(model.restart_losses_)

@@ -125,6 +125,9 @@ class FitResult:
         its residuals (Gaussian), where the solver has codes of every example (None: the estimator infers them).
     posterior : Posterior or None
         What a sampling solver (EM) learned of the codes' posterior over its last iterations (None: the others).
+    comparison_loss : float or None
+        The loss by which restarts are compared, where the solver's last epoch alone is a noisy one (EM: the mean
+        over its last iterations, each from one draw of the codes); None: the last epoch's training loss.
     """
 
     history: pd.DataFrame
@@ -135,10 +138,14 @@ class FitResult:
     validation_index: Tensor | None = None
     residual_rms: float | None = None
     posterior: Posterior | None = None
+    comparison_loss: float | None = None
 
     @property
     def final_loss(self) -> float:
-        """Training loss of the last finished epoch (inf if none finished)."""
+        """The loss restarts are compared by: ``comparison_loss`` if the solver gave one, else the training loss of
+        the last finished epoch (inf if none finished)."""
+        if self.comparison_loss is not None:
+            return float(self.comparison_loss)
         return float(self.history["train_loss"].iloc[-1]) if len(self.history) else math.inf
 
 

@@ -63,7 +63,9 @@ class EM(Solver):
         Fraction of the EM iterations, at the end, over which the templates and baseline are averaged. Larger
         values average more draws' noise away; the averaging should start once the templates have settled.
     n_restarts : int
-        Initialisations (seeds ``seed``, ``seed + 1``, ...); the fit with the lowest training loss is kept.
+        Initialisations (seeds ``seed``, ``seed + 1``, ...); the fit with the lowest training loss (the mean over
+        its last 5 EM iterations) is kept. EM settles in the optimum its start leads to, and the loss tells the
+        better starts apart; each restart costs a whole fit.
     min_spacing : int or None
         Fewest bins between two events of one template in the prior (None: a fifth of the template size, at least
         1). Events of one kind often follow each other within a template's length; a prior that forbids it (the
@@ -381,7 +383,18 @@ class EMRun(EpochRun):
             reweighting_delta=self.delta,
             best_epoch=len(history),
             posterior=self._posterior(),
+            comparison_loss=_comparison_loss(history),
         )
+
+
+#: EM iterations, at the end, whose mean training loss compares restarts (one iteration's loss is one draw's).
+N_COMPARED_ITERATIONS = 5
+
+
+def _comparison_loss(history: list[dict[str, Any]]) -> float | None:
+    """The mean training loss of the last EM iterations (None before any)."""
+    losses = [float(row["train_loss"]) for row in history if row.get("phase") == "em"][-N_COMPARED_ITERATIONS:]
+    return sum(losses) / len(losses) if losses else None
 
 
 def _event_probability(codes: Tensor, n_shifts: int | None = None) -> Tensor:

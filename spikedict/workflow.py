@@ -530,15 +530,19 @@ def fit_recording(
     warned = warned + _fit_warnings(model, counts, echo)
     bootstrap = _check_templates(model, counts, settings, n_simulations, seed, parameters, echo, timings)
     fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap, selection)
-    if folder is None:  # the same fit and its evaluation, nothing written
-        evaluation = _evaluate_fit(fitted, timings)
-        warned = warned + _heldout_warnings(evaluation.summary, echo) + _recoverability_warnings(bootstrap, echo)
-        evaluation.summary["data_warnings"] = " | ".join(warned)
-        summary = pd.DataFrame([evaluation.summary])
-        return FitResult(
-            model, counts, summary, evaluation.alignment_table, None, evaluation.heldout_table, bootstrap, heldout
-        )
-    return _write_fit(folder, source, fitted, parameters, device_used, echo, timings, started, warned)
+    evaluation = _evaluate_fit(fitted, timings, warned, echo)
+    if folder is not None:
+        _write_fit(folder, source, fitted, evaluation, parameters, device_used, echo, timings, started)
+    return FitResult(
+        model,
+        counts,
+        pd.DataFrame([evaluation.summary]),
+        evaluation.alignment_table,
+        folder,
+        evaluation.heldout_table,
+        bootstrap,
+        heldout,
+    )
 
 
 #: Numbers of templates compared by ``n_templates="auto"``.
@@ -923,26 +927,22 @@ def _write_fit(
     folder: Path,
     source: str | Path,
     fitted: _Fitted,
+    evaluation: _Evaluation,
     parameters: Mapping[str, Any],
     device_used: str,
     echo: Callable[[str], None],
     timings: dict[str, float],
     started: float,
-    warned: list[str],
-) -> FitResult:
-    """Write the model, templates, figures and report of a fit to binned counts (with the ``warned`` notes about the
-    data); return what was fitted."""
+) -> None:
+    """Write the model, templates, figures and report of a fit to binned counts and its ``evaluation``."""
     echo(f"writing the model, templates, figures and report to {folder}")
     clock = time.perf_counter()
     model, settings = fitted.model, fitted.settings
     seconds = float(settings.bin_size.rescale(pq.s).magnitude)
     written = _write_model_and_templates(folder, model, fitted.counts.channel_names, seconds, fitted.bootstrap)
-    evaluation = _evaluate_fit(fitted, timings)
-    warned = warned + _heldout_warnings(evaluation.summary, echo) + _recoverability_warnings(fitted.bootstrap, echo)
-    evaluation.summary["data_warnings"] = " | ".join(warned)
     report = _fit_report(folder, fitted, evaluation, written)
-    if warned:
-        report.add_text("Warnings about the data", " ".join(warned))
+    if evaluation.warnings:
+        report.add_text("Warnings about the data", " ".join(evaluation.warnings))
     timings["report"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - started
     settings_shown = {k: v for k, v in parameters.items() if k not in ("checkpoint_path", "progress")}
@@ -950,17 +950,6 @@ def _write_fit(
         "Settings", {**_recording_settings(source, settings), **settings_shown, "device used": device_used}
     )
     _finish_report(report, folder, timings, checkpoint_path=Path(parameters["checkpoint_path"]))
-    summary = pd.DataFrame([evaluation.summary])
-    return FitResult(
-        model,
-        fitted.counts,
-        summary,
-        evaluation.alignment_table,
-        folder,
-        evaluation.heldout_table,
-        fitted.bootstrap,
-        fitted.heldout,
-    )
 
 
 @dataclass
@@ -980,6 +969,8 @@ class _Evaluation:
         The true templates, when the recording carries them.
     rates : ndarray
         The fitted rates (expected counts per bin) of the training examples.
+    warnings : list of str
+        What the terminal was told about the data and the fit (also the summary's ``data_warnings``).
     """
 
     summary: dict[str, Any]
@@ -987,6 +978,7 @@ class _Evaluation:
     heldout_table: pd.DataFrame | None
     truth: np.ndarray | None
     rates: np.ndarray
+    warnings: list[str]
 
 
 #: Summary columns of the held-out comparison: rate model -> column.
@@ -1012,9 +1004,11 @@ def _heldout_table(fitted: _Fitted, timings: dict[str, float]) -> pd.DataFrame |
     return table
 
 
-def _evaluate_fit(fitted: _Fitted, timings: dict[str, float]) -> _Evaluation:
-    """The summary row (log-likelihoods of the fit and of constant rates, held-out gains), template errors, ground
-    truth and rates."""
+def _evaluate_fit(
+    fitted: _Fitted, timings: dict[str, float], warned: list[str], echo: Callable[[str], None]
+) -> _Evaluation:
+    """The summary row (log-likelihoods of the fit and of constant rates, held-out gains, the ``warned`` notes and
+    those of the held-out score and the recoverability check), template errors, ground truth and rates."""
     from spikedict.analysis import align_templates, constant_rates, log_likelihood_per_bin
 
     model, counts, settings = fitted.model, fitted.counts, fitted.settings
@@ -1053,7 +1047,9 @@ def _evaluate_fit(fitted: _Fitted, timings: dict[str, float]) -> _Evaluation:
         alignment = align_templates(model.templates_, truth)
         alignment_table = alignment.table
         summary["mean_template_error"] = alignment.mean_error
-    return _Evaluation(summary, alignment_table, heldout_table, truth, rates)
+    warned = warned + _heldout_warnings(summary, echo) + _recoverability_warnings(fitted.bootstrap, echo)
+    summary["data_warnings"] = " | ".join(warned)
+    return _Evaluation(summary, alignment_table, heldout_table, truth, rates, warned)
 
 
 def _heldout_warnings(summary: Mapping[str, Any], echo: Callable[[str], None]) -> list[str]:

@@ -48,6 +48,7 @@ import torch
 
 from spikedict.analysis._data import as_analysis_data, heldout_split, resolve_family, split_trials
 from spikedict.analysis.alignment import align_templates
+from spikedict.analysis.heldout import _with_trials, predict_second_half
 from spikedict.analysis.metrics import DEFAULT_CLIP, constant_rates, deviance_per_bin, log_likelihood_per_bin, pseudo_r2
 from spikedict.estimator import SpikeDictionary
 from spikedict.families import Binomial, Family
@@ -116,6 +117,7 @@ def evaluate_heldout(
     heldout = as_analysis_data(heldout, "heldout")
     family = resolve_family(evaluation_family, heldout, getattr(model.family_, "n_trials", None))
     own = model.score(heldout)
+    exposure = 1.0  # the scored counts' rate relative to the held-out data's (thinned spikes: 0.5)
     if infer_codes_from == "heldout":
         scored, rates = heldout, model.predict_rate(heldout)
         log_likelihood = (
@@ -137,17 +139,12 @@ def evaluate_heldout(
         family = scored.family
         log_likelihood = log_likelihood_per_bin(scored.counts, rates, family, clip=clip)
     elif infer_codes_from == "split_spikes":
-        from spikedict.analysis.heldout import predict_second_half
-
         scored, rates, family, exposure = predict_second_half(model, heldout, family, split_seed)
         log_likelihood = log_likelihood_per_bin(scored.counts, rates, family, clip=clip)
     else:
         raise ValueError(
             f"infer_codes_from must be 'heldout', 'other_trials' or 'split_spikes', got {infer_codes_from!r}."
         )
-    exposure = exposure if infer_codes_from == "split_spikes" else 1.0
-    from spikedict.analysis.heldout import _with_trials
-
     reference = _with_trials(as_analysis_data(train if train is not None else heldout, "train"), model)
     null_rates = constant_rates(scored.counts, family, fitted_on=reference) * exposure
     return {

@@ -35,7 +35,7 @@ import torch
 
 from spikedict.analysis._data import AnalysisData, _carried_n_trials, as_analysis_data, split_trials
 from spikedict.analysis.metrics import constant_rates, log_likelihood_per_bin
-from spikedict.families import Binomial, Family, Gaussian, Poisson
+from spikedict.families import Binomial, Family, Poisson
 
 __all__ = [
     "bits_per_spike",
@@ -330,13 +330,13 @@ def heldout_comparison(
     -------
     pandas.DataFrame
         One row per rate model (``spikedict``, ``constant rate``, then ``PSTH`` and ``instantaneous_rate`` where
-        computed), with columns ``model``, ``setting`` (the kernel width), ``heldout_log_likelihood_per_bin``
-        (of the second halves, per bin and channel) and ``bits_per_spike`` (gain over the constant rate per
-        spike of the second halves; positive: better than a constant rate).
+        computed), with columns ``model``, ``setting`` (the kernel width and the constant rate's mixing weight),
+        ``heldout_log_likelihood_per_bin`` (of the second halves, per bin and channel) and ``bits_per_spike``
+        (gain over the constant rate per spike of the second halves; positive: better than a constant rate).
     """
     bin_size = getattr(heldout, "bin_size", None) if bin_size is None else bin_size
     family_name = getattr(model.family_, "name", "")
-    if isinstance(model.family_, Gaussian) or family_name not in ("binomial", "poisson"):
+    if family_name not in ("binomial", "poisson"):
         raise ValueError(
             f"held-out spikes can be split only for count families ('binomial', 'poisson'); the model's family is "
             f"{family_name!r}."

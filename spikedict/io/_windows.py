@@ -234,9 +234,9 @@ class RecordingWindows:
 
         The file's first block must hold one segment (the recording). Where neo's reader loads lazily (the
         raw-IO formats of acquisition systems) each unit's spike times are loaded, binned and released in
-        turn; other readers (NIX, MAT, and NWB, whose lazy mode fails in neo 0.14) read the block, which is
-        released after binning. Either way only the spikes' bin indices stay in memory (8 bytes per spike) and
-        counts are binned one window at a time. Arguments as for the constructor and
+        turn; other readers (NIX, MAT, and NWB, whose files with a units table :func:`spikedict.io.read_nwb`
+        reads) read the block, which is released after binning. Either way only the spikes' bin indices stay in
+        memory (8 bytes per spike) and counts are binned one window at a time. Arguments as for the constructor and
         :func:`spikedict.io.read_recording`.
         """
         from spikedict.io._files import _io_class, _resolve_format, read_recording
@@ -244,7 +244,8 @@ class RecordingWindows:
         path = Path(path)
         key = _resolve_format(path, format) if path.exists() else None
         io_class = _io_class(key, allow_pickle, path) if key is not None else None
-        if getattr(io_class, "support_lazy", False):
+        # NWB goes through read_recording: files with a units table are read by read_nwb, not by neo's reader
+        if getattr(io_class, "support_lazy", False) and key != "nwb":
             windows = cls._from_lazy_reader(
                 io_class,
                 key,

@@ -437,6 +437,35 @@ def _two_rows(ax: Any, height_ratios: tuple[float, float], figsize: tuple[float,
     return upper, lower
 
 
+def _spike_time_rows(
+    trials: Any, window: Any, seconds: float | None, origin: float, min_bins: int
+) -> tuple[list[np.ndarray], np.ndarray, int, tuple[int, int]]:
+    """The raster rows of spike-time trials inside the window, their spikes pooled per bin, the number of bins
+    (at least ``min_bins``) and the window's first and last bin (see :func:`plot_raster`)."""
+    step = seconds if seconds is not None else 1.0
+    times = []  # in bins from the start of bin 0
+    duration = 0.0
+    for train in trials:
+        shift = origin
+        if hasattr(train, "rescale"):
+            if seconds is None:
+                raise ValueError("spike trains with units need bin_size (e.g. 1 * pq.ms) to place the rates.")
+            if hasattr(train, "t_start"):
+                shift = float(train.t_start.rescale("s").magnitude)
+            if hasattr(train, "t_stop"):
+                duration = max(duration, float(train.t_stop.rescale("s").magnitude) - shift)
+            train = train.rescale("s").magnitude
+        times.append((np.asarray(train, dtype=np.float64).reshape(-1) - shift) / step)
+    latest = max((float(t.max()) for t in times if t.size), default=0.0)
+    n_bins = max(int(np.ceil(duration / step - 1e-9)), int(np.floor(latest + 1e-9)) + 1, min_bins)
+    first, last = _window_bins(window, n_bins, seconds, origin)
+    kept = [t[(t >= first - 1e-9) & (t < last - 1e-9)] for t in times]
+    positions = [origin + t * step for t in kept]
+    spike_bins = np.floor(np.concatenate(kept) + 1e-9).astype(np.int64) if kept else np.zeros(0, np.int64)
+    pooled = np.bincount(spike_bins - first, minlength=last - first)[: last - first]
+    return positions, pooled, n_bins, (first, last)
+
+
 @_styled
 def plot_raster(
     trials: Any,
@@ -533,6 +562,7 @@ def plot_raster(
         ax.set_ylabel("Count per bin (spikes, or pooled trials with a spike)")
         _legend_outside(ax)
         return ax
+    min_bins = max([0] + [values.size for _, values in rate_lines])
     if is_array:
         spikes = np.asarray(trials)
         if spikes.ndim != 2:
@@ -540,35 +570,13 @@ def plot_raster(
                 f"trials must have shape (n_trials, n_bins), be a list of spike-time arrays, or pooled counts of "
                 f"shape (n_bins,); got shape {spikes.shape}."
             )
-        n_bins = max([spikes.shape[1]] + [values.size for _, values in rate_lines])
+        n_bins = max(spikes.shape[1], min_bins)
         first, last = _window_bins(window, n_bins, seconds, origin)
         x = origin + np.arange(n_bins) * step
         positions = [x[first + np.flatnonzero(row[first:last] > 0)] for row in spikes]
         pooled = np.asarray(spikes[:, first:last], dtype=np.float64).sum(axis=0)
     else:
-        times = []  # in bins from the start of bin 0
-        duration = 0.0
-        for train in trials:
-            shift = origin
-            if hasattr(train, "rescale"):
-                if seconds is None:
-                    raise ValueError("spike trains with units need bin_size (e.g. 1 * pq.ms) to place the rates.")
-                if hasattr(train, "t_start"):
-                    shift = float(train.t_start.rescale("s").magnitude)
-                if hasattr(train, "t_stop"):
-                    duration = max(duration, float(train.t_stop.rescale("s").magnitude) - shift)
-                train = train.rescale("s").magnitude
-            times.append((np.asarray(train, dtype=np.float64).reshape(-1) - shift) / step)
-        latest = max((float(t.max()) for t in times if t.size), default=0.0)
-        n_bins = max(
-            [int(np.ceil(duration / step - 1e-9)), int(np.floor(latest + 1e-9)) + 1]
-            + [values.size for _, values in rate_lines]
-        )
-        first, last = _window_bins(window, n_bins, seconds, origin)
-        kept = [t[(t >= first - 1e-9) & (t < last - 1e-9)] for t in times]
-        positions = [origin + t * step for t in kept]
-        spike_bins = np.floor(np.concatenate(kept) + 1e-9).astype(np.int64) if kept else np.zeros(0, np.int64)
-        pooled = np.bincount(spike_bins - first, minlength=last - first)[: last - first]
+        positions, pooled, n_bins, (first, last) = _spike_time_rows(trials, window, seconds, origin, min_bins)
     n_trials = len(positions)
     if n_trials == 0:
         raise ValueError("trials holds no trials; pass at least one trial.")

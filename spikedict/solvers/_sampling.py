@@ -131,7 +131,7 @@ class CodeSampler:
     def _update(
         self, k: int, colour: int, offset: int, prior: CodePrior, generator: torch.Generator
     ) -> tuple[float, int]:
-        size, codes = self.spacing, self.codes[:, k]
+        spacing, codes = self.spacing, self.codes[:, k]
         operator, template = self.operators[k], self.templates[k]
         blocks = self._blocks(colour, offset)
         valid = blocks >= 0
@@ -142,24 +142,24 @@ class CodeSampler:
         eta_rest = self.eta - operator.decode(own[:, None])  # without this colour's events of template k
         # events of template k outside these blocks forbid candidates closer than min_spacing to them
         others = ((codes != 0) & ~in_colour).to(codes.dtype)[:, None]
-        crowded = F.max_pool1d(others, 2 * size - 1, stride=1, padding=size - 1)[:, 0] > 0
+        crowded = F.max_pool1d(others, 2 * spacing - 1, stride=1, padding=spacing - 1)[:, 0] > 0
         # the quadratic model of the log-likelihood of an event of amplitude a at each shift
         gradient = operator.correlate(self.y - self.family.mean(eta_rest))[:, 0]
         curvature = self.squared[k].correlate(self.family.curvature(eta_rest))[:, 0]
         amplitudes = prior.amplitudes.to(codes)
         approx = amplitudes * gradient[..., None] - 0.5 * amplitudes**2 * curvature[..., None]  # (n, shifts, g)
         log_prior = prior.log_odds()[k].to(codes) + torch.log(prior.amplitude_weights[k].to(codes).clamp(min=1e-30))
-        # candidates of every block: (n, blocks, size * n_amplitudes) events, then "no event"
+        # candidates of every block: (n, blocks, spacing * n_amplitudes) events, then "no event"
         n_examples, n_blocks, n_amplitudes = codes.shape[0], blocks.shape[0], len(amplitudes)
-        event_logits = (approx + log_prior)[:, index]  # (n, blocks, size, g)
+        event_logits = (approx + log_prior)[:, index]  # (n, blocks, spacing, g)
         forbidden = ~valid[None, :, :, None] | crowded[:, index][..., None]
         event_logits = event_logits.masked_fill(forbidden, -math.inf).reshape(n_examples, n_blocks, -1)
         logits = torch.cat([event_logits, event_logits.new_zeros(n_examples, n_blocks, 1)], dim=-1)
         proposal = _gumbel_argmax(logits, generator)
         current = self._current_choice(own, index, valid, amplitudes)
-        none = size * n_amplitudes
+        none = spacing * n_amplitudes
         # exact log-target (prior and log-likelihood, relative to no event in the block)
-        flat_prior = log_prior.repeat(size)  # the order of the flattened (position, amplitude) candidates
+        flat_prior = log_prior.repeat(spacing)  # the order of the flattened (position, amplitude) candidates
         target_new = self._exact(eta_rest, template, index, proposal, none, amplitudes) + _pick(
             flat_prior, proposal, none
         )

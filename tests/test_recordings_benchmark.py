@@ -35,7 +35,7 @@ def test_quick_run(tmp_path):
     table = pd.read_csv(tmp_path / "recordings_quick.csv")
     row = table.iloc[0]
     assert row["dataset"] == "motoneurone" and row["status"] == "ok"
-    assert row["events"] == (0 if row["codes_all_zero"] else row["events"])
+    assert row["events"] > 0 and not row["codes_all_zero"]  # even two epochs find the evoked events
     assert 0.0 <= row["evoked_share"] <= 1.0 and row["evoked_chance"] == pytest.approx(10 / 250)
     assert row["seconds"] >= row["fit_seconds"] > 0
     summary = pd.read_csv(tmp_path / "recordings_quick_summary.csv")

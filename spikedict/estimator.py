@@ -257,8 +257,8 @@ class SpikeDictionary(Settings):
             suffix = f".restart{restart}" if restart else ""
             checkpoint = f"{self.checkpoint_path}{suffix}" if self.checkpoint_path else None
             resume_this = resume and (restart == 0 or (checkpoint is not None and Path(checkpoint).exists()))
-            setup = (solver, data, sample, family, baseline)
-            fits.append(self._fit_once(*setup, int(self.seed) + restart, checkpoint, resume_this))
+            seed = self._screened_seed(solver, data, sample, family, baseline, restart)
+            fits.append(self._fit_once(solver, data, sample, family, baseline, seed, checkpoint, resume_this))
             if fits[-1][1].stop_reason == "interrupted":
                 break
         finished = [fit for fit in fits if fit[1].stop_reason != "interrupted"]
@@ -317,6 +317,27 @@ class SpikeDictionary(Settings):
                 "codes with transform()."
             )
         return posterior_events(self.event_probability_, self.posterior_codes_, threshold)
+
+    def _screened_seed(
+        self,
+        solver: Solver,
+        data: Tensor | RecordingWindows,
+        sample: Tensor,
+        family: Family,
+        baseline: Tensor,
+        restart: int,
+    ) -> int:
+        """The seed of restart ``restart``: ``seed + restart``, or, for a solver that screens its starts (EM: its MAP
+        fit from several initialisations), the seed of the screened start with the lowest training loss."""
+        screening = solver.screening()
+        if screening is None:
+            return int(self.seed) + restart
+        screen, n_starts = screening
+        seeds = [int(self.seed) + restart * n_starts + start for start in range(n_starts)]
+        losses = [
+            self._fit_once(screen, data, sample, family, baseline, seed, None, False)[1].final_loss for seed in seeds
+        ]
+        return seeds[losses.index(min(losses))]
 
     def _fit_once(
         self,

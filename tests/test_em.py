@@ -226,3 +226,39 @@ def test_em_restarts_are_compared_by_the_mean_loss_of_their_last_iterations(bino
     em_losses = model.history_.loc[model.history_["phase"] == "em", "train_loss"]
     assert model.restart_losses_[model.best_restart_] == pytest.approx(em_losses.iloc[-5:].mean())
     assert model.restart_losses_[model.best_restart_] == min(model.restart_losses_)
+
+
+def test_em_starts_from_the_screened_map_start_with_the_lowest_loss(binomial_counts):
+    """EM(n_starts=3) fits the MAP start from seeds 0, 1, 2, and runs EM from the one whose loss is lowest: the
+    same fit as EM from that seed alone."""
+    map_fit = Alternating(n_epochs=2)
+    losses = [
+        small_model(solver=map_fit, seed=seed).fit(binomial_counts).history_["train_loss"].iloc[-1] for seed in range(3)
+    ]
+    best = int(np.argmin(losses))
+    settings = dict(n_epochs=2, n_burn_in=1, map_fit=map_fit)
+    screened = small_model(solver=EM(**settings, n_starts=3), seed=0).fit(binomial_counts)
+    alone = small_model(solver=EM(**settings, n_starts=1), seed=best).fit(binomial_counts)
+    np.testing.assert_array_equal(screened.templates_, alone.templates_)
+    with pytest.raises(ValueError, match="EM n_starts must be an integer >= 1"):
+        small_model(solver=EM(n_starts=0)).fit(binomial_counts)
+    with pytest.raises(ValueError, match="EM n_draws must be an integer >= 1"):
+        small_model(solver=EM(n_draws=0)).fit(binomial_counts)
+
+
+def test_more_draws_per_template_step_make_the_templates_wander_less():
+    """From the truth, the template step on 4 draws together leaves less of the draws' noise in the iterates than
+    on one draw: the templates' bands (the spread of the averaged iterates) are narrower."""
+    from spikedict.simulate import paper_templates, simulate_counts
+
+    truth = paper_templates(30)
+    simulation = simulate_counts(
+        truth, 12, 600, "binomial", n_trials=30, baseline=-2.0, amplitude_range=(1.5, 3.0), event_rate=0.006, seed=3
+    )
+    widths = {}
+    for n_draws in (1, 4):
+        solver = EM(n_epochs=16, n_burn_in=3, map_fit=Alternating(n_epochs=1), n_starts=1, n_draws=n_draws)
+        model = SpikeDictionary(3, 30, "binomial", n_trials=30, init=truth, solver=solver, seed=0, progress=False)
+        model.fit(simulation.counts)
+        widths[n_draws] = float((model.template_upper_ - model.template_lower_).mean())
+    assert widths[4] < 0.8 * widths[1], widths

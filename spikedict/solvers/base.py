@@ -213,6 +213,11 @@ class Solver(Settings, ABC):
         """
         return 0, 0
 
+    def screening(self) -> tuple[Solver, int] | None:
+        """``(solver, n_starts)``: a cheap solver whose fits from ``n_starts`` initialisations are compared by their
+        training loss before each fit, which then starts from the best of them (default: None, no screening)."""
+        return None
+
     @property
     def total_epochs(self) -> int:
         """Epochs the runner runs at most (a solver that starts with another's epochs counts them too)."""

@@ -8,9 +8,10 @@ instead integrates over the codes. Monte-Carlo EM does it by alternating
   probability per template and an amplitude distribution on a grid, events of one template at least
   ``min_spacing`` apart), by the blocked Metropolis-within-Gibbs sampler of :mod:`spikedict.solvers._sampling`
   with the family's exact likelihood, warm-started from the previous draw;
-- **M-step**: the exact maximum-likelihood template (and baseline) step on the drawn codes, warm-started from the
-  current templates (L-BFGS, as the alternating solver's template step), and the prior re-estimated from the
-  drawn events;
+- **M-step**: the exact maximum-likelihood template (and baseline) step on the codes of the last ``n_draws``
+  iterations' draws together (Monte-Carlo EM: the expected log-likelihood estimated from several draws, whose
+  noise one draw alone leaves in the templates), warm-started from the current templates (L-BFGS, as the
+  alternating solver's template step), and the prior re-estimated from the newest draw's events;
 
 and averaging the templates over the last iterations (stochastic approximation: the draws' noise averages out).
 Over the same iterations the drawn codes are averaged into the posterior mean of every code and the probability
@@ -63,9 +64,19 @@ class EM(Solver):
         Fraction of the EM iterations, at the end, over which the templates and baseline are averaged. Larger
         values average more draws' noise away; the averaging should start once the templates have settled.
     n_restarts : int
-        Initialisations (seeds ``seed``, ``seed + 1``, ...); the fit with the lowest training loss (the mean over
-        its last 5 EM iterations) is kept. EM settles in the optimum its start leads to, and the loss tells the
-        better starts apart; each restart costs a whole fit.
+        Whole EM fits, each from its own start; the fit with the lowest training loss (the mean over its last 5 EM
+        iterations) is kept. Each restart costs a whole fit; ``n_starts`` is the cheaper way to a better start.
+    n_starts : int
+        Initialisations of the MAP start (restart ``r`` draws seeds ``seed + r * n_starts`` onwards) fitted and
+        compared by their training loss; EM runs from the best. EM settles in the optimum its start leads to, and
+        the MAP fit's loss tells the better starts apart at a fraction of an EM fit's cost (each start costs one MAP
+        fit). 1: EM starts from the MAP fit of ``seed + r``.
+    n_draws : int
+        Code draws, the newest and those of the previous iterations, whose log-likelihoods the template step
+        maximises together in the averaged iterations (before them, the newest draw alone, which lets the
+        templates leave their start). One draw leaves its noise in the templates, which then wander around the
+        optimum; more draws average it out (each costs one more pass over the data in the template step, and one
+        more copy of the codes in memory). Lower it when the codes of several draws do not fit in memory.
     min_spacing : int or None
         Fewest bins between two events of one template in the prior (None: a fifth of the template size, at least
         1). Events of one kind often follow each other within a template's length; a prior that forbids it (the
@@ -86,6 +97,8 @@ class EM(Solver):
         n_dictionary_iterations: int = 10,
         averaging: float = 0.5,
         n_restarts: int = 1,
+        n_starts: int = 4,
+        n_draws: int = 4,
         min_spacing: int | None = None,
     ) -> None:
         self.n_epochs = n_epochs
@@ -96,6 +109,8 @@ class EM(Solver):
         self.n_dictionary_iterations = n_dictionary_iterations
         self.averaging = averaging
         self.n_restarts = n_restarts
+        self.n_starts = n_starts
+        self.n_draws = n_draws
         self.min_spacing = min_spacing
 
     def _settings_of(self, name: str) -> Any:
@@ -119,12 +134,17 @@ class EM(Solver):
     def validate(self, *, tied: bool) -> None:
         self._settings_of("map_fit").validate(tied=tied)
         lowest = {"n_epochs": 1, "n_sweeps": 1, "n_burn_in": 0, "n_amplitudes": 2}
-        for name in ("n_epochs", "n_sweeps", "n_burn_in", "n_amplitudes", "n_dictionary_iterations", "n_restarts"):
+        names = ("n_epochs", "n_sweeps", "n_burn_in", "n_amplitudes", "n_dictionary_iterations", "n_restarts")
+        for name in (*names, "n_starts", "n_draws"):
             check_integer("EM", name, getattr(self, name), lowest.get(name, 1))
         if not (_is_real(self.averaging) and 0 < self.averaging <= 1):
             raise ValueError(f"EM averaging must be a fraction in (0, 1], got {self.averaging!r}.")
         if self.min_spacing is not None:
             check_integer("EM", "min_spacing", self.min_spacing, 1)
+
+    def screening(self) -> tuple[Solver, int] | None:
+        """The MAP start, from ``n_starts`` initialisations (None for one)."""
+        return (self._settings_of("map_fit"), int(self.n_starts)) if self.n_starts > 1 else None
 
     def learning_room(
         self,
@@ -172,10 +192,12 @@ class EMRun(EpochRun):
             "n_sweeps": settings.n_sweeps,
             "n_burn_in": settings.n_burn_in,
             "min_spacing": settings.min_spacing,
+            "n_draws": settings.n_draws,
         }
         self.generator = torch.Generator().manual_seed(int(problem.seed) + 7919)
         self.iteration = 0
         self.sampler: CodeSampler | None = None
+        self.draws: list[Tensor] = []  # the codes of the last n_draws iterations, on the CPU, newest last
         self.y: Tensor | None = None
         self.prior: CodePrior | None = None
         self.average: tuple[Tensor, Tensor] | None = None
@@ -202,12 +224,21 @@ class EMRun(EpochRun):
             low, high = 0.5, 5.0
         amplitudes = torch.logspace(math.log10(low), math.log10(max(high, 2 * low)), self.settings.n_amplitudes)
         n_templates = self.model.n_templates
-        self.prior = CodePrior(
-            event_probability=_event_probability(codes, n_shifts).clamp(1e-5, 0.05),  # MAP smears events
-            amplitudes=amplitudes,
-            amplitude_weights=torch.full((n_templates, len(amplitudes)), 1.0 / len(amplitudes)),
+        self.begin(
+            CodePrior(
+                event_probability=_event_probability(codes, n_shifts).clamp(1e-5, 0.05),  # MAP smears events
+                amplitudes=amplitudes,
+                amplitude_weights=torch.full((n_templates, len(amplitudes)), 1.0 / len(amplitudes)),
+            )
         )
-        self._new_sampler(torch.zeros((self.problem.data.shape[0], n_templates, n_shifts)))
+
+    def begin(self, prior: CodePrior) -> None:
+        """Start the EM iterations from the model's templates and baseline and from ``prior``: the sampler's chain
+        from empty codes, burnt in for ``n_burn_in`` sweeps. The MAP start calls it when it ends; call it on a new
+        run to start EM elsewhere (from known templates and prior, say, as ``benchmarks/em.py``'s reference)."""
+        self.prior = prior
+        n_shifts = self.problem.data.shape[-1] - self.model.templates.shape[-1] + 1
+        self._new_sampler(torch.zeros((self.problem.data.shape[0], self.model.n_templates, n_shifts)))
         for _ in range(self.settings.n_burn_in):
             self.sampler.sweep(self.prior, self.generator)
         self.phase = "em"
@@ -245,14 +276,23 @@ class EMRun(EpochRun):
         acceptance = sum(sampler.sweep(prior, self.generator) for _ in range(settings.n_sweeps)) / settings.n_sweeps
         codes = sampler.codes
         problem = self.problem
+        first_averaged = settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
+        n_draws = settings.n_draws if self.iteration >= first_averaged else 1
+        self.draws = [*self.draws, codes.cpu().clone()][-n_draws:]
+        # the draws' log-likelihoods together: the examples once per draw
+        repeated = torch.arange(problem.data.shape[0]).repeat(len(self.draws))
         lbfgs_template_step(
-            model, problem.data, codes.cpu(), problem.family, settings.n_dictionary_iterations, problem.batch_size
+            model,
+            problem.data[repeated],
+            torch.cat(self.draws),
+            problem.family.select(repeated),
+            settings.n_dictionary_iterations,
+            problem.batch_size,
         )
         _constrain(model)
         self._update_prior(codes)
         self._new_sampler(codes)
         self.iteration += 1
-        first_averaged = settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
         if self.iteration > first_averaged:
             self._accumulate(codes)
         with torch.no_grad():
@@ -331,6 +371,7 @@ class EMRun(EpochRun):
             "templates": self.model.templates.detach().cpu().clone(),
             "baseline": self.model.baseline.detach().cpu().clone(),
             "codes": self.sampler.codes.cpu().clone(),
+            "draws": [draw.clone() for draw in self.draws],
             "event_probability": prior.event_probability.clone(),
             "amplitudes": prior.amplitudes.clone(),
             "amplitude_weights": prior.amplitude_weights.clone(),
@@ -358,6 +399,7 @@ class EMRun(EpochRun):
         self.generator.set_state(state["generator"])
         self.average, self.n_averaged = state["average"], state["n_averaged"]
         self.moments = state.get("moments")
+        self.draws = [draw.clone() for draw in state.get("draws", [])]
         self.iteration, self.delta, self.phase = state["iteration"], state["delta"], "em"
         self._new_sampler(state["codes"])
 

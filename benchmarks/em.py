@@ -11,8 +11,12 @@ For each family (the ``binomial`` and ``poisson`` standard problems of ``benchma
   defaults: its own default MAP fit, then Monte-Carlo EM), both with ``device="cpu", progress=False``, in
   this process, one after the other (EM refits its MAP start from scratch: its MAP templates are not
   exposed, so the MAP fit is timed on its own);
-- reports the mean aligned template error (``align_templates(learned, true).mean_error``) of MAP and of EM,
-  the floor, EM / floor, and the wall-clock fit seconds of each.
+- runs the *marginal-likelihood reference*: EM's iterations (its defaults, without the MAP start) started
+  from the true templates, the true baseline and the true prior (the event rate, and amplitudes on a grid over
+  the true range), the prior then learned as EM learns it. It shows where maximising the marginal likelihood
+  leads when the start is right: the error that a better start could reach;
+- reports the mean aligned template error (``align_templates(learned, true).mean_error``) of MAP, of EM and of
+  the reference, the floor, EM / floor, and the wall-clock fit seconds of MAP and EM.
 
 Each row is printed as soon as it is computed, and ``benchmarks/results/em.csv`` is rewritten after every row,
 so that an interrupted run still leaves its numbers. At the end a table of means over seeds is printed (as
@@ -46,18 +50,19 @@ import core
 
 from spikedict import SpikeDictionary
 from spikedict.analysis import align_templates
-from spikedict.solvers import EM
+from spikedict.model import DCEA
+from spikedict.solvers import EM, FitProblem
+from spikedict.solvers._sampling import CodePrior
+from spikedict.solvers.em import EMRun
 
 RESULTS = core.RESULTS
 KEYS = ["family", "n_examples", "seed"]
-COLUMNS = [*KEYS, "map_error", "em_error", "floor", "em_to_floor", "map_seconds", "em_seconds"]
+COLUMNS = [*KEYS, "map_error", "em_error", "reference", "floor", "em_to_floor", "map_seconds", "em_seconds"]
 
 
-def fit(simulation: core.SimulatedCounts, family: str, seed: int, solver: object | None) -> tuple[float, float]:
-    """(template error, fit seconds) of one fit at the defaults (``solver`` None: the default solver)."""
-    kwargs = core.estimator_kwargs(family, seed, {"device": "cpu", "progress": False})
-    if solver is not None:
-        kwargs["solver"] = solver
+def fit(simulation: core.SimulatedCounts, family: str, seed: int, solver: object) -> tuple[float, float]:
+    """(template error, fit seconds) of one fit with ``solver`` at its defaults."""
+    kwargs = core.estimator_kwargs(family, seed, {"device": "cpu", "progress": False, "solver": solver})
     model = SpikeDictionary().set_params(**kwargs)
     start = time.perf_counter()
     model.fit(simulation.counts)
@@ -65,10 +70,36 @@ def fit(simulation: core.SimulatedCounts, family: str, seed: int, solver: object
     return align_templates(model.templates_, simulation.templates).mean_error, seconds
 
 
+def reference(simulation: core.SimulatedCounts, seed: int) -> float:
+    """Template error of EM's iterations (``EM()``'s settings) started from the truth: the true templates and
+    baseline, the true event rate and amplitudes on a grid over the true range."""
+    settings = EM()
+    templates = torch.as_tensor(simulation.templates, dtype=torch.float32)
+    n_templates, n_channels, size = templates.shape
+    model = DCEA(n_templates, n_channels, size, simulation.family)
+    with torch.no_grad():
+        model.templates.copy_(templates)
+        model.baseline.copy_(torch.as_tensor(simulation.baseline, dtype=torch.float32))
+    counts = torch.as_tensor(simulation.counts, dtype=torch.float32)
+    problem = FitProblem(model, counts, simulation.family, 0.0, n_templates, 0, seed, "cpu")
+    amplitudes = torch.linspace(*core.AMPLITUDE_RANGE, settings.n_amplitudes)
+    run = EMRun(settings, problem)
+    run.begin(
+        CodePrior(
+            torch.full((n_templates,), core.EVENT_RATE, dtype=torch.float64),
+            amplitudes,
+            torch.full((n_templates, len(amplitudes)), 1.0 / len(amplitudes)),
+        )
+    )
+    history = [run.run_epoch(epoch) for epoch in range(settings.n_epochs)]
+    run.finish("n_epochs", history)
+    return align_templates(model.templates.detach().numpy(), simulation.templates).mean_error
+
+
 def measure(family: str, n_examples: int, seed: int) -> dict[str, float | int | str]:
     simulation = core.simulate(family, seed, n_examples)
     floor, _ = core.maximum_likelihood_floor(simulation)
-    map_error, map_seconds = fit(simulation, family, seed, None)
+    map_error, map_seconds = fit(simulation, family, seed, "alternating")
     em_error, em_seconds = fit(simulation, family, seed, EM())
     return {
         "family": family,
@@ -76,6 +107,7 @@ def measure(family: str, n_examples: int, seed: int) -> dict[str, float | int | 
         "seed": seed,
         "map_error": map_error,
         "em_error": em_error,
+        "reference": reference(simulation, seed),
         "floor": floor,
         "em_to_floor": em_error / floor,
         "map_seconds": map_seconds,
@@ -93,7 +125,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame) -> str:
     text = table.copy()
-    for column in ("map_error", "em_error", "floor"):
+    for column in ("map_error", "em_error", "reference", "floor"):
         text[column] = text[column].map(lambda v: f"{v:.3f}")
     text["em_to_floor"] = text["em_to_floor"].map(lambda v: f"{v:.1f}")
     for column in ("map_seconds", "em_seconds"):
@@ -112,7 +144,12 @@ def figure(means: pd.DataFrame, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = {"binomial": "tab:blue", "poisson": "tab:orange"}
-    styles = {"map_error": ("MAP", "--", "o"), "em_error": ("EM", "-", "s"), "floor": ("floor", ":", "^")}
+    styles = {
+        "map_error": ("MAP", "--", "o"),
+        "em_error": ("EM", "-", "s"),
+        "reference": ("EM from the truth", "-.", "d"),
+        "floor": ("floor", ":", "^"),
+    }
     for family, rows in means.groupby("family"):
         for column, (label, style, marker) in styles.items():
             ax.plot(

@@ -175,8 +175,8 @@ def signal_measures(family: str, baseline: float, amplitude: float, templates: n
 
 
 # ---------------------------------------------------------------------------------------------- fits
-def solvers(quick: bool, em_epochs: int | None, map_params: dict[str, Any]) -> tuple[Alternating | None, EM]:
-    """The MAP solver (None: the estimator's default) and the EM solver of each cell.
+def solvers(quick: bool, em_epochs: int | None, map_params: dict[str, Any]) -> tuple[Alternating, EM]:
+    """The MAP solver (the alternating solver's defaults unless ``map_params``) and the EM solver of each cell.
 
     ``map_params`` (keyword arguments of :class:`~spikedict.solvers.Alternating`) set both the MAP fit and the MAP
     start of EM; ``em_epochs`` (None: EM's default) the EM iterations after that start.
@@ -184,7 +184,7 @@ def solvers(quick: bool, em_epochs: int | None, map_params: dict[str, Any]) -> t
     if quick:
         tiny = Alternating(n_epochs=QUICK_EPOCHS)
         return tiny, EM(n_epochs=QUICK_EPOCHS, n_burn_in=1, map_fit=Alternating(n_epochs=QUICK_EPOCHS))
-    map_fit = Alternating(**map_params) if map_params else None
+    map_fit = Alternating(**map_params)
     em_settings: dict[str, Any] = {} if em_epochs is None else {"n_epochs": em_epochs}
     return map_fit, EM(map_fit=map_fit, **em_settings)
 

@@ -31,8 +31,9 @@ def small_model(**overrides) -> SpikeDictionary:
     """A quick estimator for the small problems below (test files import it from here).
 
     ``overrides`` are constructor parameters or nested ones (``solver__n_epochs=2``, ``encoder__tied=False``,
-    ``constraints__zero_edges=2``), set with ``set_params`` after construction. Unless ``solver`` (``encoder``)
-    is given as an object, the solver runs 3 epochs and the encoder 100 iterations at inference.
+    ``constraints__zero_edges=2``), set with ``set_params`` after construction. Unless ``solver`` is given, a tied
+    model's is the alternating solver (``"auto"`` would be EM for counts). Unless ``solver`` (``encoder``) is given
+    as an object, the solver runs 3 epochs and the encoder 100 iterations at inference.
     """
     settings = dict(
         n_templates=3,
@@ -47,6 +48,10 @@ def small_model(**overrides) -> SpikeDictionary:
         (nested if "__" in key else settings)[key] = value
     if not isinstance(settings.get("encoder"), Encoder):
         nested.setdefault("encoder__n_iterations", 100)
+    encoder = settings.get("encoder")
+    tied = encoder.tied if isinstance(encoder, Encoder) else nested.get("encoder__tied", True)
+    if tied:  # these problems test the alternating solver unless told otherwise (EM, "auto" for counts, is slower)
+        settings.setdefault("solver", "alternating")
     if not isinstance(settings.get("solver"), Solver):
         nested.setdefault("solver__n_epochs", 3)
     model = SpikeDictionary(**settings)

@@ -202,6 +202,7 @@ def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 def test_fit_killed_while_writing_a_checkpoint_keeps_the_previous_one(binomial_counts, tmp_path):
     settings = {
+        "solver": "alternating",
         "solver__n_epochs": 4,
         "solver__n_code_iterations": 50,
         "checkpoint_path": str(tmp_path / "checkpoint.pt"),
@@ -547,7 +548,7 @@ def fit_recording_quickly(recording: Path, out: Path, resume: bool = False):
     from spikedict.workflow import fit_recording
 
     out.mkdir(exist_ok=True)
-    settings = {"solver__n_code_iterations": 5, "encoder__n_iterations": 5}
+    settings = {"solver": "alternating", "solver__n_code_iterations": 5, "encoder__n_iterations": 5}
     return fit_recording(
         str(recording), out, n_epochs=2, device="cpu", progress=False, resume=resume, estimator_params=settings
     )

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from spikedict import SpikeDictionary
 from spikedict.settings import Encoder, TemplateConstraints
-from spikedict.solvers import Alternating, Backprop
+from spikedict.solvers import EM, Alternating, Backprop
 
 CONSTRUCTOR = [
     "n_templates",
@@ -62,8 +62,10 @@ def test_get_params_lists_the_constructor_and_the_nested_settings():
     expected = {f"{name}__{key}" for name, default in settings.items() for key in default.get_params()}
     assert {key for key in params if "__" in key} == expected
     # shorthands are reported as the settings they stand for, and left as they are
-    default = SpikeDictionary()
-    assert default.get_params()["solver__n_epochs"] == Alternating().n_epochs
+    default = SpikeDictionary()  # binomial counts: "auto" is EM
+    assert default.get_params()["solver__n_epochs"] == EM().n_epochs
+    assert default.get_params()["solver__map_fit__n_epochs"] == Alternating().n_epochs
+    assert SpikeDictionary(family="gaussian").get_params()["solver__n_epochs"] == Alternating().n_epochs
     assert default.get_params()["encoder__n_iterations"] == Encoder().n_iterations
     assert default.solver == "auto" and default.encoder is None and default.constraints is None
     untied = SpikeDictionary(encoder=Encoder(tied=False))
@@ -75,14 +77,18 @@ def test_set_params_reaches_the_nested_settings_and_round_trips():
     assert model.set_params(n_templates=4, solver__n_epochs=7, encoder__tied=True, constraints__zero_edges=2) is model
     assert model.n_templates == 4 and model.solver == Alternating(n_epochs=7, reweighting=0.5)
     assert model.encoder == Encoder(n_iterations=50, algorithm="ista") and model.constraints.zero_edges == 2
-    # all nested values onto a default estimator: the same parameters, in settings objects of its own
+    # all nested values onto a default estimator of the same solver: the same parameters, in settings objects of
+    # its own (the solver named: "auto" would be EM for counts, whose settings are not the alternating solver's)
     nested = {key: value for key, value in model.get_params().items() if "__" in key}
-    other = SpikeDictionary(**{k: v for k, v in model.get_params(deep=False).items() if k not in NESTED})
+    unnested = {k: v for k, v in model.get_params(deep=False).items() if k not in NESTED}
+    other = SpikeDictionary(**unnested, solver="alternating")
     assert other.set_params(**nested).get_params() == model.get_params()  # settings objects compare by value
     assert other.solver == model.solver and other.solver is not model.solver
     assert other.encoder == model.encoder and other.constraints == model.constraints
-    # a string solver is resolved to its object by set_params: "auto" by the encoder (tied: alternating)
-    assert SpikeDictionary().set_params(solver__n_epochs=2).solver == Alternating(n_epochs=2)
+    # a string solver is resolved to its object by set_params: "auto" by the family and the encoder (counts: EM,
+    # Gaussian data: alternating, untied: backprop)
+    assert SpikeDictionary().set_params(solver__n_epochs=2).solver == EM(n_epochs=2)
+    assert SpikeDictionary(family="gaussian").set_params(solver__n_epochs=2).solver == Alternating(n_epochs=2)
     assert SpikeDictionary(solver="backprop").set_params(solver__learning_rate=5e-3).solver == Backprop(
         learning_rate=5e-3
     )
@@ -97,8 +103,8 @@ def test_set_params_reaches_the_nested_settings_and_round_trips():
     [
         ("n_epochs", "SpikeDictionary", CONSTRUCTOR),
         ("n_inference_iterations", "SpikeDictionary", CONSTRUCTOR),
-        ("solver__n_inference_iterations", "Alternating", list(Alternating().get_params())),
-        ("solver__batch_size", "Alternating", list(Alternating().get_params())),
+        ("solver__n_inference_iterations", "EM", list(EM().get_params(deep=False))),
+        ("solver__batch_size", "EM", list(EM().get_params(deep=False))),
         ("encoder__nonnegative_templates", "Encoder", list(Encoder().get_params())),
         ("constraints__tied", "TemplateConstraints", list(TemplateConstraints().get_params())),
     ],

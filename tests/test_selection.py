@@ -12,7 +12,14 @@ from spikedict.analysis import ModelSelection, example_folds, select_model
 from spikedict.model import decode
 from spikedict.simulate import simulate_counts
 
-QUICK = dict(solver__n_epochs=1, encoder__n_iterations=30, device="cpu", n_trials=N_TRIALS, template_size=TEMPLATE_SIZE)
+QUICK = dict(
+    solver="alternating",
+    solver__n_epochs=1,
+    encoder__n_iterations=30,
+    device="cpu",
+    n_trials=N_TRIALS,
+    template_size=TEMPLATE_SIZE,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from spikedict.io import RecordingWindows, bin_spiketrains, read_recording, writ
 from spikedict.io._windows import stitch_cuts
 from spikedict.settings import Encoder
 from spikedict.simulate import simulate_spikes
-from spikedict.solvers import Alternating, Backprop
+from spikedict.solvers import EM, Alternating, Backprop
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +178,19 @@ def test_the_alternating_solver_fits_streamed_windows(recording):
     assert model.templates_.shape == (3, 3, 30) and np.all(np.isfinite(model.templates_))
     assert model.history_["epoch"].tolist() == list(range(1, len(model.history_) + 1))
     assert model.transform(windows).shape == (1, 3, windows.n_bins - 29)
+
+
+def test_the_default_solver_streams_windows_with_the_alternating_solver(recording):
+    """solver="auto" is EM for counts in memory; EM does not stream, so a streamed fit takes the alternating solver,
+    while a solver set to EM says what to use instead."""
+    segment, _ = recording
+    windows = RecordingWindows(segment, 1 * pq.ms, 2 * pq.s, 300 * pq.ms)
+    model = streaming_model(solver="auto", encoder=Encoder(n_iterations=30))
+    assert model._settings_of("solver").name == "em"
+    model.fit(windows)
+    assert model.solver_.name == "alternating" and 1 <= len(model.history_) <= model.solver_.n_epochs
+    with pytest.raises(ValueError, match="use solver='alternating'"):
+        streaming_model(solver=EM(n_epochs=1)).fit(windows)
 
 
 def test_head_is_the_recording_up_to_its_last_window():

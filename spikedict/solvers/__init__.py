@@ -52,9 +52,10 @@ def _solvers() -> dict[str, type[Solver]]:
     return {"alternating": Alternating, "backprop": Backprop, "em": EM}
 
 
-def get_solver(solver: str | Solver, *, tied: bool = True) -> Solver:
-    """The solver object for ``solver``: a name (``"auto"``: alternating for tied templates, else backprop), or
-    the object itself.
+def get_solver(solver: str | Solver, *, tied: bool = True, counts: bool = False) -> Solver:
+    """The solver object for ``solver``: a name, or the object itself. ``"auto"``: EM for tied 1-D templates of
+    count data (``counts``: a binomial or Poisson family), else alternating for tied templates and backprop for
+    an untied encoder.
 
     Raises
     ------
@@ -65,7 +66,7 @@ def get_solver(solver: str | Solver, *, tied: bool = True) -> Solver:
         return solver
     name = str(solver).strip().lower()
     if name == "auto":
-        name = "alternating" if tied else "backprop"
+        name = ("em" if counts else "alternating") if tied else "backprop"
     solvers = _solvers()
     if name not in solvers:
         raise ValueError(

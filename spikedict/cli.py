@@ -359,7 +359,10 @@ def demo(
     "--n-epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Most training epochs (default 30; locust: 20); the fit stops earlier once the templates settle.",
+    help=(
+        "Most training epochs (default 30; locust: 20): EM's iterations for counts in memory, which follow the "
+        "alternating (MAP) fits of that many epochs; a fit stops earlier once the templates settle."
+    ),
 )
 @click.option("--sparsity", default="auto", show_default=True, help="l1 weight of the codes, or 'auto'.")
 @click.option(
@@ -449,7 +452,9 @@ def fit(
             estimator_params[key] = json.loads(text)
         except json.JSONDecodeError:
             estimator_params[key] = text
-    _check_estimator_keywords(estimator_params)
+    # the solver the fit takes unless --set names one: alternating for a streamed or distributed fit, else "auto"
+    streamed = window is not None or distributed_run
+    _check_estimator_keywords(estimator_params, family or "binomial", "alternating" if streamed else "auto")
     name = Path(recording).stem if Path(recording).is_file() else Path(recording).name
     default = Path(f"spikedict-fit-{name}") if resume else _free_folder(f"spikedict-fit-{name}")
     _use_agg()
@@ -526,13 +531,14 @@ def _no_empty_folder(folder: Path, created: bool) -> Iterator[None]:
         raise
 
 
-def _check_estimator_keywords(params: dict[str, Any]) -> None:
+def _check_estimator_keywords(params: dict[str, Any], family: str, solver: str) -> None:
+    """``--set`` keywords checked on the estimator of ``family`` and ``solver`` (``--set solver=...`` overrides it)."""
     from spikedict.estimator import SpikeDictionary
 
     if "checkpoint_path" in params:
         raise click.BadParameter("the checkpoint lives in --out; drop checkpoint_path.", param_hint="--set")
     try:
-        SpikeDictionary().set_params(**params)
+        SpikeDictionary(family=family, solver=solver).set_params(**params)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
 

@@ -447,7 +447,11 @@ def fit_recording(
     example_duration : quantities.Quantity, optional
         Cut trials into examples of this duration; a zero duration turns cutting off.
     n_epochs, sparsity, seed, device :
-        See :class:`~spikedict.SpikeDictionary`.
+        See :class:`~spikedict.SpikeDictionary`; ``n_epochs`` is the solver's (EM's iterations). For count data
+        in memory the solver is EM (``"auto"``) unless ``estimator_params`` name another: the sparsity path, the
+        choice of templates and the check then fit the alternating (MAP) solver with ``n_epochs`` epochs, several
+        times each, and EM runs once from the chosen MAP setting. A streamed fit (``window``) or one under
+        ``torchrun`` uses the alternating solver.
     pool_size : int, optional
         Pool groups of this many consecutive trials (within each ``group_by`` condition) into binomial examples;
         0 turns the recording's default pooling off.
@@ -487,6 +491,7 @@ def fit_recording(
     FitInterrupted
         On Ctrl-C during the fit; the checkpoint in ``folder`` lets ``resume=True`` continue.
     """
+    from spikedict import distributed
     from spikedict.training import resolve_device
 
     if folder is None and (window is not None or resume):
@@ -501,6 +506,8 @@ def fit_recording(
     first = (candidates[0][0], candidates[1][0]) if candidates else (n_templates, template_size)
     settings = _resolve_settings(defaults, family, bin_size, *first, group_by, example_duration, n_epochs, pool_size)
     parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
+    if (window is not None or distributed.is_active()) and "solver" not in parameters:
+        parameters["solver"] = "alternating"  # EM ("auto" for counts) fits counts in memory, in one process
     reading = {"align_to": align_to, "trial_window": trial_window} if align_to or trial_window else None
     if folder is not None:
         _write_settings(folder, source, settings, window, overlap, parameters, reading)
@@ -523,12 +530,16 @@ def fit_recording(
     counts = _bin_recording(block, label, settings, echo, timings)
     warned = _data_warnings(counts, settings, echo)
     counts, heldout = _heldout_examples(counts, heldout_fraction, echo)
-    selection = None
+    selection, map_parameters = None, _map_parameters(parameters, settings)
     if candidates:
-        settings, parameters, selection = _choose_model(counts, settings, parameters, candidates, echo, timings)
-    model = _fit_counts(counts, settings, parameters, resume, device_used, echo, timings)
+        settings, selection = _choose_model(counts, settings, map_parameters or parameters, candidates, echo, timings)
+        chosen = {"n_templates": settings.n_templates, "template_size": settings.template_size}
+        parameters = {**parameters, **chosen}
+        map_parameters = map_parameters and {**map_parameters, **chosen}
+    model = _fit_counts(counts, settings, parameters, map_parameters, resume, device_used, echo, timings)
     warned = warned + _fit_warnings(model, counts, echo)
-    bootstrap = _check_templates(model, counts, settings, n_simulations, seed, parameters, echo, timings)
+    refit_solver = None if map_parameters is None else map_parameters["solver"]
+    bootstrap = _check_templates(model, counts, settings, n_simulations, seed, refit_solver, parameters, echo, timings)
     fitted = _Fitted(block, label, counts, heldout, model, settings, bootstrap, selection)
     evaluation = _evaluate_fit(fitted, timings, warned, echo)
     if folder is not None:
@@ -569,8 +580,9 @@ def _choose_model(
     candidates: tuple[list[Any], list[Any]],
     echo: Callable[[str], None],
     timings: dict[str, float],
-) -> tuple[RecordingDefaults, dict[str, Any], Any]:
-    """Choose the number and length of templates by held-out spikes (see ``n_templates`` of :func:`fit_recording`)."""
+) -> tuple[RecordingDefaults, Any]:
+    """Choose the number and length of templates by held-out spikes (see ``n_templates`` of :func:`fit_recording`),
+    fitting with ``parameters``."""
     from spikedict.analysis import select_model
 
     numbers, sizes = candidates
@@ -605,8 +617,7 @@ def _choose_model(
     best = selection.best_params
     echo(f"chose {best['n_templates']} template(s) of {best['template_size']} bins")
     settings = replace(settings, n_templates=int(best["n_templates"]), template_size=int(best["template_size"]))
-    parameters = {**parameters, "n_templates": settings.n_templates, "template_size": settings.template_size}
-    return settings, parameters, selection
+    return settings, selection
 
 
 def _check_templates(
@@ -615,18 +626,21 @@ def _check_templates(
     settings: RecordingDefaults,
     n_simulations: int,
     seed: int,
+    solver: Any,
     parameters: Mapping[str, Any],
     echo: Callable[[str], None],
     timings: dict[str, float],
 ) -> Any:
-    """The recoverability check of the fitted templates (None when skipped or for Gaussian data)."""
+    """The recoverability check of the fitted templates, refitted with ``solver`` (None: the model's; None is
+    returned when the check is skipped or for Gaussian data)."""
     from spikedict.analysis import template_bootstrap
 
     if n_simulations == 0 or settings.family == "gaussian":
         return None
     echo(f"checking the templates: {n_simulations} refits of data simulated from the fit")
     clock = time.perf_counter()
-    bootstrap = template_bootstrap(model, counts, n_simulations, seed=seed, progress=parameters.get("progress"))
+    progress = parameters.get("progress")
+    bootstrap = template_bootstrap(model, counts, n_simulations, seed=seed, progress=progress, solver=solver)
     timings["check"] = time.perf_counter() - clock
     return bootstrap
 
@@ -823,25 +837,52 @@ def _bin_recording(
     return counts
 
 
+def _map_parameters(parameters: Mapping[str, Any], settings: RecordingDefaults) -> dict[str, Any] | None:
+    """For a fit whose solver is EM (``"auto"`` for counts): the keywords of the alternating (MAP) fits that
+    choose its sparsity and its templates' number and length, and refit it in the check. They fit several times,
+    each at a fraction of EM's cost, and EM starts from such a fit. None for the other solvers, which make those
+    fits themselves."""
+    from spikedict.solvers import Alternating
+
+    if _build_estimator(parameters)._settings_of("solver").name != "em":
+        return None
+    fixed = {key: value for key, value in parameters.items() if key != "solver" and not key.startswith("solver__")}
+    return {**fixed, "solver": Alternating(n_epochs=settings.n_epochs), "checkpoint_path": None}
+
+
 def _fit_counts(
     counts: Any,
     settings: RecordingDefaults,
     parameters: Mapping[str, Any],
+    map_parameters: Mapping[str, Any] | None,
     resume: bool,
     device_used: str,
     echo: Callable[[str], None],
     timings: dict[str, float],
 ) -> Any:
-    """Build the estimator and fit it to the binned counts, timed (see :func:`_run_fit`)."""
+    """Build the estimator and fit it to the binned counts, timed (see :func:`_run_fit`): for EM, the MAP fits
+    (their sparsity path when the sparsity is "auto") and then EM at the chosen sparsity."""
     echo(
         f"fitting {settings.n_templates} {settings.family} templates of {int(settings.template_size)} bins to "
         f"{counts.n_examples} examples x {counts.n_channels} unit(s) x {counts.n_bins} bins (up to "
-        f"{settings.n_epochs} epochs on {device_used}" + (", resuming" if resume else "") + ")"
+        f"{settings.n_epochs} epochs on {device_used}" + (", resuming" if resume and not map_parameters else "") + ")"
     )
-    model = _run_fit(_build_estimator(parameters), counts, resume, timings)
-    if parameters.get("sparsity", "auto") != "auto" or settings.family == "gaussian":
+    first = map_parameters or parameters
+    model = _run_fit(_build_estimator(first), counts, resume and map_parameters is None, timings)
+    if parameters.get("sparsity", "auto") == "auto" and settings.family != "gaussian":
+        model = _choose_sparsity(model, counts, first, echo, timings)
+    if map_parameters is None:
         return model
-    return _choose_sparsity(model, counts, parameters, echo, timings)
+    echo(
+        f"EM from the MAP fit's sparsity {model.sparsity_:.3g} (the marginal likelihood; up to {settings.n_epochs} "
+        "iterations" + (", resuming" if resume else "") + ")"
+    )
+    seconds, path = timings["fit"], getattr(model, "sparsity_path_", None)
+    model = _run_fit(_build_estimator({**parameters, "sparsity": model.sparsity_}), counts, resume, timings)
+    timings["fit"] += seconds
+    if path is not None:
+        model.sparsity_path_ = path
+    return model
 
 
 #: Sparsities tried after the "auto" one, relative to it, while each predicts better than the last (_choose_sparsity).

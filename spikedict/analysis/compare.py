@@ -186,7 +186,9 @@ def compare_families(
     variants : sequence of {"tied", "untied"}
         ``"tied"``: DCEA-C (one dictionary). ``"untied"``: DCEA-UC (untied encoder/decoder, learned
         thresholds); it needs back-propagation through the encoder, so its solver defaults to
-        ``"backprop"`` with ``solver__backprop="truncated"`` when not given.
+        ``"backprop"`` with ``solver__backprop="truncated"`` when not given. ``"tied"`` fits every family with
+        the alternating solver when no solver is given, so that the families differ in nothing else (the
+        default for counts alone, EM, cannot fit the Gaussian mismatch).
     seeds : sequence of int
         Seeds of the fits (initial templates, shuffling).
     true_templates : ndarray, shape (n_true, n_channels, true_size), optional
@@ -336,8 +338,11 @@ def _truth_and_params(
 
 def _variant_params(params: dict[str, Any], variant: str) -> dict[str, Any]:
     """The estimator parameters of one variant: ``"untied"`` unties the encoder and back-propagates through it (a
-    solver other than back-propagation is replaced by it)."""
+    solver other than back-propagation is replaced by it); ``"tied"`` takes the alternating solver unless one is
+    given."""
     variant_params = copy.deepcopy(dict(params))  # settings objects of its own: set_params changes them in place
+    if variant == "tied":
+        variant_params.setdefault("solver", "alternating")
     if variant == "untied":
         variant_params["encoder__tied"] = False
         if get_solver(variant_params.get("solver", "backprop"), tied=False).name != "backprop":

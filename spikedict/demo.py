@@ -49,7 +49,9 @@ class DemoSettings:
     amplitude_range : (float, float)
         Event amplitudes, uniform in this range.
     fit : mapping
-        Keyword arguments of :class:`~spikedict.SpikeDictionary` for both fits (the family is set per fit).
+        Keyword arguments of :class:`~spikedict.SpikeDictionary` for both fits (the family is set per fit). The
+        demo fits at the estimator's defaults: EM for the binomial counts, the alternating solver for the
+        Gaussian mismatch.
     gaussian_fit : mapping
         Overrides of ``fit`` for the Gaussian-mismatch fit only.
     """
@@ -68,20 +70,7 @@ class DemoSettings:
     event_rate: float = 0.01
     amplitude_range: tuple[float, float] = (3.0, 5.0)
     # --- fit (SpikeDictionary keywords) -----------------------------------------------------------------
-    fit: Mapping[str, Any] = field(
-        default_factory=lambda: MappingProxyType(
-            {
-                "n_templates": 3,
-                "sparsity": "auto",
-                "solver": "alternating",
-                "solver__n_spare_templates": 6,
-                "solver__n_epochs": 30,
-                "solver__n_code_iterations": 100,
-                "solver__n_dictionary_iterations": 30,
-                "encoder__n_iterations": 300,
-            }
-        )
-    )
+    fit: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({"n_templates": 3}))
     gaussian_fit: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -89,21 +78,7 @@ class DemoSettings:
 DEMO_SETTINGS: Mapping[str, DemoSettings] = MappingProxyType(
     {
         "default": DemoSettings(),
-        "quick": DemoSettings(
-            n_examples=40,
-            fit=MappingProxyType(
-                {
-                    "n_templates": 3,
-                    "sparsity": "auto",
-                    "solver": "alternating",
-                    "solver__n_spare_templates": 6,
-                    "solver__n_epochs": 20,
-                    "solver__n_code_iterations": 100,
-                    "solver__n_dictionary_iterations": 30,
-                    "encoder__n_iterations": 200,
-                }
-            ),
-        ),
+        "quick": DemoSettings(n_examples=40),
     }
 )
 
@@ -331,7 +306,7 @@ def _fit_family(
     parameters = {**settings.fit, **(settings.gaussian_fit if family == "gaussian" else {})}
     label = "Gaussian mismatch" if family == "gaussian" else "binomial"
     model = _build_estimator(family, parameters, settings, device, seed, progress)
-    n_epochs = model.get_params().get("solver__n_epochs", "?")
+    n_epochs = model._settings_of("solver").total_epochs
     echo(f"[{step}/5] fitting the {label} model (up to {n_epochs} epochs on {device_used})")
     clock = time.perf_counter()
     model.fit(counts)

@@ -7,10 +7,10 @@ For each family (the ``binomial`` and ``poisson`` standard problems of ``benchma
 - simulates the problem with ``core.simulate(family, seed, n_examples)``;
 - computes the floor, ``core.maximum_likelihood_floor`` (template error of the maximum-likelihood templates
   given the true codes and baseline);
-- fits ``SpikeDictionary`` at its defaults (the alternating MAP solver) and with ``solver=EM()`` (EM's
-  defaults: its own default MAP fit, then Monte-Carlo EM), both with ``device="cpu", progress=False``, in
-  this process, one after the other (EM refits its MAP start from scratch: its MAP templates are not
-  exposed, so the MAP fit is timed on its own);
+- fits ``SpikeDictionary`` with ``solver="alternating"`` (the MAP fit alone) and with ``solver=EM()`` (EM's
+  defaults, which are the estimator's for counts: the best of its MAP fit from 4 starts, then Monte-Carlo EM),
+  both with ``device="cpu", progress=False``, in this process, one after the other (EM refits its MAP start
+  from scratch: its MAP templates are not exposed, so the MAP fit is timed on its own);
 - runs the *marginal-likelihood reference*: EM's iterations (its defaults, without the MAP start) started
   from the true templates, the true baseline and the true prior (the event rate, and amplitudes on a grid over
   the true range), the prior then learned as EM learns it. It shows where maximising the marginal likelihood

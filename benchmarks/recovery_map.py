@@ -9,7 +9,7 @@ For each family (``binomial`` with M = 30 trials, ``poisson``), each range of ev
   1500 bins; ``--n-examples``, ``--n-bins``);
 - computes the known-codes floor (``core.maximum_likelihood_floor``: the error of the maximum-likelihood
   templates given the true codes and baseline);
-- fits ``SpikeDictionary`` with the default alternating (MAP) solver and with ``solver=EM()`` (EM's defaults
+- fits ``SpikeDictionary`` with the alternating (MAP) solver's defaults and with ``solver=EM()`` (EM's defaults
   unless ``--em-epochs`` says otherwise; ``--map-params`` sets the MAP solver, ``Alternating(**params)``, for
   the MAP fit and for EM's MAP start alike) through ``em.fit`` (``device="cpu", progress=False``, the estimator
   settings of ``core.estimator_kwargs``), one after the other in this process, each timed on its own (EM's

@@ -80,7 +80,8 @@ print(counts)
 #
 # The template length is the duration of the rate shapes you expect (here 40 ms = 40 bins). Too short cuts
 # shapes apart; too long merges neighbouring events. The solver object holds the training settings (here a
-# short run of the default alternating solver). `checkpoint_path` lets an interrupted fit continue with
+# short run of the alternating solver, the MAP fit; the default for counts, EM, starts from it and costs
+# several of its fits). `checkpoint_path` lets an interrupted fit continue with
 # `fit(counts, resume=True)`.
 
 # %%

@@ -112,8 +112,9 @@ def template_bootstrap(
     progress : bool or None
         Progress bar over the refits (None: on a terminal).
     solver : str, Solver or None
-        The refits' solver (None: the model's own). ``spikedict fit`` refits an EM model with its MAP start's
-        solver, several times faster; where that solver is biased the check is stricter than for EM itself.
+        The refits' solver (None: the model's own). ``spikedict fit`` refits an EM model with EM from one MAP
+        start (``EM(n_starts=1)``) instead of the best of four. A solver other than the fit's answers another
+        question: the alternating solver's refits of an EM fit predict the MAP fit's error, not EM's.
 
     Returns
     -------

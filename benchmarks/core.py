@@ -21,7 +21,8 @@ Usage::
     python benchmarks/core.py --variants poisson --params '{"solver__n_epochs": 40}'
 
 ``--params`` holds ``SpikeDictionary`` parameters as ``set_params`` takes them: top-level names (``sparsity``,
-``solver``, ...) and nested settings with ``__`` (``solver__n_epochs``, ``solver__n_code_iterations``,
+``solver``, ...) and nested settings with ``__`` (``solver__n_epochs``, ``solver__n_starts`` for EM,
+``solver__n_code_iterations`` with ``"solver": "alternating"``,
 ``encoder__n_iterations``, ``constraints__smoothness``, ...). The flat names of before issue 20 (``n_epochs``,
 ``n_iterations``, ``initial_subset``, ...; see ``spikedict._model_file.VERSION_1_NAMES``) are translated, so
 that the commands recorded in ``benchmarks/README.md`` still run.

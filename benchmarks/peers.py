@@ -11,7 +11,8 @@ load does not fall on one method only.
 
 Methods (``--methods``):
 
-- ``spikedict``: ``SpikeDictionary`` with its defaults (``init="data"``), as in ``core.py``;
+- ``spikedict``: ``SpikeDictionary`` with its defaults (``init="data"``; since issue 19 EM for count data, the
+  alternating solver before), as in ``core.py``;
 - ``spikedict-init``: the same, started from the shared random initial templates;
 - ``alphacsc``: ``alphacsc.learn_d_z`` (univariate CSC, ``solver_z="l-bfgs"``, ``reg=0.1`` of lambda_max at
   the initial templates, ``lmbd_max="scaled"``, 60 iterations: its defaults otherwise), encode = ``update_z``;
@@ -36,7 +37,7 @@ Usage::
     .venv-peers/bin/python benchmarks/peers.py                  # seeds 0 1 2, all variants and methods
     .venv-peers/bin/python benchmarks/peers.py --seeds 0 --methods spikedict alphacsc
     python benchmarks/peers.py --methods spikedict --n-examples 4   # spikedict alone, in .venv
-    python benchmarks/peers.py --methods spikedict --params '{"solver__n_epochs": 20, "solver__n_code_iterations": 30}'
+    python benchmarks/peers.py --methods spikedict --params '{"solver": "alternating", "solver__n_code_iterations": 30}'
 
 ``--params`` takes ``SpikeDictionary`` parameters as in ``core.py`` (nested settings with ``__``; the flat names of
 before issue 20 are translated).

@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at start: {load} (timings on a shared machine are upper bounds)",
         f"spikedict revision: {git_revision()}",
         f"command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}",
-        f"fits: SpikeDictionary defaults (poisson, templates of {TEMPLATE_SIZE}), solver__n_epochs={args.epochs}, "
+        f"fits: SpikeDictionary, alternating solver (poisson, templates of {TEMPLATE_SIZE}), "
+        f"solver__n_epochs={args.epochs}, "
         f"device={args.device}; each in a fresh process; peak memory = VmHWM during fit (host RAM)",
     ]
     print("\n".join(lines), flush=True)
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_templates": description["n_templates"],
                 "template_size": TEMPLATE_SIZE,
                 "family": "poisson",
+                "solver": "alternating",  # the measured pass: EM, the default for counts, starts from this fit
                 "solver__n_epochs": args.epochs,
                 "device": args.device,
                 "seed": args.seed,

@@ -93,7 +93,8 @@ class SpikeDictionary(Settings):
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     seed : int
-        Seeds the initialisation and the solver's random draws (restart ``r`` uses ``seed + r``).
+        Seeds the initialisation and the solver's random draws (restart ``r`` uses ``seed + r``; a solver that
+        screens ``n`` starts, EM, screens seeds ``seed + r * n`` to ``seed + r * n + n - 1`` and uses the best).
     progress : bool or None
         Show a progress bar (None: only on a terminal).
     checkpoint_path : str, optional
@@ -347,9 +348,12 @@ class SpikeDictionary(Settings):
             return int(self.seed) + restart
         screen, n_starts = screening
         seeds = [int(self.seed) + restart * n_starts + start for start in range(n_starts)]
-        losses = [
-            self._fit_once(screen, data, sample, family, baseline, seed, None, False)[1].final_loss for seed in seeds
-        ]
+        losses = []
+        for seed in seeds:
+            result = self._fit_once(screen, data, sample, family, baseline, seed, None, False)[1]
+            if result.stop_reason == "interrupted":  # the screening fits keep nothing: stop the whole fit
+                raise KeyboardInterrupt
+            losses.append(result.final_loss)
         return seeds[losses.index(min(losses))]
 
     def _fit_once(

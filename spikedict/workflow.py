@@ -448,11 +448,11 @@ def fit_recording(
     example_duration : quantities.Quantity, optional
         Cut trials into examples of this duration; a zero duration turns cutting off.
     n_epochs, sparsity, seed, device :
-        See :class:`~spikedict.SpikeDictionary`; ``n_epochs`` is the solver's (EM's iterations). For count data
-        in memory the solver is EM (``"auto"``) unless ``estimator_params`` name another: the sparsity path, the
-        choice of templates and the check then fit the alternating (MAP) solver with ``n_epochs`` epochs, several
-        times each, and EM runs once from the chosen MAP setting. A streamed fit (``window``) or one under
-        ``torchrun`` uses the alternating solver.
+        See :class:`~spikedict.SpikeDictionary`. For count data in memory the solver is EM (``"auto"``) unless
+        ``estimator_params`` name another: the sparsity path and the choice of templates then fit EM's MAP start
+        (the alternating solver, ``n_epochs`` epochs) several times each, EM (``n_epochs`` iterations after such
+        a start) runs once from the chosen setting, and the check refits EM from one MAP start. A streamed fit
+        (``window``) or one under ``torchrun`` uses the alternating solver.
     pool_size : int, optional
         Pool groups of this many consecutive trials (within each ``group_by`` condition) into binomial examples;
         0 turns the recording's default pooling off.
@@ -509,6 +509,8 @@ def fit_recording(
     parameters = _estimator_parameters(settings, sparsity, seed, device, progress, checkpoint, estimator_params)
     if (window is not None or distributed.is_active()) and "solver" not in parameters:
         parameters["solver"] = "alternating"  # EM ("auto" for counts) fits counts in memory, in one process
+    elif _build_estimator(parameters)._settings_of("solver").name == "em":
+        parameters.setdefault("solver__map_fit__n_epochs", settings.n_epochs)  # EM's MAP start: the same epochs
     reading = {"align_to": align_to, "trial_window": trial_window} if align_to or trial_window else None
     if folder is not None:
         _write_settings(folder, source, settings, window, overlap, parameters, reading)
@@ -841,16 +843,14 @@ def _bin_recording(
 
 
 def _map_parameters(parameters: Mapping[str, Any], settings: RecordingDefaults) -> dict[str, Any] | None:
-    """For a fit whose solver is EM (``"auto"`` for counts): the keywords of the alternating (MAP) fits that
-    choose its sparsity and its templates' number and length, and refit it in the check. They fit several times,
-    each at a fraction of EM's cost, and EM starts from such a fit. None for the other solvers, which make those
-    fits themselves."""
-    from spikedict.solvers import Alternating
-
-    if _build_estimator(parameters)._settings_of("solver").name != "em":
+    """For a fit whose solver is EM (``"auto"`` for counts): the keywords of the alternating (MAP) fits, EM's own
+    MAP start (``map_fit``), that choose its sparsity and its templates' number and length. They fit several
+    times, each at a fraction of EM's cost. None for the other solvers, which make those fits themselves."""
+    solver = _build_estimator(parameters)._settings_of("solver")
+    if solver.name != "em":
         return None
     fixed = {key: value for key, value in parameters.items() if key != "solver" and not key.startswith("solver__")}
-    return {**fixed, "solver": Alternating(n_epochs=settings.n_epochs), "checkpoint_path": None}
+    return {**fixed, "solver": copy.deepcopy(solver._settings_of("map_fit")), "checkpoint_path": None}
 
 
 def _fit_counts(
@@ -870,22 +870,40 @@ def _fit_counts(
         f"{counts.n_examples} examples x {counts.n_channels} unit(s) x {counts.n_bins} bins (up to "
         f"{settings.n_epochs} epochs on {device_used}" + (", resuming" if resume and not map_parameters else "") + ")"
     )
-    first = map_parameters or parameters
-    model = _run_fit(_build_estimator(first), counts, resume and map_parameters is None, timings)
-    if parameters.get("sparsity", "auto") == "auto" and settings.family != "gaussian":
-        model = _choose_sparsity(model, counts, first, echo, timings)
-    if map_parameters is None:
-        return model
+    path_of_sparsities = parameters.get("sparsity", "auto") == "auto" and settings.family != "gaussian"
+    if map_parameters is None or not path_of_sparsities:
+        model = _run_fit(_build_estimator(parameters), counts, resume, timings)
+        return _choose_sparsity(model, counts, parameters, echo, timings) if path_of_sparsities else model
+    map_model = _run_fit(_build_estimator(map_parameters), counts, False, timings)
+    map_model = _choose_sparsity(map_model, counts, map_parameters, echo, timings)
     echo(
-        f"EM from the MAP fit's sparsity {model.sparsity_:.3g} (the marginal likelihood; up to {settings.n_epochs} "
-        "iterations" + (", resuming" if resume else "") + ")"
+        f"EM from the MAP fit's sparsity {map_model.sparsity_:.3g} (the marginal likelihood; up to "
+        f"{settings.n_epochs} iterations" + (", resuming" if resume else "") + ")"
     )
-    seconds, path = timings["fit"], getattr(model, "sparsity_path_", None)
-    model = _run_fit(_build_estimator({**parameters, "sparsity": model.sparsity_}), counts, resume, timings)
+    seconds = timings["fit"]
+    model = _run_fit(_build_estimator({**parameters, "sparsity": map_model.sparsity_}), counts, resume, timings)
     timings["fit"] += seconds
-    if path is not None:
-        model.sparsity_path_ = path
-    return model
+    return _better_of(model, map_model, counts, echo)
+
+
+def _better_of(em_model: Any, map_model: Any, counts: Any, echo: Callable[[str], None]) -> Any:
+    """EM's fit, unless the MAP fit it started from predicts half of the training examples' spikes from the other
+    half better (:func:`spikedict.analysis.split_half_gain`; a fit without events scores below any with events).
+
+    On sparse recordings EM can end with templates that code no event, where its MAP start had some: the fit that
+    predicts better is kept, and the other is named in the terminal. The held-out examples play no part."""
+    from spikedict.analysis import split_half_gain
+
+    gains = [split_half_gain(fit, counts) if _events(fit, counts) else -np.inf for fit in (em_model, map_model)]
+    em_model.sparsity_path_ = map_model.sparsity_path_
+    if gains[0] >= gains[1]:
+        echo(f"kept EM's templates (split-half gain {gains[0]:+.3f} bits per spike; MAP fit {gains[1]:+.3f})")
+        return em_model
+    echo(
+        f"kept the MAP fit's templates: they predict held-in spikes better (split-half gain {gains[1]:+.3f} bits "
+        f"per spike) than EM's ({gains[0]:+.3f})"
+    )
+    return map_model
 
 
 #: Sparsities tried after the "auto" one, relative to it, while each predicts better than the last (_choose_sparsity).
@@ -1221,6 +1239,11 @@ def _run_fit(model: Any, data: Any, resume: bool, timings: dict[str, float]) -> 
         if "fit interrupted" not in str(warning.message):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     timings["fit"] = time.perf_counter() - clock
+    if model.stop_reason_ == "interrupted" and model.checkpoint_path is None:
+        raise FitInterrupted(
+            "interrupted while choosing the sparsity or the templates, whose fits keep no checkpoint: run the same "
+            "command again without --resume (into an empty --out)."
+        )
     if model.stop_reason_ == "interrupted":
         raise FitInterrupted(
             f"interrupted after epoch {len(model.history_)} of {model.solver_.total_epochs}; the checkpoint "

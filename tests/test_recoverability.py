@@ -73,7 +73,8 @@ def test_bad_settings_are_refused(clear_events):
 def test_predicted_errors_follow_the_actual_ones_at_high_and_low_signal():
     """The issue's target: the check's mean predicted error lies within 0.15 of the actual mean error against the
     truth, and every template whose actual error is above 0.4 is flagged (3 simulations). The fit and the refits
-    use the alternating solver, the one ``spikedict fit`` refits with (an EM fit's check refits its MAP start)."""
+    use the alternating solver, whose refits cost a fraction of EM's (the check of an EM fit refits EM: see the
+    demo-like study of benchmarks/README.md, "Issue 19: EM as the default")."""
     from spikedict.io import bin_spiketrains, load_dataset
     from spikedict.workflow import _ground_truth
 

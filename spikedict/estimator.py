@@ -342,9 +342,10 @@ class SpikeDictionary(Settings):
         restart: int,
     ) -> int:
         """The seed of restart ``restart``: ``seed + restart``, or, for a solver that screens its starts (EM: its MAP
-        fit from several initialisations), the seed of the screened start with the lowest training loss."""
+        fit from several initialisations), the seed of the screened start with the lowest training loss. Given
+        initial templates (``init`` an array) leave nothing to screen: every start would begin from them."""
         screening = solver.screening()
-        if screening is None:
+        if screening is None or not isinstance(self.init, str):
             return int(self.seed) + restart
         screen, n_starts = screening
         seeds = [int(self.seed) + restart * n_starts + start for start in range(n_starts)]

@@ -228,7 +228,7 @@ def test_em_restarts_are_compared_by_the_mean_loss_of_their_last_iterations(bino
     assert model.restart_losses_[model.best_restart_] == min(model.restart_losses_)
 
 
-def test_em_starts_from_the_screened_map_start_with_the_lowest_loss(binomial_counts):
+def test_em_starts_from_the_screened_map_start_with_the_lowest_loss(binomial_counts, monkeypatch):
     """EM(n_starts=3) with seed 1 fits the MAP start from seeds 1, 2, 3, and runs EM from the one whose loss is
     lowest: the same fit as EM from that seed alone."""
     map_fit = Alternating(n_epochs=2)
@@ -240,6 +240,14 @@ def test_em_starts_from_the_screened_map_start_with_the_lowest_loss(binomial_cou
     screened = small_model(solver=EM(**settings, n_starts=3), seed=1).fit(binomial_counts)
     alone = small_model(solver=EM(**settings, n_starts=1), seed=best).fit(binomial_counts)
     np.testing.assert_array_equal(screened.templates_, alone.templates_)
+    # given initial templates leave nothing to screen: one fit, EM from them, as with one start
+    fits = []
+    original = SpikeDictionary._fit_once
+    monkeypatch.setattr(SpikeDictionary, "_fit_once", lambda self, *args: fits.append(args[0]) or original(self, *args))
+    init = screened.templates_
+    given = [small_model(solver=EM(**settings, n_starts=n), seed=1, init=init).fit(binomial_counts) for n in (3, 1)]
+    assert [solver.name for solver in fits] == ["em", "em"]
+    np.testing.assert_array_equal(given[0].templates_, given[1].templates_)
     with pytest.raises(ValueError, match="EM n_starts must be an integer >= 1"):
         small_model(solver=EM(n_starts=0)).fit(binomial_counts)
     with pytest.raises(ValueError, match="EM n_draws must be an integer >= 1"):

@@ -70,7 +70,7 @@ class EM(Solver):
         Initialisations of the MAP start (restart ``r`` draws seeds ``seed + r * n_starts`` onwards) fitted and
         compared by their training loss; EM runs from the best. EM settles in the optimum its start leads to, and
         the MAP fit's loss tells the better starts apart at a fraction of an EM fit's cost (each start costs one MAP
-        fit). 1: EM starts from the MAP fit of ``seed + r``.
+        fit). 1, or initial templates given (``init`` an array): EM starts from the MAP fit of ``seed + r``.
     n_draws : int
         Code draws, the newest and those of the previous iterations, whose log-likelihoods the template step
         maximises together in the averaged iterations (before them, the newest draw alone, which lets the

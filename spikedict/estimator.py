@@ -261,7 +261,8 @@ class SpikeDictionary(Settings):
         solver, encoder = self._checked_settings()
         data, family = self._data(X)
         streaming = isinstance(data, RecordingWindows)
-        if self.solver == "auto" and solver.name == "em" and (streaming or distributed.is_active()):
+        auto = isinstance(self.solver, str) and self.solver.strip().lower() == "auto"
+        if auto and solver.name == "em" and (streaming or distributed.is_active()):
             solver = get_solver("alternating")  # EM fits counts in memory in one process
         sample = data[torch.as_tensor(data.sample(32, seed=int(self.seed)))] if streaming else data
         baseline = initial_baseline(self.baseline, data, family)

@@ -533,7 +533,7 @@ def fit_recording(
     counts = _bin_recording(block, label, settings, echo, timings)
     warned = _data_warnings(counts, settings, echo)
     counts, heldout = _heldout_examples(counts, heldout_fraction, echo)
-    selection, map_parameters = None, _map_parameters(parameters, settings)
+    selection, map_parameters = None, _map_parameters(parameters)
     if candidates:
         settings, selection = _choose_model(counts, settings, map_parameters or parameters, candidates, echo, timings)
         chosen = {"n_templates": settings.n_templates, "template_size": settings.template_size}
@@ -842,7 +842,7 @@ def _bin_recording(
     return counts
 
 
-def _map_parameters(parameters: Mapping[str, Any], settings: RecordingDefaults) -> dict[str, Any] | None:
+def _map_parameters(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
     """For a fit whose solver is EM (``"auto"`` for counts): the keywords of the alternating (MAP) fits, EM's own
     MAP start (``map_fit``), that choose its sparsity and its templates' number and length. They fit several
     times, each at a fraction of EM's cost. None for the other solvers, which make those fits themselves."""
@@ -889,13 +889,16 @@ def _fit_counts(
 def _better_of(em_model: Any, map_model: Any, counts: Any, echo: Callable[[str], None]) -> Any:
     """EM's fit, unless the MAP fit it started from predicts half of the training examples' spikes from the other
     half better (:func:`spikedict.analysis.split_half_gain`; a fit without events scores below any with events).
+    The MAP fit's gain is the best of its sparsity path (``sparsity_path_``), where it was chosen.
 
     On sparse recordings EM can end with templates that code no event, where its MAP start had some: the fit that
     predicts better is kept, and the other is named in the terminal. The held-out examples play no part."""
     from spikedict.analysis import split_half_gain
 
-    gains = [split_half_gain(fit, counts) if _events(fit, counts) else -np.inf for fit in (em_model, map_model)]
-    em_model.sparsity_path_ = map_model.sparsity_path_
+    path = map_model.sparsity_path_
+    em_gain = split_half_gain(em_model, counts) if _events(em_model, counts) else -np.inf
+    gains = [em_gain, float(path["split_half_bits_per_spike"].max())]
+    em_model.sparsity_path_ = path
     if gains[0] >= gains[1]:
         echo(f"kept EM's templates (split-half gain {gains[0]:+.3f} bits per spike; MAP fit {gains[1]:+.3f})")
         return em_model

@@ -284,10 +284,15 @@ def test_spikedict_fit_keeps_the_map_fit_when_em_predicts_held_in_spikes_worse(b
     without_events = small_model(seed=0, sparsity=1e6).fit(binomial_counts)
     assert (with_events.transform(binomial_counts) != 0).any() and not without_events.transform(binomial_counts).any()
     said = []
-    for fit in (with_events, without_events):
-        fit.sparsity_path_ = pd.DataFrame({"sparsity": [fit.sparsity_]})
+
+    def with_paths():  # the MAP fit's path, where its gain was measured (_better_of gives EM's fit the same path)
+        for fit, gain in ((with_events, split_half_gain(with_events, binomial_counts)), (without_events, -np.inf)):
+            fit.sparsity_path_ = pd.DataFrame({"sparsity": [fit.sparsity_], "split_half_bits_per_spike": [gain]})
+
+    with_paths()
     assert _better_of(without_events, with_events, binomial_counts, said.append) is with_events
     assert "kept the MAP fit's templates" in said[-1] and "(-inf)" in said[-1]
+    with_paths()
     assert _better_of(with_events, without_events, binomial_counts, said.append) is with_events
     gain = split_half_gain(with_events, binomial_counts)
     assert said[-1] == f"kept EM's templates (split-half gain {gain:+.3f} bits per spike; MAP fit -inf)"

@@ -343,7 +343,7 @@ def _variant_params(params: dict[str, Any], variant: str) -> dict[str, Any]:
     variant_params = copy.deepcopy(dict(params))  # settings objects of its own: set_params changes them in place
     if variant == "tied":
         variant_params.setdefault("solver", "alternating")
-    if variant == "untied":
+    elif variant == "untied":
         variant_params["encoder__tied"] = False
         if get_solver(variant_params.get("solver", "backprop"), tied=False).name != "backprop":
             variant_params["solver"] = "backprop"

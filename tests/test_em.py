@@ -119,6 +119,28 @@ def test_the_sampler_keeps_its_rates_in_step_with_its_codes():
         assert bool((torch.diff(shifts) >= 8).all())
 
 
+def test_the_prior_update_returns_the_event_probability_the_events_were_drawn_with():
+    """Zero templates leave the data no say: the sampler draws the prior's events (at least ``min_spacing`` apart),
+    and the prior's update from them gives back the event probability they were drawn with (the hard-rod activity
+    of their density), where the density itself (right without spacing) is about ``(d - 1) p`` too low."""
+    from spikedict.solvers.em import _event_probability
+
+    n_examples, n_bins, size, spacing, probability = 40, 1000, 30, 6, 0.03
+    y = torch.poisson(torch.full((n_examples, 1, n_bins), 0.5), generator=torch.Generator().manual_seed(0))
+    prior = CodePrior(torch.tensor([probability], dtype=torch.float64), AMPLITUDES, torch.tensor([[0.5, 0.5]]))
+    codes = torch.zeros(n_examples, 1, n_bins - size + 1)
+    sampler = CodeSampler(torch.zeros(1, 1, size), torch.zeros(1), y, Poisson(), codes, spacing)
+    generator = torch.Generator().manual_seed(1)
+    estimates, densities = [], []
+    for sweep in range(25):
+        sampler.sweep(prior, generator)
+        if sweep >= 5:
+            estimates.append(float(_event_probability(sampler.codes, min_spacing=spacing)[0]))
+            densities.append(float(_event_probability(sampler.codes)[0]))
+    assert np.mean(estimates) == pytest.approx(probability, rel=0.04)
+    assert np.mean(densities) < 0.9 * probability
+
+
 def test_em_settings_are_checked_with_the_fix(binomial_counts):
     with pytest.raises(ValueError, match="EM n_sweeps must be an integer >= 1"):
         small_model(solver=EM(n_sweeps=0)).fit(binomial_counts)

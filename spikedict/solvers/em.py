@@ -312,7 +312,7 @@ class EMRun(EpochRun):
         """Event probability and amplitude weights from the drawn events (one pseudo-count each)."""
         prior = self.prior
         events = codes != 0
-        prior.event_probability = _event_probability(codes)
+        prior.event_probability = _event_probability(codes, min_spacing=self.sampler.spacing)
         grid = prior.amplitudes.to(codes)
         weights = torch.ones_like(prior.amplitude_weights, dtype=torch.float64)
         for k in range(codes.shape[1]):
@@ -439,12 +439,22 @@ def _comparison_loss(history: list[dict[str, Any]]) -> float | None:
     return sum(losses) / len(losses) if losses else None
 
 
-def _event_probability(codes: Tensor, n_shifts: int | None = None) -> Tensor:
-    """Events per shift of each template in ``codes`` (n_examples, n_templates, shifts), with one pseudo-event and
-    one pseudo-empty shift, over ``n_shifts`` shifts per example (default: the codes'): shape (n_templates,),
-    float64, on the CPU."""
+def _event_probability(codes: Tensor, n_shifts: int | None = None, min_spacing: int = 1) -> Tensor:
+    """The prior's event probability ``p`` whose events, at least ``min_spacing`` apart, come at the rate of those
+    in ``codes`` (n_examples, n_templates, shifts; with one pseudo-event and one pseudo-empty shift, over
+    ``n_shifts`` shifts per example, default the codes'): shape (n_templates,), float64, on the CPU.
+
+    Events at least ``d`` bins apart whose every allowed shift holds one with odds ``z = p / (1 - p)`` are a
+    lattice gas of hard rods of length ``d``; at density ``rho`` (events per shift) its activity is
+    ``z = rho (1 - (d - 1) rho)^(d - 1) / (1 - d rho)^d``, the maximum-likelihood ``z`` given the events. Setting
+    ``p = rho`` instead (right only for ``d = 1``) would draw fewer events than were seen, by a factor of about
+    ``1 - (d - 1) rho`` per EM iteration, where the data say little."""
     n_shifts = codes.shape[0] * (codes.shape[-1] if n_shifts is None else n_shifts)
-    return (((codes != 0).sum(dim=(0, 2)).double() + 1) / (n_shifts + 2)).cpu()
+    density = (((codes != 0).sum(dim=(0, 2)).double() + 1) / (n_shifts + 2)).cpu()
+    d = float(min_spacing)
+    density = density.clamp(max=0.9 / d)  # d * rho < 1: the rods fill at most the whole line
+    odds = density * (1 - (d - 1) * density) ** (d - 1) / (1 - d * density) ** d
+    return odds / (1 + odds)
 
 
 @torch.no_grad()

@@ -23,9 +23,9 @@ TEMPLATES = TEMPLATES / TEMPLATES.flatten(1).norm(dim=1)[:, None, None]
 AMPLITUDES = torch.tensor([1.0, 2.5])
 
 
-def exact_posterior(y, family, n_templates, prior, baseline, spacing=None):
+def exact_posterior(y, family, n_templates, prior, baseline, spacing=None, likelihood_weight=1.0):
     """Every code configuration of a tiny problem (events of a template at least ``spacing`` apart, by default a
-    template), with its posterior probability by enumeration."""
+    template), with its posterior probability (the likelihood raised to ``likelihood_weight``) by enumeration."""
     size, n_bins = TEMPLATES.shape[-1], y.shape[-1]
     n_shifts = n_bins - size + 1
     spacing = size if spacing is None else spacing
@@ -47,28 +47,31 @@ def exact_posterior(y, family, n_templates, prior, baseline, spacing=None):
                 codes[0, k, shift] = AMPLITUDES[grid]
                 log_prior += float(prior.log_odds()[k] + torch.log(prior.amplitude_weights[k, grid]))
         eta = decode(codes, TEMPLATES[:n_templates], 1, (n_bins,)) + baseline
-        log_weights.append(log_prior - float(family.negative_log_likelihood(y, eta).sum()))
+        log_weights.append(log_prior - likelihood_weight * float(family.negative_log_likelihood(y, eta).sum()))
         states.append(state)
     weights = np.exp(np.array(log_weights) - max(log_weights))
     return states, weights / weights.sum()
 
 
 @pytest.mark.parametrize(
-    ("family", "n_templates", "spacing"),
+    ("family", "n_templates", "spacing", "likelihood_weight"),
     [
-        (Poisson(), 1, None),
-        (Binomial(n_trials=5), 1, None),
-        (Poisson(), 2, None),
-        (Binomial(n_trials=5), 2, None),
-        (Poisson(), 2, 2),  # events closer than a template: smaller blocks, three colours
-        (Binomial(n_trials=5), 1, 1),  # any spacing: one-shift blocks, three colours
+        (Poisson(), 1, None, 1.0),
+        (Binomial(n_trials=5), 1, None, 1.0),
+        (Poisson(), 2, None, 1.0),
+        (Binomial(n_trials=5), 2, None, 1.0),
+        (Poisson(), 2, 2, 1.0),  # events closer than a template: smaller blocks, three colours
+        (Binomial(n_trials=5), 1, 1, 1.0),  # any spacing: one-shift blocks, three colours
+        (Poisson(), 2, None, 0.4),  # the tempered posterior of EM's first iterations
     ],
 )
-def test_the_sampler_draws_from_the_exact_posterior(family, n_templates, spacing):
+def test_the_sampler_draws_from_the_exact_posterior(family, n_templates, spacing, likelihood_weight):
     y = torch.tensor([[[0.0, 3.0, 2.0, 0.0, 1.0, 4.0, 1.0]]])
     baseline = torch.tensor([-0.5])
     prior = CodePrior(torch.tensor([0.15, 0.1])[:n_templates], AMPLITUDES, torch.tensor([[0.6, 0.4], [0.3, 0.7]]))
-    states, probability = exact_posterior(y, family, n_templates, prior, baseline.reshape(1, -1, 1), spacing)
+    states, probability = exact_posterior(
+        y, family, n_templates, prior, baseline.reshape(1, -1, 1), spacing, likelihood_weight
+    )
     n_chains = 6000  # independent chains, one per copy of the example
     sampler = CodeSampler(
         TEMPLATES[:n_templates],
@@ -77,6 +80,7 @@ def test_the_sampler_draws_from_the_exact_posterior(family, n_templates, spacing
         family,
         torch.zeros(n_chains, n_templates, 5),
         spacing,
+        likelihood_weight,
     )
     generator = torch.Generator().manual_seed(3)
     for _ in range(60):
@@ -146,12 +150,29 @@ def test_em_settings_are_checked_with_the_fix(binomial_counts):
         small_model(solver=EM(n_sweeps=0)).fit(binomial_counts)
     with pytest.raises(ValueError, match="EM averaging must be a fraction"):
         small_model(solver=EM(averaging=0)).fit(binomial_counts)
+    with pytest.raises(ValueError, match=r"EM tempering must be a power of the likelihood in \(0, 1\], got 0"):
+        small_model(solver=EM(tempering=0)).fit(binomial_counts)
+    with pytest.raises(ValueError, match="EM n_tempered must be an integer >= 0"):
+        small_model(solver=EM(n_tempered=-1)).fit(binomial_counts)
     with pytest.raises(ValueError, match="fits count data"):
         small_model(family=Gaussian(), n_trials=None, solver=EM(n_epochs=1)).fit(binomial_counts)
     model = SpikeDictionary(solver="em")
     assert model.get_params()["solver__map_fit__n_epochs"] == 30 and model.solver == "em"
     model.set_params(solver__map_fit__n_epochs=2, solver__n_epochs=3)  # the name resolved to its object
     assert model.solver == EM(n_epochs=3, map_fit=Alternating(n_epochs=2))
+
+
+def test_em_tempers_its_first_iterations_and_draws_its_averaged_ones_from_the_posterior(binomial_counts):
+    """The likelihood's power rises linearly from ``tempering`` to 1 over ``n_tempered`` iterations, and is 1 in the
+    averaged iterations even where ``n_tempered`` reaches into them."""
+    solver = EM(n_epochs=6, n_burn_in=1, map_fit=Alternating(n_epochs=1), n_starts=1, tempering=0.25, n_tempered=2)
+    history = small_model(solver=solver, seed=0).fit(binomial_counts).history_
+    weights = history.loc[history["phase"] == "em", "likelihood_weight"].tolist()
+    assert weights == pytest.approx([0.25, 0.625, 1.0, 1.0, 1.0, 1.0])
+    solver.set_params(n_tempered=5)  # the averaged iterations (the last 3) begin at the fourth
+    history = small_model(solver=solver, seed=0).fit(binomial_counts).history_
+    weights = history.loc[history["phase"] == "em", "likelihood_weight"].tolist()
+    assert weights == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
 def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_counts, tmp_path, monkeypatch):

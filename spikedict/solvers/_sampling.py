@@ -17,6 +17,11 @@ and the baseline, the posterior of the codes is sampled by **blocked Metropolis-
   **exact** log-likelihood of the family; the chain therefore leaves the exact posterior invariant, and the
   proposal is close to it where events move the rates little.
 
+With ``likelihood_weight`` ``w < 1`` the sampler draws from the *tempered* posterior ``p(y | x)^w p(x)`` instead
+(the log-likelihood scaled by ``w`` in the proposal and in the Metropolis-Hastings ratio alike), whose events
+are less tied to the current templates; EM tempers its first iterations so that its templates can leave the
+start.
+
 Everything is vectorised over examples and blocks, on the device of the data.
 """
 
@@ -75,6 +80,9 @@ class CodeSampler:
         apart (zeros to start from nothing).
     min_spacing : int, optional
         Fewest bins between two events of one template (default: the template size), from 1 to the template size.
+    likelihood_weight : float
+        The power ``w`` in (0, 1] of the likelihood in the posterior drawn from (1: the posterior itself; see the
+        module docstring). The attribute may be changed between sweeps.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class CodeSampler:
         family: Family,
         codes: Tensor,
         min_spacing: int | None = None,
+        likelihood_weight: float = 1.0,
     ) -> None:
         if templates.ndim != 3:
             raise ValueError("the code sampler needs 1-D templates, shape (n_templates, n_channels, template_size).")
@@ -104,6 +113,9 @@ class CodeSampler:
         self.codes = codes.clone()
         self.eta = self._eta()
         self.accepted = 0.0
+        self.likelihood_weight = float(likelihood_weight)
+        if not 0 < self.likelihood_weight <= 1:
+            raise ValueError(f"likelihood_weight must lie in (0, 1], got {likelihood_weight!r}.")
 
     def _eta(self) -> Tensor:
         operator = ConvolutionOperator(self.templates, (self.y.shape[-1],))
@@ -148,6 +160,7 @@ class CodeSampler:
         curvature = self.squared[k].correlate(self.family.curvature(eta_rest))[:, 0]
         amplitudes = prior.amplitudes.to(codes)
         approx = amplitudes * gradient[..., None] - 0.5 * amplitudes**2 * curvature[..., None]  # (n, shifts, g)
+        approx = approx * self.likelihood_weight
         log_prior = prior.log_odds()[k].to(codes) + torch.log(prior.amplitude_weights[k].to(codes).clamp(min=1e-30))
         # candidates of every block: (n, blocks, spacing * n_amplitudes) events, then "no event"
         n_examples, n_blocks, n_amplitudes = codes.shape[0], blocks.shape[0], len(amplitudes)
@@ -194,7 +207,8 @@ class CodeSampler:
         none: int,
         amplitudes: Tensor,
     ) -> Tensor:
-        """Exact log-likelihood gain of each block's ``choice`` over no event, shape (n, blocks)."""
+        """Exact log-likelihood gain (times the likelihood weight) of each block's ``choice`` over no event, shape
+        (n, blocks)."""
         is_event, shift, amplitude = _decode_choice(index, choice, none, amplitudes)
         window = eta_rest.unfold(-1, self.size, 1)  # (n, c, shifts, size), a view
         rows = torch.arange(choice.shape[0], device=choice.device)[:, None]
@@ -203,7 +217,7 @@ class CodeSampler:
         moved = eta_window + amplitude[..., None, None] * template[None, None]
         family = self.family
         gain = family.negative_log_likelihood(y_window, eta_window) - family.negative_log_likelihood(y_window, moved)
-        return gain.sum(dim=(-2, -1)) * is_event
+        return self.likelihood_weight * gain.sum(dim=(-2, -1)) * is_event
 
     def _write(
         self,

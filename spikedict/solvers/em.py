@@ -7,7 +7,9 @@ instead integrates over the codes. Monte-Carlo EM does it by alternating
 - **E-step**: codes drawn from their posterior ``p(x | y, H)`` under a sparse spike-and-slab prior (an event
   probability per template and an amplitude distribution on a grid, events of one template at least
   ``min_spacing`` apart), by the blocked Metropolis-within-Gibbs sampler of :mod:`spikedict.solvers._sampling`
-  with the family's exact likelihood, warm-started from the previous draw;
+  with the family's exact likelihood, warm-started from the previous draw; in the first iterations the
+  likelihood is tempered (raised to a power below 1 that rises to 1), so that the events are less tied to the
+  start's templates and the templates can leave the start's optimum;
 - **M-step**: the exact maximum-likelihood template (and baseline) step on the codes of the last ``n_draws``
   iterations' draws together (Monte-Carlo EM: the expected log-likelihood estimated from several draws, whose
   noise one draw alone leaves in the templates), warm-started from the current templates (L-BFGS, as the
@@ -83,6 +85,15 @@ class EM(Solver):
         template size) leaves such events to be explained by shrunken neighbours and biases the templates. Smaller
         values let events sit closer, and the sampler updates smaller blocks in more passes (a sweep costs about
         ``(min_spacing + template_size) / min_spacing / 2`` times a sweep at the template size).
+    tempering : float
+        Power of the likelihood in the posterior drawn from at the first EM iteration (and in the burn-in), rising
+        linearly to 1 over ``n_tempered`` iterations. A tempered posterior ties the events less to the start's
+        templates, so that the template steps can move them further from the start's optimum; 1 draws from the
+        posterior itself throughout.
+    n_tempered : int
+        EM iterations over which the likelihood's power rises from ``tempering`` to 1 (0: no tempering); fewer
+        where the averaged iterations begin sooner, so that the averaged templates and the posterior outputs come
+        from the posterior itself.
     """
 
     name = "em"
@@ -100,6 +111,8 @@ class EM(Solver):
         n_starts: int = 4,
         n_draws: int = 4,
         min_spacing: int | None = None,
+        tempering: float = 0.25,
+        n_tempered: int = 15,
     ) -> None:
         self.n_epochs = n_epochs
         self.map_fit = map_fit
@@ -112,6 +125,8 @@ class EM(Solver):
         self.n_starts = n_starts
         self.n_draws = n_draws
         self.min_spacing = min_spacing
+        self.tempering = tempering
+        self.n_tempered = n_tempered
 
     def _settings_of(self, name: str) -> Any:
         value = getattr(self, name)
@@ -141,6 +156,9 @@ class EM(Solver):
             raise ValueError(f"EM averaging must be a fraction in (0, 1], got {self.averaging!r}.")
         if self.min_spacing is not None:
             check_integer("EM", "min_spacing", self.min_spacing, 1)
+        if not (_is_real(self.tempering) and 0 < self.tempering <= 1):
+            raise ValueError(f"EM tempering must be a power of the likelihood in (0, 1], got {self.tempering!r}.")
+        check_integer("EM", "n_tempered", self.n_tempered, 0)
 
     def screening(self) -> tuple[Solver, int] | None:
         """The MAP start, from ``n_starts`` initialisations (None for one)."""
@@ -193,6 +211,8 @@ class EMRun(EpochRun):
             "n_burn_in": settings.n_burn_in,
             "min_spacing": settings.min_spacing,
             "n_draws": settings.n_draws,
+            "tempering": settings.tempering,
+            "n_tempered": settings.n_tempered,
         }
         self.generator = torch.Generator().manual_seed(int(problem.seed) + 7919)
         self.iteration = 0
@@ -239,6 +259,7 @@ class EMRun(EpochRun):
         self.prior = prior
         n_shifts = self.problem.data.shape[-1] - self.model.templates.shape[-1] + 1
         self._new_sampler(torch.zeros((self.problem.data.shape[0], self.model.n_templates, n_shifts)))
+        self.sampler.likelihood_weight = self._likelihood_weight()
         for _ in range(self.settings.n_burn_in):
             self.sampler.sweep(self.prior, self.generator)
         self.phase = "em"
@@ -273,10 +294,11 @@ class EMRun(EpochRun):
         settings, model, sampler, prior = self.settings, self.model, self.sampler, self.prior
         assert sampler is not None and prior is not None
         before = model.templates.detach().clone()
+        sampler.likelihood_weight = self._likelihood_weight()
         acceptance = sum(sampler.sweep(prior, self.generator) for _ in range(settings.n_sweeps)) / settings.n_sweeps
         codes = sampler.codes
         problem = self.problem
-        first_averaged = settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
+        first_averaged = self._first_averaged()
         n_draws = settings.n_draws if self.iteration >= first_averaged else 1
         self.draws = [*self.draws, codes.cpu().clone()][-n_draws:]
         # the draws' log-likelihoods together: the examples once per draw
@@ -305,8 +327,23 @@ class EMRun(EpochRun):
             "code_density": n_events / max(codes.numel(), 1),
             "events_per_example": n_events / codes.shape[0],
             "acceptance": acceptance,
+            "likelihood_weight": sampler.likelihood_weight,
             "template_change": template_change(before, model.templates),
         }
+
+    def _first_averaged(self) -> int:
+        """The first EM iteration (from 0) whose templates and draws are averaged."""
+        settings = self.settings
+        return settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
+
+    def _likelihood_weight(self) -> float:
+        """The power of the likelihood in this EM iteration's posterior (see :class:`EM`'s ``tempering``): 1 from
+        the first averaged iteration on at the latest."""
+        n_tempered = min(int(self.settings.n_tempered), self._first_averaged())
+        if n_tempered == 0:
+            return 1.0
+        start = float(self.settings.tempering)
+        return min(1.0, start + (1.0 - start) * self.iteration / n_tempered)
 
     def _update_prior(self, codes: Tensor) -> None:
         """Event probability and amplitude weights from the drawn events (one pseudo-count each)."""

@@ -126,7 +126,8 @@ def test_the_sampler_keeps_its_rates_in_step_with_its_codes():
 def test_the_prior_update_returns_the_event_probability_the_events_were_drawn_with():
     """Zero templates leave the data no say: the sampler draws the prior's events (at least ``min_spacing`` apart),
     and the prior's update from them gives back the event probability they were drawn with (the hard-rod activity
-    of their density), where the density itself (right without spacing) is about ``(d - 1) p`` too low."""
+    of their density), where the density itself (right without spacing) is lower by a fraction of about
+    ``2 (d - 1) p``."""
     from spikedict.solvers.em import _event_probability
 
     n_examples, n_bins, size, spacing, probability = 40, 1000, 30, 6, 0.03
@@ -169,25 +170,25 @@ def test_em_tempers_its_first_iterations_and_draws_its_averaged_ones_from_the_po
     history = small_model(solver=solver, seed=0).fit(binomial_counts).history_
     weights = history.loc[history["phase"] == "em", "likelihood_weight"].tolist()
     assert weights == pytest.approx([0.25, 0.625, 1.0, 1.0, 1.0, 1.0])
-    solver.set_params(n_tempered=5)  # the averaged iterations (the last 3) begin at the fourth
+    solver.set_params(n_tempered=5)  # the averaged iterations (the last 3) pool the third's draw: 1 from there
     history = small_model(solver=solver, seed=0).fit(binomial_counts).history_
     weights = history.loc[history["phase"] == "em", "likelihood_weight"].tolist()
-    assert weights == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert weights == pytest.approx([0.25, 0.625, 1.0, 1.0, 1.0, 1.0])
 
 
 def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_counts, tmp_path, monkeypatch):
-    settings = {"solver": EM(n_epochs=4, n_burn_in=1, map_fit=Alternating(n_epochs=3)), "seed": 1}
+    settings = {"solver": EM(n_epochs=6, n_burn_in=1, map_fit=Alternating(n_epochs=3)), "seed": 1}
     whole = small_model(**settings).fit(binomial_counts)
-    assert whole.history_["phase"].tolist() == ["map"] * 3 + ["em"] * 4
+    assert whole.history_["phase"].tolist() == ["map"] * 3 + ["em"] * 6
     import spikedict.solvers._runner as runner
 
     calls = {"n": 0}
     save = runner.save_checkpoint
 
-    def save_then_stop(path, payload):  # interrupted after the fifth epoch's checkpoint (second EM iteration)
+    def save_then_stop(path, payload):  # interrupted after the fourth epoch's checkpoint (first EM iteration)
         save(path, payload)
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 4:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
@@ -199,7 +200,10 @@ def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_coun
     np.testing.assert_allclose(resumed.templates_, whole.templates_, atol=1e-6)
     np.testing.assert_allclose(resumed.event_probability_, whole.event_probability_)  # the posterior's moments too
     np.testing.assert_allclose(resumed.posterior_codes_, whole.posterior_codes_, atol=1e-5)
-    assert len(resumed.history_) == 7
+    assert len(resumed.history_) == 9
+    # the resumed run goes on tempering (its second EM iteration), then pools draws and averages
+    np.testing.assert_allclose(resumed.history_["likelihood_weight"], whole.history_["likelihood_weight"])
+    assert resumed.history_["likelihood_weight"].iloc[4] == pytest.approx(0.625)
     loaded = SpikeDictionary.load(whole.save(tmp_path / "em"))  # the settings travel with the model
     assert loaded.solver == whole.solver and loaded.solver_ == whole.solver_
     np.testing.assert_array_equal(loaded.templates_, whole.templates_)

@@ -92,8 +92,8 @@ class EM(Solver):
         posterior itself throughout.
     n_tempered : int
         EM iterations over which the likelihood's power rises from ``tempering`` to 1 (0: no tempering); fewer
-        where the averaged iterations begin sooner, so that the averaged templates and the posterior outputs come
-        from the posterior itself.
+        where the averaged iterations begin sooner, so that every draw that the averaged iterations use (in their
+        template steps and posterior outputs) comes from the posterior itself.
     """
 
     name = "em"
@@ -213,6 +213,9 @@ class EMRun(EpochRun):
             "n_draws": settings.n_draws,
             "tempering": settings.tempering,
             "n_tempered": settings.n_tempered,
+            # the schedule of tempering, pooled draws and averaging depends on them
+            "n_em_iterations": settings.n_epochs,
+            "averaging": settings.averaging,
         }
         self.generator = torch.Generator().manual_seed(int(problem.seed) + 7919)
         self.iteration = 0
@@ -294,7 +297,7 @@ class EMRun(EpochRun):
         settings, model, sampler, prior = self.settings, self.model, self.sampler, self.prior
         assert sampler is not None and prior is not None
         before = model.templates.detach().clone()
-        sampler.likelihood_weight = self._likelihood_weight()
+        sampler.likelihood_weight = self._likelihood_weight()  # samplers are built untempered; set before sweeping
         acceptance = sum(sampler.sweep(prior, self.generator) for _ in range(settings.n_sweeps)) / settings.n_sweeps
         codes = sampler.codes
         problem = self.problem
@@ -339,7 +342,8 @@ class EMRun(EpochRun):
     def _likelihood_weight(self) -> float:
         """The power of the likelihood in this EM iteration's posterior (see :class:`EM`'s ``tempering``): 1 from
         the first averaged iteration on at the latest."""
-        n_tempered = min(int(self.settings.n_tempered), self._first_averaged())
+        # 1 by the last iteration before the averaged ones: their template steps pool its draw
+        n_tempered = min(int(self.settings.n_tempered), max(self._first_averaged() - 1, 0))
         if n_tempered == 0:
             return 1.0
         start = float(self.settings.tempering)
@@ -485,7 +489,8 @@ def _event_probability(codes: Tensor, n_shifts: int | None = None, min_spacing: 
     lattice gas of hard rods of length ``d``; at density ``rho`` (events per shift) its activity is
     ``z = rho (1 - (d - 1) rho)^(d - 1) / (1 - d rho)^d``, the maximum-likelihood ``z`` given the events. Setting
     ``p = rho`` instead (right only for ``d = 1``) would draw fewer events than were seen, by a factor of about
-    ``1 - (d - 1) rho`` per EM iteration, where the data say little."""
+    ``1 - 2 (d - 1) rho`` per EM iteration (each event rules out ``d - 1`` shifts on either side), where the data
+    say little."""
     n_shifts = codes.shape[0] * (codes.shape[-1] if n_shifts is None else n_shifts)
     density = (((codes != 0).sum(dim=(0, 2)).double() + 1) / (n_shifts + 2)).cpu()
     d = float(min_spacing)

@@ -203,7 +203,7 @@ def test_an_interrupted_em_fit_resumes_to_the_uninterrupted_result(binomial_coun
     assert len(resumed.history_) == 9
     # the resumed run goes on tempering (its second EM iteration), then pools draws and averages
     np.testing.assert_allclose(resumed.history_["likelihood_weight"], whole.history_["likelihood_weight"])
-    assert resumed.history_["likelihood_weight"].iloc[4] == pytest.approx(0.625)
+    assert resumed.history_["likelihood_weight"].iloc[4] == pytest.approx(0.75)
     loaded = SpikeDictionary.load(whole.save(tmp_path / "em"))  # the settings travel with the model
     assert loaded.solver == whole.solver and loaded.solver_ == whole.solver_
     np.testing.assert_array_equal(loaded.templates_, whole.templates_)

@@ -86,10 +86,11 @@ class EM(Solver):
         values let events sit closer, and the sampler updates smaller blocks in more passes (a sweep costs about
         ``(min_spacing + template_size) / min_spacing / 2`` times a sweep at the template size).
     tempering : float
-        Power of the likelihood in the posterior drawn from at the first EM iteration (and in the burn-in), rising
-        linearly to 1 over ``n_tempered`` iterations. A tempered posterior ties the events less to the start's
-        templates, so that the template steps can move them further from the start's optimum; 1 draws from the
-        posterior itself throughout.
+        Power of the likelihood in the posterior drawn from at the first EM iteration (after an untempered
+        burn-in), rising linearly to 1 over ``n_tempered`` iterations. A tempered posterior ties the events less
+        to the start's templates, so that the template steps can move them further from the start's optimum; 1
+        draws from the posterior itself throughout. Lower values let the templates move further, and forget more
+        of the start where the data say little.
     n_tempered : int
         EM iterations over which the likelihood's power rises from ``tempering`` to 1 (0: no tempering); fewer
         where the averaged iterations begin sooner, so that every draw that the averaged iterations use (in their
@@ -111,8 +112,8 @@ class EM(Solver):
         n_starts: int = 4,
         n_draws: int = 4,
         min_spacing: int | None = None,
-        tempering: float = 0.25,
-        n_tempered: int = 15,
+        tempering: float = 0.5,
+        n_tempered: int = 10,
     ) -> None:
         self.n_epochs = n_epochs
         self.map_fit = map_fit
@@ -262,8 +263,7 @@ class EMRun(EpochRun):
         self.prior = prior
         n_shifts = self.problem.data.shape[-1] - self.model.templates.shape[-1] + 1
         self._new_sampler(torch.zeros((self.problem.data.shape[0], self.model.n_templates, n_shifts)))
-        self.sampler.likelihood_weight = self._likelihood_weight()
-        for _ in range(self.settings.n_burn_in):
+        for _ in range(self.settings.n_burn_in):  # untempered: the first draws are from the start's posterior
             self.sampler.sweep(self.prior, self.generator)
         self.phase = "em"
 

@@ -340,9 +340,8 @@ class EMRun(EpochRun):
         return settings.n_epochs - max(1, round(settings.averaging * settings.n_epochs))
 
     def _likelihood_weight(self) -> float:
-        """The power of the likelihood in this EM iteration's posterior (see :class:`EM`'s ``tempering``): 1 from
-        the first averaged iteration on at the latest."""
-        # 1 by the last iteration before the averaged ones: their template steps pool its draw
+        """The power of the likelihood in this EM iteration's posterior (see :class:`EM`'s ``tempering``): 1 by the
+        last iteration before the averaged ones at the latest, since their template steps pool its draw."""
         n_tempered = min(int(self.settings.n_tempered), max(self._first_averaged() - 1, 0))
         if n_tempered == 0:
             return 1.0
